@@ -1,0 +1,17 @@
+"""edgemp: Keras models -> calibrated, host-validated FP16/INT8 TFLite in one call.
+
+    import edgemp
+    result = edgemp.convert("model.keras", precision="int8", calibration="calibration_data/", output_dir="dist/")
+"""
+
+__version__ = "0.1.0"
+
+from edgemp import errors  # noqa: E402
+from edgemp.api import inspect_model, validate  # noqa: E402
+from edgemp.config import DelegateSpec, IODType, Precision, Preprocessing, RuntimeOptions  # noqa: E402
+from edgemp.convert import ConvertResult, convert  # noqa: E402
+
+__all__ = [
+    "ConvertResult", "DelegateSpec", "IODType", "Precision", "Preprocessing", "RuntimeOptions",
+    "convert", "errors", "inspect_model", "validate", "__version__",
+]

@@ -1,0 +1,127 @@
+"""Public helpers beside convert(): inspect an artifact, validate an existing artifact against a reference."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemp import __version__
+from edgemp._versions import versions
+from edgemp.backends.tflite_census import Census, census
+from edgemp.config import DelegateSpec, Preprocessing, RuntimeOptions
+from edgemp.errors import ModelLoadError, NotATFLiteModelError
+from edgemp.sources import load_source
+from edgemp.sources.base import TensorSpec
+from edgemp.validate import Report, Runner, ValidationData, evaluate, load_validation
+
+
+def read_tflite(model: str | os.PathLike[str] | bytes) -> tuple[bytes, str | None]:
+    if isinstance(model, bytes | bytearray):
+        return bytes(model), None
+    path = Path(model)
+    if not path.is_file():
+        raise ModelLoadError(f"TFLite model {path} does not exist or is not a file.")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise NotATFLiteModelError(f"{path} is not a TFLite flatbuffer (no 'TFL3' identifier); pass a .tflite file.")
+    return data, str(path)
+
+
+def inspect_model(model: str | os.PathLike[str] | bytes) -> Census:
+    """The op census of a .tflite: every op's compute dtype, weights, I/O with scale/zero-point, size.
+
+    Example:
+        >>> c = edgemp.inspect_model("dist/model_int8.tflite"); c.compute_counts
+    """
+    data, _ = read_tflite(model)
+    return census(data)
+
+
+def validate(
+    model: str | os.PathLike[str] | bytes,
+    reference: Any = None,
+    data: Any = None,
+    *,
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+    max_accuracy_drop: float | None = 0.01,
+    max_samples: int | None = None,
+    num_threads: int = 1,
+    xnnpack: bool = True,
+    delegates: Sequence[str | DelegateSpec | Mapping[str, Any]] = (),
+    latency_runs: int = 50,
+    progress: bool | None = None,
+) -> Report:
+    """Validate an existing .tflite on the host against a reference (Keras model/path or another .tflite).
+
+    Example:
+        >>> report = edgemp.validate("dist/m_int8.tflite", reference="m.keras", data="val/"); report.passed
+    """
+    t0 = time.perf_counter()
+    artifact, path = read_tflite(model)
+    c = census(artifact)
+    specs = [TensorSpec(s.name, tuple(None if d < 0 else d for d in s.shape), "float32") for s in c.inputs]
+    pre = Preprocessing.from_dict(preprocessing) if isinstance(preprocessing, Mapping) else preprocessing
+    opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, delegates=tuple(delegates),  # type: ignore[arg-type]
+                          latency_runs=latency_runs)
+    predict, ref_name = _reference(reference)
+    if data is None:
+        rng = np.random.default_rng(0)
+        vdata = ValidationData({s.name: rng.random((32, *[d or 1 for d in s.shape[1:]]), dtype=np.float32) for s in specs},
+                               None, None, "random inputs in [0, 1)", [])
+    else:
+        vdata = load_validation(data, specs, pre, max_samples, progress)
+    section, checks = evaluate(artifact, predict, vdata, opts,
+                               max_accuracy_drop=max_accuracy_drop if vdata.labels is not None else None,
+                               progress=progress)
+    return Report({
+        "edgemp_version": __version__,
+        "passed": all(ch.passed for ch in checks),
+        "model": {"name": Path(path).stem if path else "model", "source": "tflite", "path": path,
+                  "reference": ref_name, "inputs": [s.to_dict() for s in specs]},
+        "precision": _precision_of(c),
+        "precision_meaning": "inferred from the op census",
+        "io_dtype": ",".join(sorted({s.dtype for s in c.inputs})),
+        "artifacts": [{"target": "tflite", "path": path or "<bytes>", "bytes": len(artifact), "ratio_to_fp32": None,
+                       "sha256": hashlib.sha256(artifact).hexdigest()}],
+        "census": {k: v for k, v in c.to_dict().items()},
+        "validation": section,
+        "checks": [ch.to_dict() for ch in checks],
+        "timings_s": {"validate": round(time.perf_counter() - t0, 4)},
+        "versions": versions(),
+    })
+
+
+def _reference(reference: Any) -> tuple[Any, str | None]:
+    if reference is None:
+        return None, None
+    if isinstance(reference, str | os.PathLike | bytes) and (isinstance(reference, bytes) or
+                                                              str(reference).lower().endswith(".tflite")):
+        data, path = read_tflite(reference)
+        runner = Runner(data, RuntimeOptions())
+        return runner.run, path or "<bytes>"
+    source = load_source(reference)
+    return source.predict, source.path or source.name
+
+
+def _precision_of(c: Census) -> str:
+    counts = c.compute_counts
+    if not c.float_compute_ops(allow_io_boundaries=True):
+        return "int16x8" if counts.get("int16") else "int8"
+    if counts.get("hybrid-int8"):
+        return "dynamic-int8"
+    if c.weight_dtypes.get("float16"):
+        return "fp16"
+    if counts.get("int8") or counts.get("int16"):
+        return "mixed"
+    return "fp32"
+
+

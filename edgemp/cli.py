@@ -1,0 +1,258 @@
+"""The `edgemp` command: parses, calls the API, prints, maps errors to exit codes. Nothing more.
+
+Exit codes: 0 success, 2 bad input, 3 validation failed (collapse / accuracy gate), 4 conversion error, 1 other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgemp.config import ColorMode, IODType, Layout, Precision, ResizePolicy
+
+EXIT_GATE_FAILED = 3
+
+
+def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from edgemp.errors import EdgempError
+
+        try:
+            return fn(*args, **kwargs)
+        except EdgempError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HxW (e.g. 224x224), got {text!r}") from None
+    return h, w
+
+
+def preprocessing_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--size", help="Image size HxW (default: the model input's)."),
+        click.option("--resize", type=click.Choice([r.value for r in ResizePolicy]), default="stretch", show_default=True),
+        click.option("--color", type=click.Choice([c.value for c in ColorMode]), default="auto", show_default=True),
+        click.option("--scale", type=float, default=1 / 255, show_default=True, help="Pixel multiplier before mean/std."),
+        click.option("--mean", help="Per-channel mean, comma-separated (after scale)."),
+        click.option("--std", help="Per-channel std, comma-separated (after scale)."),
+        click.option("--layout", type=click.Choice([x.value for x in Layout]), default="NHWC", show_default=True),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--threads", type=int, default=1, show_default=True, help="Interpreter threads."),
+        click.option("--no-xnnpack", is_flag=True, help="Run without the default XNNPACK delegate."),
+        click.option("--delegate", "delegates", multiple=True, type=click.Path(),
+                     help="External delegate library (.so); repeatable. Failing to load is an error."),
+        click.option("--delegate-option", "delegate_options", multiple=True, metavar="KEY=VALUE",
+                     help="Option passed to every --delegate; repeatable."),
+        click.option("--latency-runs", type=int, default=50, show_default=True),
+        click.option("--max-accuracy-drop", type=float, default=0.01, show_default=True,
+                     help="Top-1 drop allowed, as a fraction (0.01 = one point)."),
+        click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal)."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _preprocessing(size: str | None, resize: str, color: str, scale: float, mean: str | None, std: str | None,
+                   layout: str) -> Any:
+    from edgemp.config import Preprocessing
+
+    return Preprocessing(size=_size(size), resize=resize, color=color, scale=scale,  # type: ignore[arg-type]
+                         mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), layout=layout)  # type: ignore[arg-type]
+
+
+def _delegates(paths: tuple[str, ...], options: tuple[str, ...]) -> list[dict[str, Any]]:
+    opts = {}
+    for kv in options:
+        if "=" not in kv:
+            raise click.BadParameter(f"--delegate-option expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        opts[k] = v
+    return [{"path": p, "options": opts} for p in paths]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgemp")
+@click.option("-v", "--verbose", count=True, help="More logging.")
+def main(verbose: int) -> None:
+    """edgemp: trained Keras model -> validated FP16/INT8 TFLite for phones and edge devices."""
+    logging.basicConfig(level=logging.WARNING - 10 * verbose, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("-p", "--precision", type=click.Choice([p.value for p in Precision]), default="int8", show_default=True)
+@click.option("-c", "--calibration", type=click.Path(), help="Folder of images, .npy or .npz.")
+@click.option("--validation", type=click.Path(), help="Folder with one sub-folder per class, or .npz with x/y.")
+@click.option("-o", "--output-dir", type=click.Path(), default="dist", show_default=True)
+@click.option("--io-dtype", type=click.Choice([i.value for i in IODType]), default="quantized", show_default=True,
+              help="I/O of int8/int16x8 models: the quantized type, or float32.")
+@click.option("-n", "--num-calibration-samples", type=int, default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-validation-samples", type=int)
+@click.option("--name", help="Base name of the output files (default: the model's).")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
+@preprocessing_options
+@runtime_options
+@_handle_errors
+def convert(model: str, precision: str, calibration: str | None, validation: str | None, output_dir: str,
+            io_dtype: str, num_calibration_samples: int, seed: int, max_validation_samples: int | None,
+            name: str | None, force: bool, as_json: bool, size: str | None, resize: str, color: str, scale: float,
+            mean: str | None, std: str | None, layout: str, threads: int, no_xnnpack: bool,
+            delegates: tuple[str, ...], delegate_options: tuple[str, ...], latency_runs: int,
+            max_accuracy_drop: float, progress: bool | None) -> None:
+    """Convert MODEL (.keras, .h5 or SavedModel dir) to a validated .tflite."""
+    from edgemp.convert import convert as do_convert
+
+    result = do_convert(
+        model, precision, calibration, validation, output_dir, io_dtype=io_dtype,
+        num_calibration_samples=num_calibration_samples, seed=seed,
+        preprocessing=_preprocessing(size, resize, color, scale, mean, std, layout),
+        max_accuracy_drop=max_accuracy_drop, max_validation_samples=max_validation_samples, num_threads=threads,
+        xnnpack=not no_xnnpack, delegates=_delegates(delegates, delegate_options), latency_runs=latency_runs,
+        name=name, force=force, progress=progress,
+    )
+    _print_report(result.report, as_json)
+    if not as_json:
+        click.echo(f"wrote {', '.join(str(p) for p in result.artifacts.values())}")
+    sys.exit(0 if result.passed else EXIT_GATE_FAILED)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("-r", "--reference", type=click.Path(), help="Float reference: .keras/.h5/SavedModel or a .tflite.")
+@click.option("-d", "--data", type=click.Path(), help="Validation data: class folders, images, .npy or .npz (x/y).")
+@click.option("--max-samples", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--report", "report_path", type=click.Path(), help="Also write the JSON report here.")
+@preprocessing_options
+@runtime_options
+@_handle_errors
+def validate(model: str, reference: str | None, data: str | None, max_samples: int | None, as_json: bool,
+             report_path: str | None, size: str | None, resize: str, color: str, scale: float, mean: str | None,
+             std: str | None, layout: str, threads: int, no_xnnpack: bool, delegates: tuple[str, ...],
+             delegate_options: tuple[str, ...], latency_runs: int, max_accuracy_drop: float,
+             progress: bool | None) -> None:
+    """Validate MODEL.tflite on the host against a reference model."""
+    from edgemp.api import validate as do_validate
+
+    report = do_validate(model, reference, data, preprocessing=_preprocessing(size, resize, color, scale, mean, std, layout),
+                         max_accuracy_drop=max_accuracy_drop, max_samples=max_samples, num_threads=threads,
+                         xnnpack=not no_xnnpack, delegates=_delegates(delegates, delegate_options),
+                         latency_runs=latency_runs, progress=progress)
+    if report_path:
+        report.to_json(Path(report_path))
+    _print_report(report, as_json)
+    sys.exit(0 if report.passed else EXIT_GATE_FAILED)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--ops", "show_ops", is_flag=True, help="List every op with its dtypes.")
+@_handle_errors
+def inspect(model: str, as_json: bool, show_ops: bool) -> None:
+    """Print the op census of MODEL.tflite: what each op computes in, weights, I/O quantization, size."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgemp.api import inspect_model
+
+    c = inspect_model(model)
+    if as_json:
+        click.echo(json.dumps(c.to_dict(), indent=2))
+        return
+    console = Console()
+    console.print(f"[bold]{model}[/]: {c.size_bytes:,} bytes, {len(c.ops)} ops, {c.transpose_count} TRANSPOSE")
+    t = Table(title="Ops by compute type")
+    t.add_column("compute")
+    t.add_column("ops", justify="right")
+    for k, v in c.compute_counts.items():
+        t.add_row(k, str(v))
+    console.print(t)
+    console.print(f"op types: {c.op_counts}")
+    console.print(f"weights: {c.weight_dtypes} {c.per_channel_weights}; tensor dtypes: {c.tensor_dtypes}")
+    io = Table(title="I/O")
+    for col in ("kind", "name", "shape", "dtype", "scale", "zero point"):
+        io.add_column(col)
+    for kind, specs in (("input", c.inputs), ("output", c.outputs)):
+        for s in specs:
+            io.add_row(kind, s.name, str(list(s.shape)), s.dtype, "" if s.scale is None else f"{s.scale:.6g}",
+                       "" if s.zero_point is None else str(s.zero_point))
+    console.print(io)
+    if show_ops:
+        for o in c.ops:
+            console.print(f"  [{o.compute}] {o.describe()}")
+
+
+@main.command()
+@click.option("-o", "--output-dir", type=click.Path(), default="dist/demo", show_default=True)
+@click.option("-p", "--precision", "precisions", multiple=True, default=("fp16", "int8"), show_default=True,
+              type=click.Choice([p.value for p in Precision]))
+@_handle_errors
+def demo(output_dir: str, precisions: tuple[str, ...]) -> None:
+    """Main job on shipped defaults: the example Fashion-MNIST CNN, calibration_data/, validated on 10k test images.
+
+    Trains the example model once (cached) and overwrites its own outputs in OUTPUT_DIR on every run.
+    """
+    from rich.console import Console
+
+    from edgemp import demo as demo_data
+    from edgemp.convert import convert as do_convert
+
+    console = Console()
+    root = Path(__file__).resolve().parents[1]
+    calibration = root / "calibration_data" / "fashion_mnist"
+    console.print("[bold]edgemp demo[/]: training (first run only) and caching the example model ...")
+    model = demo_data.example_model_path()
+    test = demo_data.fashion_mnist("test")
+    failed = False
+    for precision in precisions:
+        console.rule(f"{precision}")
+        result = do_convert(model, precision, calibration, test, output_dir, force=True, progress=None)
+        result.report.render(console)
+        console.print(f"wrote {', '.join(str(p) for p in result.artifacts.values())}")
+        failed |= not result.passed
+    sys.exit(EXIT_GATE_FAILED if failed else 0)
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        report.render()

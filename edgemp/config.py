@@ -1,0 +1,180 @@
+"""Shared enums and frozen option dataclasses (one place, with to_dict/from_dict), used by every stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+from edgemp.errors import InputError, UnknownPrecisionError
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def parse_enum(cls: type[E], value: Any, what: str) -> E:
+    """Accept an enum member or its string value; an unknown name lists the valid ones."""
+    if isinstance(value, cls):
+        return value
+    for member in cls:
+        if isinstance(value, str) and value.lower() == str(member.value).lower():
+            return member
+    valid = ", ".join(repr(m.value) for m in cls)
+    raise UnknownPrecisionError(f"unknown {what} {value!r}; valid values: {valid}")
+
+
+class Precision(str, enum.Enum):
+    """What the artifact computes in. The label is checked against the artifact's op census."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"  # float16 weights, float32 compute and I/O
+    DYNAMIC_INT8 = "dynamic-int8"  # int8 weights, float activations (quantized on the fly by the kernels)
+    INT8 = "int8"  # fully integer: int8 weights per-channel, int8 activations
+    INT16X8 = "int16x8"  # int16 activations, int8 weights
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self in (Precision.INT8, Precision.INT16X8)
+
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    Precision.FP32: "float32 weights, activations and I/O (reference)",
+    Precision.FP16: "float16 weights dequantized to float32 at load; float32 compute and I/O",
+    Precision.DYNAMIC_INT8: "int8 per-channel weights; activations float32, quantized on the fly by hybrid kernels",
+    Precision.INT8: "fully integer: int8 per-channel weights, int8 activations, int32 biases",
+    Precision.INT16X8: "int16 activations, int8 per-channel weights, int64 biases",
+}
+
+
+class IODType(str, enum.Enum):
+    """I/O of a statically quantized model: the quantized type (default) or float32 on request."""
+
+    QUANTIZED = "quantized"
+    FLOAT = "float"
+
+
+class ResizePolicy(str, enum.Enum):
+    STRETCH = "stretch"  # resize to the target size, ignoring aspect ratio
+    CENTER_CROP = "center-crop"  # resize the short side, then crop the center
+    LETTERBOX = "letterbox"  # fit inside, pad with zeros
+
+
+class ColorMode(str, enum.Enum):
+    AUTO = "auto"  # from the model's channel count: 1 -> grayscale, 3 -> rgb
+    RGB = "rgb"
+    BGR = "bgr"
+    GRAYSCALE = "grayscale"
+
+
+class Layout(str, enum.Enum):
+    NHWC = "NHWC"
+    NCHW = "NCHW"
+
+
+T = TypeVar("T", bound="_Config")
+
+
+class _Config:
+    def to_dict(self) -> dict[str, Any]:
+        def conv(v: Any) -> Any:
+            if isinstance(v, enum.Enum):
+                return v.value
+            if isinstance(v, tuple | list):
+                return [conv(x) for x in v]
+            if dataclasses.is_dataclass(v) and not isinstance(v, type):
+                return v.to_dict()  # type: ignore[attr-defined]
+            return v
+
+        return {f.name: conv(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - names
+        if unknown:
+            raise InputError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; valid: {sorted(names)}")
+        return cls(**dict(data))
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing(_Config):
+    """How an image file becomes a model input; the same spec is recorded for the app to reproduce.
+
+    value = (pixel * scale - mean) / std, per channel, after resize and color conversion.
+    size=None takes (height, width) from the model input.
+    """
+
+    size: tuple[int, int] | None = None
+    resize: ResizePolicy = ResizePolicy.STRETCH
+    color: ColorMode = ColorMode.AUTO
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: Layout = Layout.NHWC
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resize", parse_enum(ResizePolicy, self.resize, "resize policy"))
+        object.__setattr__(self, "color", parse_enum(ColorMode, self.color, "color mode"))
+        object.__setattr__(self, "layout", parse_enum(Layout, self.layout, "layout"))
+        if self.size is not None:
+            size = tuple(int(s) for s in self.size)
+            if len(size) != 2 or min(size) <= 0:
+                raise InputError(f"preprocessing size must be (height, width) with positive values, got {self.size!r}")
+            object.__setattr__(self, "size", size)
+        mean = _floats(self.mean, "mean")
+        std = _floats(self.std, "std")
+        if any(s == 0 for s in std):
+            raise InputError("preprocessing std must not contain 0")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+        if not self.scale or self.scale <= 0:
+            raise InputError(f"preprocessing scale must be positive, got {self.scale!r}")
+
+
+def _floats(v: float | Sequence[float], what: str) -> tuple[float, ...]:
+    vals = (float(v),) if isinstance(v, int | float) else tuple(float(x) for x in v)
+    if not vals or len(vals) not in (1, 3):
+        raise InputError(f"preprocessing {what} must have 1 or 3 values, got {v!r}")
+    return vals
+
+
+@dataclasses.dataclass(frozen=True)
+class DelegateSpec(_Config):
+    """An external TFLite delegate: a shared library path and its string options."""
+
+    path: str
+    options: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "options": dict(self.options)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeOptions(_Config):
+    """How the host LiteRT interpreter runs an artifact for validation and latency."""
+
+    num_threads: int = 1
+    xnnpack: bool = True
+    delegates: tuple[DelegateSpec, ...] = ()
+    latency_runs: int = 50
+    warmup_runs: int = 5
+
+    def __post_init__(self) -> None:
+        if self.num_threads < 1:
+            raise InputError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.latency_runs < 0 or self.warmup_runs < 0:
+            raise InputError("latency_runs and warmup_runs must be >= 0")
+        specs = tuple(d if isinstance(d, DelegateSpec) else _delegate_from(d) for d in self.delegates)
+        object.__setattr__(self, "delegates", specs)
+
+
+def _delegate_from(d: Any) -> DelegateSpec:
+    if isinstance(d, str):
+        return DelegateSpec(d)
+    if isinstance(d, Mapping):
+        return DelegateSpec(str(d["path"]), {str(k): str(v) for k, v in dict(d.get("options", {})).items()})
+    raise InputError(f"a delegate is a path or {{'path': ..., 'options': {{...}}}}, got {d!r}")

@@ -1,0 +1,200 @@
+"""edgemp.convert: one call from a trained model to a validated, honestly labelled edge artifact."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemp import __version__
+from edgemp._io import check_overwrite, prepare_output_dir, write_atomic
+from edgemp._versions import versions
+from edgemp.backends.tflite_census import census
+from edgemp.calibration import CalibrationSet, load_calibration
+from edgemp.config import DelegateSpec, IODType, Precision, Preprocessing, RuntimeOptions, parse_enum
+from edgemp.errors import CalibrationError, InputError, PrecisionLabelError, QualityGateError
+from edgemp.quantize import apply_recipe, calibrate, recipe_for
+from edgemp.sources import load_source
+from edgemp.validate import Report, ValidationData, evaluate, label_checks, load_validation
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertResult:
+    """What convert() wrote and what it measured. `passed` is False when a collapse or accuracy check failed."""
+
+    artifacts: dict[str, Path]
+    report: Report
+    precision: Precision
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - t0, 4)
+
+
+def convert(
+    model: Any,
+    precision: str | Precision = "int8",
+    calibration: Any = None,
+    validation: Any = None,
+    output_dir: str | Path = "dist/",
+    *,
+    io_dtype: str | IODType = IODType.QUANTIZED,
+    num_calibration_samples: int = 200,
+    seed: int = 0,
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+    max_accuracy_drop: float | None = 0.01,
+    max_validation_samples: int | None = None,
+    num_threads: int = 1,
+    xnnpack: bool = True,
+    delegates: Sequence[str | DelegateSpec | Mapping[str, Any]] = (),
+    latency_runs: int = 50,
+    name: str | None = None,
+    force: bool = False,
+    strict: bool = False,
+    progress: bool | None = None,
+) -> ConvertResult:
+    """Convert a Keras model to a .tflite in `precision`, validate it on the host, write artifact + report.
+
+    Example:
+        >>> result = edgemp.convert("model.keras", precision="int8", calibration="calibration_data/",
+        ...                         validation="val_images/", output_dir="dist/")
+        >>> result.passed, result.artifacts["tflite"]
+
+    int8 gets int8 I/O unless io_dtype="float". `max_accuracy_drop` is a fraction (0.01 = one top-1 point);
+    None disables the accuracy gate (the collapse checks always run). With strict=True a failed check
+    raises QualityGateError after the artifact and report are written.
+    """
+    timer = _Timer()
+    prec = parse_enum(Precision, precision, "precision")
+    io = parse_enum(IODType, io_dtype, "io_dtype")
+    pre = Preprocessing.from_dict(preprocessing) if isinstance(preprocessing, Mapping) else preprocessing
+    opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, delegates=tuple(delegates),  # type: ignore[arg-type]
+                          latency_runs=latency_runs)
+    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
+        raise InputError(f"max_accuracy_drop is a fraction in [0, 1] (0.01 = one point), got {max_accuracy_drop}")
+    if prec.needs_calibration and calibration is None:
+        raise CalibrationError(f"precision {prec.value!r} needs calibration data: pass calibration= "
+                               "(a folder of images, .npy/.npz, an array or an iterable of samples).")
+    out_dir = prepare_output_dir(output_dir)
+
+    with timer.stage("load_model"):
+        source = load_source(model)
+    base = name or source.name
+    paths = {"tflite": out_dir / f"{base}_{prec.value}.tflite", "report_json": out_dir / f"{base}_{prec.value}.report.json",
+             "report_md": out_dir / f"{base}_{prec.value}.report.md"}
+    check_overwrite(list(paths.values()), force)
+
+    with timer.stage("float_conversion"):
+        float_tflite = source.to_float_tflite()
+        float_census = census(float_tflite)
+    specs = source.input_specs()
+
+    cal: CalibrationSet | None = None
+    if calibration is not None:
+        with timer.stage("calibration_data"):
+            cal = load_calibration(calibration, specs, num_samples=num_calibration_samples, seed=seed,
+                                   preprocessing=pre, progress=progress)
+
+    recipe = recipe_for(prec, io)
+    if recipe is None:
+        artifact = float_tflite
+    else:
+        stats = None
+        if prec.needs_calibration:
+            assert cal is not None
+            with timer.stage("calibrate"):
+                stats = calibrate(float_tflite, cal.samples, num_threads=num_threads)
+        with timer.stage("quantize"):
+            artifact = apply_recipe(float_tflite, recipe, stats)
+
+    with timer.stage("census"):
+        art_census = census(artifact)
+        checks = label_checks(art_census, prec, io)
+    broken = [c for c in checks if not c.passed]
+    if broken:
+        raise PrecisionLabelError(
+            f"the {prec.value} artifact is not what its label says: " + "; ".join(f"{c.name}: {c.detail}" for c in broken)
+            + ". Nothing was written. Keep those ops in float with precision 'dynamic-int8'/'fp16', or ask for io_dtype='float'."
+        )
+
+    vdata, note = _validation_data(validation, specs, pre or (cal.preprocessing if cal else None), cal,
+                                   max_validation_samples, seed, progress)
+    with timer.stage("validate"):
+        vsection, qchecks = evaluate(artifact, source.predict, vdata, opts,
+                                     max_accuracy_drop=max_accuracy_drop if vdata.labels is not None else None,
+                                     fp32_artifact=float_tflite, progress=progress, data_note=note)
+    checks += qchecks
+    passed = all(c.passed for c in checks)
+
+    fp32_bytes = len(float_tflite)
+    report = Report({
+        "edgemp_version": __version__,
+        "passed": passed,
+        "model": {"name": base, "source": source.kind, "path": source.path, "parameters": source.num_parameters(),
+                  "inputs": [s.to_dict() for s in specs]},
+        "precision": prec.value,
+        "precision_meaning": prec.meaning,
+        "io_dtype": _io_label(prec, io),
+        "recipe": recipe,
+        "artifacts": [{"target": "tflite", "path": str(paths["tflite"]), "bytes": len(artifact),
+                       "ratio_to_fp32": len(artifact) / fp32_bytes, "sha256": hashlib.sha256(artifact).hexdigest()}],
+        "fp32_reference": {"bytes": fp32_bytes, "ops": float_census.compute_counts},
+        "census": {k: v for k, v in art_census.to_dict().items() if k != "ops"} | {"ops": art_census.to_dict()["ops"]},
+        "calibration": cal.summary() if cal else None,
+        "validation": vsection,
+        "checks": [c.to_dict() for c in checks],
+        "timings_s": timer.times,
+        "versions": versions() | source.framework_versions(),
+    })
+    write_atomic(paths["tflite"], artifact)
+    report.to_json(paths["report_json"])
+    write_atomic(paths["report_md"], report.to_markdown())
+    result = ConvertResult(paths, report, prec)
+    if not passed:
+        log.warning("conversion to %s FAILED validation: %s", prec.value, "; ".join(report.failures))
+        if strict:
+            raise QualityGateError("validation failed: " + "; ".join(report.failures), report)
+    return result
+
+
+def _io_label(prec: Precision, io: IODType) -> str:
+    if not prec.needs_calibration or io is IODType.FLOAT:
+        return "float32"
+    return "int8" if prec is Precision.INT8 else "int16"
+
+
+def _validation_data(validation: Any, specs: list[Any], pre: Preprocessing | None, cal: CalibrationSet | None,
+                     max_samples: int | None, seed: int, progress: bool | None) -> tuple[ValidationData, str | None]:
+    """The given validation data, else the calibration samples, else seeded random inputs — labelled as such."""
+    if validation is not None:
+        return load_validation(validation, specs, pre, max_samples, progress), None
+    if cal is not None:
+        inputs = {k: np.concatenate([s[k] for s in cal.samples]) for k in cal.samples[0]}
+        return (ValidationData(inputs, None, None, "calibration samples", []),
+                "no validation data given: fidelity measured on the calibration samples, accuracy not measured")
+    rng = np.random.default_rng(seed)
+    inputs = {s.name: rng.random((32, *[d or 1 for d in s.shape[1:]]), dtype=np.float32) for s in specs}
+    return (ValidationData(inputs, None, None, "random inputs in [0, 1)", []),
+            "no validation or calibration data given: fidelity measured on random inputs only")

@@ -1,0 +1,108 @@
+"""The shipped example: a small CNN trained on Fashion-MNIST (offline, from the Debian package), cached.
+
+Used by `edgemp demo`, the examples, the tests and the benchmarks, so all of them measure the same model.
+Nothing here downloads: scripts/env.sh fetches the Debian package at set-up time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemp.errors import InputError
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
+MODEL_VERSION = "v1"  # bump when the architecture or training changes: the cache key follows it
+_REL = Path("usr/share/datasets/fashion-mnist")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGEMP_CACHE", Path.home() / ".cache" / "edgemp"))
+
+
+def fashion_mnist_dir() -> Path:
+    candidates = [Path(os.environ["EDGEMP_DATA_DIR"]) / _REL] if os.environ.get("EDGEMP_DATA_DIR") else []
+    candidates += [Path("/") / _REL, cache_dir() / "data" / _REL]
+    for c in candidates:
+        if (c / "t10k-labels-idx1-ubyte.gz").exists():
+            return c
+    raise InputError(
+        "Fashion-MNIST not found (looked in " + ", ".join(map(str, candidates)) + "). Run `bash scripts/env.sh` "
+        "(fetches the Debian package dataset-fashion-mnist) or `apt-get install dataset-fashion-mnist`."
+    )
+
+
+def fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(images float32 in [0, 1], shape (N, 28, 28, 1); labels int64). split: 'train' (60k) or 'test' (10k)."""
+    prefix = {"train": "train", "test": "t10k"}[split]
+    root = fashion_mnist_dir()
+    with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz") as f:
+        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
+    with gzip.open(root / f"{prefix}-labels-idx1-ubyte.gz") as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
+    return x.astype(np.float32) / 255.0, y
+
+
+def build_model() -> Any:
+    """~420k parameters: two conv blocks with batch norm, then a dense head."""
+    from edgemp.sources.keras import import_tf
+
+    import_tf()
+    import keras
+    from keras import layers
+
+    inp = keras.Input((28, 28, 1), name="image")
+    x = inp
+    for i, filters in enumerate((32, 64)):
+        for j in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv{j + 1}")(x)
+            x = layers.BatchNormalization(name=f"block{i + 1}_bn{j + 1}")(x)
+            x = layers.ReLU(name=f"block{i + 1}_relu{j + 1}")(x)
+        x = layers.MaxPooling2D(name=f"block{i + 1}_pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(128, activation="relu", name="fc1")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    out = layers.Dense(len(CLASSES), name="logits")(x)
+    return keras.Model(inp, out, name="fashion_cnn")
+
+
+def example_model_path(epochs: int = 2) -> Path:
+    """Train once (about a minute per epoch on 2 cores), then reuse the cached .keras file."""
+    path = cache_dir() / "models" / f"fashion_cnn_{MODEL_VERSION}_e{epochs}.keras"
+    if path.exists():
+        return path
+    from edgemp.sources.keras import import_tf
+
+    import_tf()
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x, y = fashion_mnist("train")
+    model = build_model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    log.info("training the example model on Fashion-MNIST (%d epochs, cached at %s)", epochs, path)
+    model.fit(x, y, batch_size=128, epochs=epochs, verbose=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def export_images(x: np.ndarray, y: np.ndarray, root: Path, per_class_dirs: bool) -> None:
+    """Write images as PNG (for the shipped calibration/validation folders)."""
+    from PIL import Image
+
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        folder = root / CLASSES[label] if per_class_dirs else root
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{i:05d}.png" if per_class_dirs else f"{i:05d}_{CLASSES[label]}.png"
+        Image.fromarray((img[..., 0] * 255).round().astype(np.uint8), mode="L").save(folder / name, optimize=True)

@@ -1,0 +1,86 @@
+"""Typed errors. Every error names the fix; the CLI maps each family to its own exit code.
+
+Exit codes: 2 bad input (model, data, options, output paths), 3 quality gate failed (collapse or accuracy
+drop), 4 the converter cannot lower the model, 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+
+class EdgempError(Exception):
+    """Base class: catch this to handle every error edgemp raises on purpose."""
+
+    exit_code = 1
+
+
+# -- bad input -------------------------------------------------------------------------------------------
+class InputError(EdgempError, ValueError):
+    """The user gave something edgemp cannot use; the message says what to change."""
+
+    exit_code = 2
+
+
+class ModelLoadError(InputError):
+    """Model path missing, unreadable, corrupt, or of a type edgemp does not read."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """A model object or file type no registered source handles."""
+
+
+class UnknownPrecisionError(InputError):
+    """Precision (or I/O dtype, layout...) name not in the list of valid ones."""
+
+
+class CalibrationError(InputError):
+    """Calibration data missing, unreadable, non-finite, or not shaped like the model input."""
+
+
+class DataError(InputError):
+    """Validation/reference data that cannot be used."""
+
+
+class OutputExistsError(InputError):
+    """An output would be overwritten; pass force=True / --force."""
+
+
+class OutputNotWritableError(InputError):
+    """The output directory cannot be created or written."""
+
+
+class DelegateError(InputError):
+    """An external delegate that was asked for did not load (never a silent CPU fallback)."""
+
+
+class NotATFLiteModelError(InputError):
+    """A file given as a .tflite model is not a TFLite flatbuffer (or is truncated)."""
+
+
+# -- conversion ------------------------------------------------------------------------------------------
+class ConversionError(EdgempError):
+    """The converter or quantizer failed on a valid model."""
+
+    exit_code = 4
+
+
+class UnsupportedOpsError(ConversionError):
+    """The model uses ops the TFLite builtin op set cannot express; `ops` lists them."""
+
+    def __init__(self, message: str, ops: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.ops = list(ops or [])
+
+
+class PrecisionLabelError(ConversionError):
+    """The artifact does not compute in the precision it is labelled with (e.g. float ops in an int8 model)."""
+
+
+# -- quality gates ---------------------------------------------------------------------------------------
+class QualityGateError(EdgempError):
+    """Raised with strict=True (and mapped by the CLI) when validation fails: collapse or accuracy drop."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report

@@ -1,0 +1,72 @@
+"""Model sources, registered by kind. `load_source` picks one from a model object or a path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgemp.errors import ModelLoadError, UnsupportedModelError
+from edgemp.sources.base import Source, TensorSpec
+
+# kind -> (accepts(model) -> bool, load(model) -> Source). Loaders import their framework lazily.
+_REGISTRY: dict[str, tuple[Callable[[Any], bool], Callable[[Any], Source]]] = {}
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def register_source(kind: str, accepts: Callable[[Any], bool], load: Callable[[Any], Source]) -> None:
+    _REGISTRY[kind] = (accepts, load)
+
+
+def registered_sources() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_source(model: Any) -> Source:
+    """Return a Source for a model object or a model path; bad paths raise ModelLoadError naming the fix."""
+    if isinstance(model, str | os.PathLike):
+        _check_path(Path(model))
+    for kind, (accepts, load) in _REGISTRY.items():
+        if accepts(model):
+            return load(model)
+    if isinstance(model, str | os.PathLike):
+        raise UnsupportedModelError(
+            f"unsupported model file {model}: edgemp reads Keras models ({', '.join(KERAS_SUFFIXES)}) and "
+            "SavedModel directories. A .tflite is already converted: use `edgemp validate` or `edgemp inspect`."
+        )
+    raise UnsupportedModelError(
+        f"unsupported model object of type {type(model).__module__}.{type(model).__qualname__}; pass a keras.Model "
+        "or a path to a .keras/.h5 file or a SavedModel directory."
+    )
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise ModelLoadError(f"model path {path} does not exist; check the path.")
+    if path.is_file() and not os.access(path, os.R_OK):
+        raise ModelLoadError(f"model file {path} is not readable (permissions); fix its permissions.")
+    if path.is_dir() and not (path / "saved_model.pb").exists():
+        raise UnsupportedModelError(
+            f"directory {path} is not a SavedModel (no saved_model.pb); pass a .keras/.h5 file or a SavedModel dir."
+        )
+
+
+def _is_keras(model: Any) -> bool:
+    if isinstance(model, str | os.PathLike):
+        p = Path(model)
+        return p.suffix.lower() in KERAS_SUFFIXES or (p.is_dir() and (p / "saved_model.pb").exists())
+    mod = type(model).__module__
+    return mod.startswith("keras") and hasattr(model, "inputs") and hasattr(model, "outputs")
+
+
+def _load_keras(model: Any) -> Source:
+    from edgemp.sources.keras import load_keras
+
+    return load_keras(model)
+
+
+register_source("keras", _is_keras, _load_keras)
+
+__all__ = ["Source", "TensorSpec", "load_source", "register_source", "registered_sources"]

@@ -1,0 +1,38 @@
+"""What every model source gives the pipeline: a float .tflite, a float reference to compare with, and specs."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | None, ...]  # None = dynamic (usually the batch)
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": [-1 if d is None else d for d in self.shape], "dtype": self.dtype}
+
+
+class Source(Protocol):
+    """A loaded model. Heavy frameworks are imported by the concrete class, never at `import edgemp`."""
+
+    kind: ClassVar[str]
+    name: str
+    path: str | None
+
+    def input_specs(self) -> list[TensorSpec]: ...
+
+    def to_float_tflite(self) -> bytes: ...
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Float reference outputs for a batch, in the artifact's output order."""
+        ...
+
+    def num_parameters(self) -> int | None: ...
+
+    def framework_versions(self) -> dict[str, str]: ...

@@ -1,0 +1,165 @@
+"""Keras 3 models (object, .keras, .h5) and TF SavedModel directories -> float .tflite + float reference."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgemp.errors import ConversionError, ModelLoadError, UnsupportedOpsError
+from edgemp.sources.base import TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+def import_tf() -> Any:
+    """Import TensorFlow quietly (its C++ logging floods the terminal otherwise)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(logging.ERROR)
+    return tf
+
+
+def load_keras(model: Any) -> KerasSource | SavedModelSource:
+    if isinstance(model, str | os.PathLike):
+        path = Path(model)
+        if path.is_dir():
+            return SavedModelSource(path)
+        import_tf()
+        import keras
+
+        try:
+            loaded = keras.saving.load_model(path, compile=False)
+        except Exception as exc:  # keras raises zipfile/OSError/ValueError/TypeError for bad files
+            raise ModelLoadError(
+                f"cannot load Keras model {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+                "The file is corrupt, truncated or not a Keras model; re-save it with model.save('model.keras')."
+            ) from exc
+        return KerasSource(loaded, path=str(path))
+    return KerasSource(model)
+
+
+_DETAIL_OP = re.compile(r"^\s*(tf\.[A-Za-z0-9_]+)\(", re.MULTILINE)
+_SELECT_OPS = re.compile(r"(?:TF Select ops|Flex ops|Custom ops):\s*(.+)")
+_OP_LOCATION = re.compile(r'fused\["([A-Za-z0-9_]+):", "([^"@]+)@')
+
+
+def unsupported_ops(text: str) -> tuple[list[str], dict[str, str]]:
+    """Op names and, where the converter says, the layer path of each (from its MLIR locations)."""
+    ops = set(_DETAIL_OP.findall(text))
+    for line in _SELECT_OPS.findall(text):
+        ops.update(f"tf.{o.strip().removeprefix('Flex')}" for o in line.split(",") if o.strip())
+    where: dict[str, str] = {}
+    for op, loc in _OP_LOCATION.findall(text):
+        where.setdefault(f"tf.{op}", loc.rsplit("/", 1)[0])
+    return sorted(ops), where
+
+
+def convert_with_tf(make_converter: Any, what: str) -> bytes:
+    """Run a TFLiteConverter, turning its errors into typed ones that name the unsupported ops."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # Keras' export prints "Saved artifact at ..."
+            return bytes(make_converter().convert())
+    except Exception as exc:
+        text = str(exc)
+        ops, where = unsupported_ops(text)
+        if ops or "not supported" in text:
+            named = [f"{op} (in {where[op]})" if op in where else op for op in ops]
+            raise UnsupportedOpsError(
+                f"{what} uses ops the TFLite builtin op set cannot express: {', '.join(named) or 'see details'}. "
+                "Replace them with supported layers (or implement them with basic ops) and convert again.",
+                ops=ops,
+            ) from exc
+        raise ConversionError(f"TFLite conversion of {what} failed: {text.strip().splitlines()[-1] if text else exc!r}") from exc
+
+
+class KerasSource:
+    kind: ClassVar[str] = "keras"
+
+    def __init__(self, model: Any, path: str | None = None) -> None:
+        self.model = model
+        self.path = path
+        self.name = _safe_name(Path(path).stem if path else getattr(model, "name", "model"))
+
+    def input_specs(self) -> list[TensorSpec]:
+        return [
+            TensorSpec(_input_name(t), tuple(t.shape), str(getattr(t.dtype, "name", t.dtype)))
+            for t in self.model.inputs
+        ]
+
+    def to_float_tflite(self) -> bytes:
+        tf = import_tf()
+        return convert_with_tf(lambda: tf.lite.TFLiteConverter.from_keras_model(self.model), f"Keras model {self.name!r}")
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        names = [s.name for s in self.input_specs()]
+        args: Any = inputs[names[0]] if len(names) == 1 else [inputs[n] for n in names]
+        out = self.model(args, training=False)
+        outs = out if isinstance(out, list | tuple) else [out]
+        if isinstance(out, dict):
+            outs = list(out.values())
+        return [np.asarray(o) for o in outs]
+
+    def num_parameters(self) -> int | None:
+        return int(self.model.count_params())
+
+    def framework_versions(self) -> dict[str, str]:
+        import keras
+
+        return {"tensorflow": import_tf().__version__, "keras": keras.__version__}
+
+
+class SavedModelSource:
+    kind: ClassVar[str] = "saved_model"
+
+    def __init__(self, path: Path) -> None:
+        tf = import_tf()
+        self.path = str(path)
+        self.name = _safe_name(path.name)
+        try:
+            self._loaded = tf.saved_model.load(str(path))
+            self._fn = self._loaded.signatures["serving_default"]
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load SavedModel {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+                "It must have a 'serving_default' signature (keras: model.export(path))."
+            ) from exc
+
+    def input_specs(self) -> list[TensorSpec]:
+        _, kwargs = self._fn.structured_input_signature
+        return [TensorSpec(k, tuple(v.shape), v.dtype.name) for k, v in sorted(kwargs.items())]
+
+    def to_float_tflite(self) -> bytes:
+        tf = import_tf()
+        return convert_with_tf(lambda: tf.lite.TFLiteConverter.from_saved_model(self.path), f"SavedModel {self.path}")
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = self._fn(**{k: import_tf().constant(v) for k, v in inputs.items()})
+        return [np.asarray(out[k]) for k in sorted(out, key=_output_sort_key)]
+
+    def num_parameters(self) -> int | None:
+        return int(sum(np.prod(v.shape) for v in getattr(self._loaded, "variables", [])))
+
+    def framework_versions(self) -> dict[str, str]:
+        return {"tensorflow": import_tf().__version__}
+
+
+def _input_name(t: Any) -> str:
+    name = getattr(t, "name", "input")
+    return name.split(":")[0]
+
+
+def _output_sort_key(name: str) -> tuple[int, str]:
+    m = re.search(r"(\d+)$", name)
+    return (int(m.group(1)) if m else 0, name)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"

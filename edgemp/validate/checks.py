@@ -1,0 +1,72 @@
+"""Is the label true? Precision checks over the op census, run on every artifact before it is written."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from edgemp.backends.tflite_census import Census
+from edgemp.config import IODType, Precision
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def label_checks(c: Census, precision: Precision, io_dtype: IODType) -> list[Check]:
+    checks = [_no_variables(c)]
+    if precision in (Precision.INT8, Precision.INT16X8):
+        act = "int8" if precision is Precision.INT8 else "int16"
+        bad = c.float_compute_ops(allow_io_boundaries=io_dtype is IODType.FLOAT)
+        checks.append(Check(
+            "fully_integer", not bad,
+            f"every op computes in integers ({c.compute_counts})" if not bad else
+            f"{len(bad)} op(s) still compute in float: " + "; ".join(o.describe() for o in bad[:8]),
+        ))
+        wrong_act = [o for o in c.ops if o.compute in ("int8", "int16") and o.compute != act and o.op != "QUANTIZE"]
+        checks.append(Check(f"{act}_activations", not wrong_act,
+                            f"activations are {act}" if not wrong_act else
+                            "ops with other activation types: " + "; ".join(o.describe() for o in wrong_act[:8])))
+        io_types = {s.dtype for s in (*c.inputs, *c.outputs)}
+        want = {"float32"} if io_dtype is IODType.FLOAT else {act}
+        checks.append(Check("io_dtype", io_types <= want, f"I/O dtypes {sorted(io_types)}, expected {sorted(want)}"))
+        checks.append(_weights(c, {"int8"}, per_channel=True))
+    elif precision is Precision.DYNAMIC_INT8:
+        checks.append(_weights(c, {"int8"}, per_channel=False))
+        hybrid = c.compute_counts.get("hybrid-int8", 0)
+        checks.append(Check("hybrid_kernels", hybrid > 0, f"{hybrid} op(s) run int8-weight hybrid kernels"))
+    elif precision is Precision.FP16:
+        checks.append(_weights(c, {"float16"}, per_channel=False))
+        ints = [o for o in c.ops if o.compute in ("int8", "int16", "hybrid-int8")]
+        checks.append(Check("float_compute", not ints, "float32 compute with float16 weights" if not ints else
+                            f"{len(ints)} op(s) compute in integers"))
+    else:
+        q = [o for o in c.ops if o.compute not in ("float32", "int32", "int64", "bool", "none")]
+        checks.append(Check("float_compute", not q, "every op computes in float32" if not q else
+                            "non-float ops: " + "; ".join(o.describe() for o in q[:8])))
+    return checks
+
+
+def _no_variables(c: Census) -> Check:
+    # Keras 3 via from_concrete_functions keeps weights as resource variables: a tiny file that returns NaN.
+    var_ops = [o for o in c.ops if o.op in ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE")]
+    return Check("weights_embedded", not var_ops, "weights are constants in the flatbuffer" if not var_ops else
+                 f"{len(var_ops)} variable op(s): weights are not embedded (convert with from_keras_model)")
+
+
+def _weights(c: Census, allowed: set[str], per_channel: bool) -> Check:
+    dtypes = c.weight_dtypes
+    other = {k: v for k, v in dtypes.items() if k not in allowed}
+    ok = bool(dtypes) and not other
+    detail = f"weights of weighted ops: {dtypes}"
+    if per_channel:
+        pc = c.per_channel_weights
+        ok = ok and not pc.get("per_tensor")
+        detail += f", quantization {pc}"
+    return Check("weights_" + "_".join(sorted(allowed)), ok, detail)

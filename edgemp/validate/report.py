@@ -1,0 +1,154 @@
+"""The conversion report: one dict with stable keys, rendered as JSON, Markdown or a terminal table."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class Report:
+    """Wraps the report dict. Keys are stable (schema_version bumps when they change)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = {"schema_version": SCHEMA_VERSION} | data
+
+    @property
+    def passed(self) -> bool:
+        return bool(self._data.get("passed"))
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{c['name']}: {c['detail']}" for c in self._data.get("checks", []) if not c["passed"]]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(_jsonable(self._data), indent=2, sort_keys=False) + "\n"
+        if path is not None:
+            from edgemp._io import write_atomic
+
+            write_atomic(Path(path), text)
+        return text
+
+    def to_markdown(self) -> str:
+        d = self._data
+        lines = [f"# edgemp report: {d['model']['name']} -> {d['precision']}", "",
+                 f"**Result: {'PASSED' if self.passed else 'FAILED'}**", ""]
+        if not self.passed:
+            lines += [f"- {f}" for f in self.failures] + [""]
+        lines += ["## Artifacts", "", "| target | file | bytes | ratio to fp32 | sha256 |", "|---|---|---|---|---|"]
+        for a in d["artifacts"]:
+            lines.append(f"| {a['target']} | `{Path(a['path']).name}` | {a['bytes']:,} | {_f(a['ratio_to_fp32'], 3)} | "
+                         f"`{a['sha256'][:16]}` |")
+        lines += ["", f"Precision `{d['precision']}`: {d['precision_meaning']}. I/O dtype: `{d['io_dtype']}`.", ""]
+        c = d["census"]
+        lines += ["## Op census", "", f"- ops by compute type: {c['compute_counts']}",
+                  f"- op types: {c['op_counts']}", f"- weight dtypes: {c['weight_dtypes']}, {c['per_channel_weights']}",
+                  f"- TRANSPOSE ops: {c['transpose_count']}", ""]
+        lines += ["| I/O | name | shape | dtype | scale | zero point |", "|---|---|---|---|---|---|"]
+        for kind, specs in (("input", c["inputs"]), ("output", c["outputs"])):
+            for s in specs:
+                lines.append(f"| {kind} | {s['name']} | {s['shape']} | {s['dtype']} | {_f(s['scale'], 6)} | "
+                             f"{'' if s['zero_point'] is None else s['zero_point']} |")
+        v = d.get("validation")
+        if v:
+            lines += ["", "## Validation on the host", "", f"Data: {v['data']['source']} ({v['data']['num_samples']} samples)"
+                      + (f" — {v['data']['note']}" if v["data"].get("note") else ""), ""]
+            if v["outputs"]:
+                lines += ["| output | max abs err | mean abs err | RMSE | cosine | SQNR dB | top-1 agreement |",
+                          "|---|---|---|---|---|---|---|"]
+                for o in v["outputs"]:
+                    lines.append(f"| {o['name']} | {_f(o['max_abs_error'], 5)} | {_f(o['mean_abs_error'], 5)} | "
+                                 f"{_f(o['rmse'], 5)} | {_f(o['cosine'], 6)} | {_f(o['sqnr_db'], 2)} | "
+                                 f"{_f(o['top1_agreement'], 4)} |")
+            a = v.get("accuracy")
+            if a:
+                lines += ["", f"Accuracy: float top-1 {_f(a.get('float_top1'), 4)}, artifact top-1 {_f(a['top1'], 4)}, "
+                          f"drop {_f(100 * a['drop'], 2) if 'drop' in a else 'n/a'} points "
+                          f"(budget {_f(100 * a['max_accuracy_drop'], 2) if a.get('max_accuracy_drop') is not None else 'none'})"
+                          + (f"; top-5 {_f(a.get('float_top5'), 4)} -> {_f(a['top5'], 4)}" if "top5" in a else "")]
+            lat = v["latency"]
+            lines += ["", f"Host latency (batch 1, {lat['threads']} thread(s), XNNPACK {'on' if lat['xnnpack'] else 'off'}, "
+                      f"median of {lat['runs']}): {_f(lat['median_ms'], 4)} ms"
+                      + (f"; fp32 {_f(lat['fp32_median_ms'], 4)} ms, ratio {_f(lat['ratio_to_fp32'], 2)}" if "fp32_median_ms" in lat else "")]
+            for dl in v["runtime"]["delegates"]:
+                lines.append(f"- delegate {dl['name']}: loaded, {dl['nodes']}/{dl['total_nodes']} nodes")
+        cal = d.get("calibration")
+        if cal:
+            lines += ["", "## Calibration", "", f"{cal['num_samples']} samples from {cal['source']}, seed {cal['seed']}, "
+                      f"{cal['num_files_skipped']} file(s) skipped, sha256 `{cal['sha256'][:16]}`"]
+            if cal.get("preprocessing"):
+                lines.append(f"Preprocessing: `{json.dumps(cal['preprocessing'])}`")
+        lines += ["", "## Checks", "", "| check | result | detail |", "|---|---|---|"]
+        for ch in d["checks"]:
+            lines.append(f"| {ch['name']} | {'pass' if ch['passed'] else '**FAIL**'} | {ch['detail']} |")
+        lines += ["", "## Stage times (s)", "", ", ".join(f"{k} {v:.2f}" for k, v in d["timings_s"].items()),
+                  "", "## Versions", "", ", ".join(f"{k} {v}" for k, v in d["versions"].items()), ""]
+        return "\n".join(lines)
+
+    def render(self, console: Any = None) -> None:
+        """A readable terminal summary (rich)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        console = console or Console()
+        d = self._data
+        ok = self.passed
+        console.print(f"[bold]{d['model']['name']}[/] -> [bold]{d['precision']}[/] ({d['precision_meaning']}): "
+                      + ("[green bold]PASSED[/]" if ok else "[red bold]FAILED[/]"))
+        t = Table(title="Artifacts")
+        for col in ("file", "bytes", "ratio to fp32", "ops by compute type"):
+            t.add_column(col)
+        for a in d["artifacts"]:
+            t.add_row(str(a["path"]), f"{a['bytes']:,}", _f(a["ratio_to_fp32"], 3), str(d["census"]["compute_counts"]))
+        console.print(t)
+        v = d.get("validation")
+        if v:
+            t = Table(title=f"Validation on the host — {v['data']['source']} ({v['data']['num_samples']} samples)")
+            for col in ("output", "max abs err", "RMSE", "cosine", "SQNR dB", "top-1 agree"):
+                t.add_column(col, justify="right")
+            for o in v["outputs"]:
+                t.add_row(o["name"], _f(o["max_abs_error"], 5), _f(o["rmse"], 5), _f(o["cosine"], 6), _f(o["sqnr_db"], 2),
+                          _f(o["top1_agreement"], 4))
+            console.print(t)
+            a = v.get("accuracy")
+            if a:
+                console.print(f"top-1: float {_f(a.get('float_top1'), 4)} -> artifact {_f(a['top1'], 4)} "
+                              f"(drop {_f(100 * a['drop'], 2) if 'drop' in a else 'n/a'} points)")
+            lat = v["latency"]
+            console.print(f"latency: {_f(lat['median_ms'], 4)} ms median ({lat['threads']} thread(s))"
+                          + (f", fp32 {_f(lat['fp32_median_ms'], 4)} ms" if "fp32_median_ms" in lat else ""))
+        for ch in d["checks"]:
+            if not ch["passed"]:
+                console.print(f"[red]FAIL[/] {ch['name']}: {ch['detail']}")
+
+
+def _f(x: Any, digits: int) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float) and (math.isinf(x) or math.isnan(x)):
+        return str(x)
+    return f"{x:.{digits}f}" if isinstance(x, float | int) else str(x)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and (math.isinf(x) or math.isnan(x)):
+        return str(x)  # JSON has no inf/nan: keep them visible as strings
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "item"):
+        return x.item()
+    return x

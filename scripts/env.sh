@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Creates (once) and activates the project environment, then makes sure the offline data is on disk.
+# Idempotent: the venv lives outside the clone, keyed by a hash of pyproject.toml, so a second run
+# (or CI in a fresh clone on the same machine) reuses it; a change of dependencies builds a new one
+# in a single resolve (incremental installs of this stack have broken `pip check`: shared/STACK.md).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+extras="${EDGEMP_EXTRAS:-dev}"
+cache="${EDGEMP_CACHE:-$HOME/.cache/edgemp}"
+key="$( (cat "$repo/pyproject.toml"; echo "$extras") | sha256sum | cut -c1-12)"
+venv="$cache/venv-$key"
+mkdir -p "$cache"
+if [ ! -f "$venv/.complete" ]; then
+    echo "[edgemp] creating environment $venv (extras: $extras)" >&2
+    rm -rf "$venv"
+    python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet -e "$repo[$extras]"
+    "$venv/bin/python" -m pip check
+    touch "$venv/.complete"
+fi
+# Point the editable install at this checkout (CI clones elsewhere; cheap, no dependency resolve).
+"$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$repo" >/dev/null
+# shellcheck disable=SC1091
+source "$venv/bin/activate"
+
+# Fashion-MNIST (Debian package dataset-fashion-mnist) trains the example model. Nothing downloads it at
+# run time: it is fetched here, at set-up, from the Debian archive into the cache when not installed.
+data="$cache/data"
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] \
+   && [ ! -f "$data/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz" ]; then
+    echo "[edgemp] fetching Debian package dataset-fashion-mnist into $data" >&2
+    mkdir -p "$data/deb"
+    ( cd "$data/deb" && { apt-get download dataset-fashion-mnist >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get download dataset-fashion-mnist >/dev/null; }; } )
+    dpkg -x "$data"/deb/dataset-fashion-mnist_*.deb "$data"
+fi
+export EDGEMP_DATA_DIR="${EDGEMP_DATA_DIR:-$data}"
+export EDGEMP_CACHE="$cache"
