@@ -54,6 +54,7 @@ def validate(
     preprocessing: Preprocessing | Mapping[str, Any] | None = None,
     max_accuracy_drop: float | None = 0.01,
     max_samples: int | None = None,
+    class_names: Sequence[str] | None = None,
     num_threads: int = 1,
     xnnpack: bool = True,
     delegates: Sequence[str | DelegateSpec | Mapping[str, Any]] = (),
@@ -78,7 +79,7 @@ def validate(
         vdata = ValidationData({s.name: rng.random((32, *[d or 1 for d in s.shape[1:]]), dtype=np.float32) for s in specs},
                                None, None, "random inputs in [0, 1)", [])
     else:
-        vdata = load_validation(data, specs, pre, max_samples, progress)
+        vdata = load_validation(data, specs, pre, max_samples, progress, list(class_names) if class_names else None)
     section, checks = evaluate(artifact, predict, vdata, opts,
                                max_accuracy_drop=max_accuracy_drop if vdata.labels is not None else None,
                                progress=progress)

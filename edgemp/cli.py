@@ -81,6 +81,7 @@ def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-accuracy-drop", type=float, default=0.01, show_default=True,
                      help="Top-1 drop allowed, as a fraction (0.01 = one point)."),
         click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal)."),
+        click.option("--labels", "labels_file", type=click.Path(), help="Class names in output order, one per line."),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -93,6 +94,15 @@ def _preprocessing(size: str | None, resize: str, color: str, scale: float, mean
 
     return Preprocessing(size=_size(size), resize=resize, color=color, scale=scale,  # type: ignore[arg-type]
                          mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), layout=layout)  # type: ignore[arg-type]
+
+
+def _labels(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read labels file {path}: {exc.strerror}") from None
 
 
 def _delegates(paths: tuple[str, ...], options: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -135,7 +145,7 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
             name: str | None, force: bool, as_json: bool, size: str | None, resize: str, color: str, scale: float,
             mean: str | None, std: str | None, layout: str, threads: int, no_xnnpack: bool,
             delegates: tuple[str, ...], delegate_options: tuple[str, ...], latency_runs: int,
-            max_accuracy_drop: float, progress: bool | None) -> None:
+            max_accuracy_drop: float, progress: bool | None, labels_file: str | None) -> None:
     """Convert MODEL (.keras, .h5 or SavedModel dir) to a validated .tflite."""
     from edgemp.convert import convert as do_convert
 
@@ -145,7 +155,7 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
         preprocessing=_preprocessing(size, resize, color, scale, mean, std, layout),
         max_accuracy_drop=max_accuracy_drop, max_validation_samples=max_validation_samples, num_threads=threads,
         xnnpack=not no_xnnpack, delegates=_delegates(delegates, delegate_options), latency_runs=latency_runs,
-        name=name, force=force, progress=progress,
+        name=name, force=force, progress=progress, class_names=_labels(labels_file),
     )
     _print_report(result.report, as_json)
     if not as_json:
@@ -167,14 +177,14 @@ def validate(model: str, reference: str | None, data: str | None, max_samples: i
              report_path: str | None, size: str | None, resize: str, color: str, scale: float, mean: str | None,
              std: str | None, layout: str, threads: int, no_xnnpack: bool, delegates: tuple[str, ...],
              delegate_options: tuple[str, ...], latency_runs: int, max_accuracy_drop: float,
-             progress: bool | None) -> None:
+             progress: bool | None, labels_file: str | None) -> None:
     """Validate MODEL.tflite on the host against a reference model."""
     from edgemp.api import validate as do_validate
 
     report = do_validate(model, reference, data, preprocessing=_preprocessing(size, resize, color, scale, mean, std, layout),
                          max_accuracy_drop=max_accuracy_drop, max_samples=max_samples, num_threads=threads,
                          xnnpack=not no_xnnpack, delegates=_delegates(delegates, delegate_options),
-                         latency_runs=latency_runs, progress=progress)
+                         latency_runs=latency_runs, progress=progress, class_names=_labels(labels_file))
     if report_path:
         report.to_json(Path(report_path))
     _print_report(report, as_json)
@@ -244,7 +254,8 @@ def demo(output_dir: str, precisions: tuple[str, ...]) -> None:
     failed = False
     for precision in precisions:
         console.rule(f"{precision}")
-        result = do_convert(model, precision, calibration, test, output_dir, force=True, progress=None)
+        result = do_convert(model, precision, calibration, test, output_dir, force=True, progress=None,
+                            class_names=list(demo_data.CLASSES))
         result.report.render(console)
         console.print(f"wrote {', '.join(str(p) for p in result.artifacts.values())}")
         failed |= not result.passed

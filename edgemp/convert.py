@@ -66,6 +66,8 @@ def convert(
     preprocessing: Preprocessing | Mapping[str, Any] | None = None,
     max_accuracy_drop: float | None = 0.01,
     max_validation_samples: int | None = None,
+    class_names: Sequence[str] | None = None,
+    batch_size: int | None = 1,
     num_threads: int = 1,
     xnnpack: bool = True,
     delegates: Sequence[str | DelegateSpec | Mapping[str, Any]] = (),
@@ -83,7 +85,9 @@ def convert(
         >>> result.passed, result.artifacts["tflite"]
 
     int8 gets int8 I/O unless io_dtype="float". `max_accuracy_drop` is a fraction (0.01 = one top-1 point);
-    None disables the accuracy gate (the collapse checks always run). With strict=True a failed check
+    None disables the accuracy gate (the collapse checks always run). `batch_size` fixes the artifact's batch (1 by
+    default, as on devices; None keeps it dynamic). `class_names` lists the classes in the
+    model's output order (maps validation sub-folders to labels; recorded for the app). With strict=True a failed check
     raises QualityGateError after the artifact and report are written.
     """
     timer = _Timer()
@@ -107,7 +111,7 @@ def convert(
     check_overwrite(list(paths.values()), force)
 
     with timer.stage("float_conversion"):
-        float_tflite = source.to_float_tflite()
+        float_tflite = source.to_float_tflite(batch_size)
         float_census = census(float_tflite)
     specs = source.input_specs()
 
@@ -140,7 +144,7 @@ def convert(
         )
 
     vdata, note = _validation_data(validation, specs, pre or (cal.preprocessing if cal else None), cal,
-                                   max_validation_samples, seed, progress)
+                                   max_validation_samples, seed, progress, class_names)
     with timer.stage("validate"):
         vsection, qchecks = evaluate(artifact, source.predict, vdata, opts,
                                      max_accuracy_drop=max_accuracy_drop if vdata.labels is not None else None,
@@ -153,7 +157,7 @@ def convert(
         "edgemp_version": __version__,
         "passed": passed,
         "model": {"name": base, "source": source.kind, "path": source.path, "parameters": source.num_parameters(),
-                  "inputs": [s.to_dict() for s in specs]},
+                  "inputs": [s.to_dict() for s in specs], "batch_size": batch_size},
         "precision": prec.value,
         "precision_meaning": prec.meaning,
         "io_dtype": _io_label(prec, io),
@@ -162,6 +166,7 @@ def convert(
                        "ratio_to_fp32": len(artifact) / fp32_bytes, "sha256": hashlib.sha256(artifact).hexdigest()}],
         "fp32_reference": {"bytes": fp32_bytes, "ops": float_census.compute_counts},
         "census": {k: v for k, v in art_census.to_dict().items() if k != "ops"} | {"ops": art_census.to_dict()["ops"]},
+        "class_names": list(class_names) if class_names is not None else vdata.class_names,
         "calibration": cal.summary() if cal else None,
         "validation": vsection,
         "checks": [c.to_dict() for c in checks],
@@ -186,10 +191,12 @@ def _io_label(prec: Precision, io: IODType) -> str:
 
 
 def _validation_data(validation: Any, specs: list[Any], pre: Preprocessing | None, cal: CalibrationSet | None,
-                     max_samples: int | None, seed: int, progress: bool | None) -> tuple[ValidationData, str | None]:
+                     max_samples: int | None, seed: int, progress: bool | None,
+                     class_names: Sequence[str] | None) -> tuple[ValidationData, str | None]:
     """The given validation data, else the calibration samples, else seeded random inputs — labelled as such."""
     if validation is not None:
-        return load_validation(validation, specs, pre, max_samples, progress), None
+        names = list(class_names) if class_names is not None else None
+        return load_validation(validation, specs, pre, max_samples, progress, names), None
     if cal is not None:
         inputs = {k: np.concatenate([s[k] for s in cal.samples]) for k in cal.samples[0]}
         return (ValidationData(inputs, None, None, "calibration samples", []),

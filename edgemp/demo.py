@@ -73,7 +73,7 @@ def build_model() -> Any:
     return keras.Model(inp, out, name="fashion_cnn")
 
 
-def example_model_path(epochs: int = 2) -> Path:
+def example_model_path(epochs: int = 1) -> Path:
     """Train once (about a minute per epoch on 2 cores), then reuse the cached .keras file."""
     path = cache_dir() / "models" / f"fashion_cnn_{MODEL_VERSION}_e{epochs}.keras"
     if path.exists():
@@ -102,7 +102,7 @@ def export_images(x: np.ndarray, y: np.ndarray, root: Path, per_class_dirs: bool
     from PIL import Image
 
     for i, (img, label) in enumerate(zip(x, y, strict=True)):
-        folder = root / CLASSES[label] if per_class_dirs else root
+        folder = root / f"{label}_{CLASSES[label]}" if per_class_dirs else root
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{i:05d}.png" if per_class_dirs else f"{i:05d}_{CLASSES[label]}.png"
         Image.fromarray((img[..., 0] * 255).round().astype(np.uint8), mode="L").save(folder / name, optimize=True)

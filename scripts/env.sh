@@ -7,20 +7,28 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 extras="${EDGEMP_EXTRAS:-dev}"
 cache="${EDGEMP_CACHE:-$HOME/.cache/edgemp}"
-key="$( (cat "$repo/pyproject.toml"; echo "$extras") | sha256sum | cut -c1-12)"
+# Key on the declared dependencies only (not on version/description edits).
+deps="$(python3 -c 'import json, sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; print(json.dumps([p["dependencies"], p.get("optional-dependencies", {})], sort_keys=True))' "$repo/pyproject.toml")"
+key="$( (echo "$deps"; echo "$extras") | sha256sum | cut -c1-12)"
 venv="$cache/venv-$key"
 mkdir -p "$cache"
 if [ ! -f "$venv/.complete" ]; then
     echo "[edgemp] creating environment $venv (extras: $extras)" >&2
     rm -rf "$venv"
     python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e "$repo[$extras]"
-    "$venv/bin/python" -m pip check
+    log="$cache/install-$key.log"
+    if ! { "$venv/bin/python" -m pip install --upgrade pip \
+           && "$venv/bin/python" -m pip install -e "$repo[$extras]" \
+           && "$venv/bin/python" -m pip check; } >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "[edgemp] installation failed; full log: $log" >&2
+        exit 1
+    fi
     touch "$venv/.complete"
 fi
 # Point the editable install at this checkout (CI clones elsewhere; cheap, no dependency resolve).
-"$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$repo" >/dev/null
+"$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$repo" >"$cache/repoint.log" 2>&1 \
+    || { cat "$cache/repoint.log" >&2; exit 1; }
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
 

@@ -94,9 +94,12 @@ class KerasSource:
             for t in self.model.inputs
         ]
 
-    def to_float_tflite(self) -> bytes:
+    def to_float_tflite(self, batch_size: int | None = 1) -> bytes:
+        """A fixed batch (1, as on devices) lets shape arithmetic fold away: with a dynamic batch, Flatten leaves
+        SHAPE/PACK ops that the quantizer must feed through a float DEQUANTIZE (the artifact is then not fully int8)."""
         tf = import_tf()
-        return convert_with_tf(lambda: tf.lite.TFLiteConverter.from_keras_model(self.model), f"Keras model {self.name!r}")
+        model = self.model if batch_size is None else _with_batch(self.model, batch_size)
+        return convert_with_tf(lambda: tf.lite.TFLiteConverter.from_keras_model(model), f"Keras model {self.name!r}")
 
     def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         names = [s.name for s in self.input_specs()]
@@ -136,7 +139,8 @@ class SavedModelSource:
         _, kwargs = self._fn.structured_input_signature
         return [TensorSpec(k, tuple(v.shape), v.dtype.name) for k, v in sorted(kwargs.items())]
 
-    def to_float_tflite(self) -> bytes:
+    def to_float_tflite(self, batch_size: int | None = 1) -> bytes:
+        """The SavedModel's own signature shapes are kept (batch_size does not apply)."""
         tf = import_tf()
         return convert_with_tf(lambda: tf.lite.TFLiteConverter.from_saved_model(self.path), f"SavedModel {self.path}")
 
@@ -149,6 +153,15 @@ class SavedModelSource:
 
     def framework_versions(self) -> dict[str, str]:
         return {"tensorflow": import_tf().__version__}
+
+
+def _with_batch(model: Any, batch_size: int) -> Any:
+    import keras
+
+    if all(t.shape[0] == batch_size for t in model.inputs):
+        return model
+    inputs = [keras.Input(batch_shape=(batch_size, *t.shape[1:]), name=_input_name(t), dtype=t.dtype) for t in model.inputs]
+    return keras.Model(inputs, model(inputs[0] if len(inputs) == 1 else inputs), name=model.name)
 
 
 def _input_name(t: Any) -> str:

@@ -38,12 +38,15 @@ class ValidationData:
 
 
 def load_validation(data: Any, specs: list[TensorSpec], preprocessing: Preprocessing | None = None,
-                    max_samples: int | None = None, progress: bool | None = None) -> ValidationData:
+                    max_samples: int | None = None, progress: bool | None = None,
+                    class_names: list[str] | None = None) -> ValidationData:
+    """`class_names` (model output order) maps class sub-folders to label indices; without it folders are
+    sorted naturally, so '0_cat', '1_dog', ..., '10_eel' give 0, 1, ..., 10."""
     if isinstance(data, ValidationData):
         return data
     labels: Any = None
     if isinstance(data, str | os.PathLike) and Path(data).is_dir():
-        return _from_folder(Path(data), specs, preprocessing, max_samples, progress)
+        return _from_folder(Path(data), specs, preprocessing, max_samples, progress, class_names)
     if isinstance(data, str | os.PathLike):
         path = Path(data)
         if not path.exists():
@@ -102,14 +105,20 @@ def _npz_with_labels(path: Path) -> tuple[Any, Any] | None:
 
 
 def _from_folder(root: Path, specs: list[TensorSpec], pre: Preprocessing | None, max_samples: int | None,
-                 progress: bool | None) -> ValidationData:
+                 progress: bool | None, class_names: list[str] | None) -> ValidationData:
     if len(specs) != 1:
         raise DataError("an image folder can only validate a single-input model; pass a dict/.npz keyed by input name.")
     resolved = images.resolve(pre or Preprocessing(), specs[0].shape)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural)
+    classes: list[str] = list(class_names) if class_names is not None and folders else folders
+    index = {f: _class_index(f, classes) for f in folders}
+    unknown = sorted(f for f, i in index.items() if i is None)
+    if unknown:
+        raise DataError(f"validation sub-folders {unknown} match no class name in {classes}; name each sub-folder "
+                        "after its class (optionally with an index prefix such as '3_dress').")
     files, skipped = images.list_images(root)
     if classes:
-        labelled = [(f, classes.index(f.relative_to(root).parts[0])) for f in files if len(f.relative_to(root).parts) > 1]
+        labelled = [(f, index[f.relative_to(root).parts[0]]) for f in files if len(f.relative_to(root).parts) > 1]
         skipped += [(str(f), "image outside the class sub-folders") for f in files if len(f.relative_to(root).parts) == 1]
     else:
         labelled = [(f, -1) for f in files]
@@ -129,6 +138,21 @@ def _from_folder(root: Path, specs: list[TensorSpec], pre: Preprocessing | None,
         raise DataError(f"validation folder {root} has no readable images.")
     labels = np.asarray(ys) if classes else None
     return _pack(xs, labels, classes or None, f"image folder {root}", skipped, None)
+
+
+def _class_index(folder: str, classes: list[str]) -> int | None:
+    import re
+
+    if folder in classes:
+        return classes.index(folder)
+    m = re.match(r"^\d+[_-](.+)$", folder)
+    return classes.index(m.group(1)) if m and m.group(1) in classes else None
+
+
+def _natural(name: str) -> tuple[Any, ...]:
+    import re
+
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
 
 
 def _pack(samples: list[dict[str, np.ndarray]], labels: np.ndarray | None, classes: list[str] | None, source: str,

@@ -109,7 +109,7 @@ class Report:
         for col in ("file", "bytes", "ratio to fp32", "ops by compute type"):
             t.add_column(col)
         for a in d["artifacts"]:
-            t.add_row(str(a["path"]), f"{a['bytes']:,}", _f(a["ratio_to_fp32"], 3), str(d["census"]["compute_counts"]))
+            t.add_row(Path(a["path"]).name, f"{a['bytes']:,}", _f(a["ratio_to_fp32"], 3), str(d["census"]["compute_counts"]))
         console.print(t)
         v = d.get("validation")
         if v:

@@ -1,0 +1,75 @@
+"""Shared fixtures: the example CNN trained on real Fashion-MNIST (cached), real held-out data, conversions.
+
+Conversions are session-scoped: each precision is converted once and several tests assert on it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+CALIBRATION = REPO / "calibration_data" / "fashion_mnist"
+VALIDATION_FOLDER = REPO / "examples" / "data" / "fashion_mnist_val"
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    from edgemp.demo import example_model_path
+
+    return example_model_path()
+
+
+@pytest.fixture(scope="session")
+def keras_model(model_path: Path):  # type: ignore[no-untyped-def]
+    import keras
+
+    return keras.saving.load_model(model_path, compile=False)
+
+
+@pytest.fixture(scope="session")
+def heldout() -> tuple[np.ndarray, np.ndarray]:
+    """The full 10k Fashion-MNIST test split: never seen in training or calibration."""
+    from edgemp.demo import fashion_mnist
+
+    return fashion_mnist("test")
+
+
+@pytest.fixture(scope="session")
+def small_heldout(heldout: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    x, y = heldout
+    return x[:2000], y[:2000]
+
+
+@pytest.fixture(scope="session")
+def conversions(tmp_path_factory: pytest.TempPathFactory, model_path: Path, heldout, small_heldout):  # type: ignore[no-untyped-def]
+    """precision -> ConvertResult, converted lazily once per session. int8 is validated on all 10k test images."""
+    import edgemp
+
+    cache: dict[str, edgemp.ConvertResult] = {}
+
+    def get(precision: str) -> edgemp.ConvertResult:
+        if precision not in cache:
+            out = tmp_path_factory.mktemp(f"convert_{precision}")
+            data = heldout if precision == "int8" else small_heldout
+            cache[precision] = edgemp.convert(model_path, precision, calibration=CALIBRATION, validation=data,
+                                              output_dir=out, latency_runs=10)
+        return cache[precision]
+
+    return get
+
+
+@pytest.fixture()
+def tiny_model():  # type: ignore[no-untyped-def]
+    """A small untrained functional model, for error-path tests that need a model but not its accuracy."""
+    import keras
+
+    inp = keras.Input((28, 28, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, keras.layers.Dense(10)(x), name="tiny")
