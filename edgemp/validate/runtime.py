@@ -29,6 +29,7 @@ def load_delegates(specs: tuple[DelegateSpec, ...]) -> list[Any]:
     for spec in specs:
         if not os.path.exists(spec.path):
             raise DelegateError(f"delegate library {spec.path} does not exist; check the path.")
+        _check_delegate_library(spec.path)
         try:
             out.append(lib.load_delegate(spec.path, dict(spec.options) or None))
         except (ValueError, RuntimeError, OSError) as exc:
@@ -37,6 +38,21 @@ def load_delegates(specs: tuple[DelegateSpec, ...]) -> list[Any]:
                 "Check it is a TFLite external delegate built for this platform and its options are valid."
             ) from exc
     return out
+
+
+def _check_delegate_library(path: str) -> None:
+    """Refuse a library that is not an external delegate before LiteRT half-constructs one from it."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as exc:
+        raise DelegateError(f"delegate {path} failed to load as a shared library: {exc}") from exc
+    if not hasattr(lib, "tflite_plugin_create_delegate"):
+        raise DelegateError(
+            f"delegate {path} failed to load: it is not a TFLite external delegate (no tflite_plugin_create_delegate "
+            "symbol). Pass the delegate's plugin library (e.g. libedgetpu.so.1, libQnnTFLiteDelegate.so)."
+        )
 
 
 def make_interpreter(model: bytes, opts: RuntimeOptions, delegates: list[Any] | None = None,

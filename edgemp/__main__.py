@@ -1,0 +1,3 @@
+from edgemp.cli import main
+
+main()
