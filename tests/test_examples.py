@@ -1,0 +1,18 @@
+"""Each shipped example runs offline on shipped data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REPO
+
+
+def test_keras_quickstart(model_path: Path, tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, str(REPO / "examples" / "keras_quickstart.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "PASSED" in p.stdout and "{'int8': 9}" in p.stdout
+    assert (tmp_path / f"{model_path.stem}_int8.tflite").exists()
