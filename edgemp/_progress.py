@@ -22,5 +22,7 @@ def track(items: Iterable[T], description: str, total: int | None = None, enable
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(description, total=total)
         for item in items:
-            yield item
-            progress.advance(task)
+            try:
+                yield item
+            finally:  # also when the consumer stops early (break closes the generator at the yield)
+                progress.advance(task)

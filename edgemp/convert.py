@@ -129,7 +129,7 @@ def convert(
         if prec.needs_calibration:
             assert cal is not None
             with timer.stage("calibrate"):
-                stats = calibrate(float_tflite, cal.samples, num_threads=num_threads)
+                stats = calibrate(float_tflite, cal.samples, num_threads=num_threads, progress=progress)
         with timer.stage("quantize"):
             artifact = apply_recipe(float_tflite, recipe, stats)
 

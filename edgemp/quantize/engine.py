@@ -20,6 +20,7 @@ from edgemp.quantize.recipes import Recipe
 
 log = logging.getLogger(__name__)
 
+_CHUNK = 16
 Statistics = dict[str, Any]  # tensor name -> QSV (min/max), as the quantizer returns them
 
 
@@ -32,11 +33,17 @@ def signature_key(float_tflite: bytes) -> str:
     return keys[0]
 
 
-def calibrate(float_tflite: bytes, samples: Sequence[Sample], num_threads: int = 1) -> Statistics:
-    """Run the float model over the samples once and keep the min/max of every tensor."""
+def calibrate(float_tflite: bytes, samples: Sequence[Sample], num_threads: int = 1,
+              progress: bool | None = None) -> Statistics:
+    """Run the float model over the samples once and keep the min/max of every tensor.
+
+    Fed in chunks so edgemp can show its own progress; min/max merging is order-free, so the statistics
+    (and the artifact) are identical to a single call.
+    """
     from ai_edge_quantizer import calibrator, recipe_manager
     from ai_edge_quantizer.utils import qsv_utils
 
+    from edgemp._progress import track
     from edgemp.quantize.recipes import static_rule
 
     _quiet_quantizer()
@@ -46,7 +53,10 @@ def calibrate(float_tflite: bytes, samples: Sequence[Sample], num_threads: int =
     try:
         with _silenced():
             cal = calibrator.Calibrator(float_tflite, num_threads=num_threads, qsv_update_func=qsv_utils.min_max_update)
-            cal.calibrate({key: [{k: v for k, v in s.items()} for s in samples]}, manager)
+        chunks = [list(samples[i : i + _CHUNK]) for i in range(0, len(samples), _CHUNK)]
+        for chunk in track(chunks, "Calibrating", total=len(chunks), enabled=progress):
+            with _silenced():
+                cal.calibrate({key: chunk}, manager)
     except Exception as exc:
         raise ConversionError(f"calibration failed: {exc}") from exc
     return dict(cal.get_model_qsvs())

@@ -140,9 +140,15 @@ class SavedModelSource:
         return [TensorSpec(k, tuple(v.shape), v.dtype.name) for k, v in sorted(kwargs.items())]
 
     def to_float_tflite(self, batch_size: int | None = 1) -> bytes:
-        """The SavedModel's own signature shapes are kept (batch_size does not apply)."""
+        """With batch_size, the serving signature is re-traced with that batch (see KerasSource)."""
         tf = import_tf()
-        return convert_with_tf(lambda: tf.lite.TFLiteConverter.from_saved_model(self.path), f"SavedModel {self.path}")
+        what = f"SavedModel {self.path}"
+        if batch_size is None:
+            return convert_with_tf(lambda: tf.lite.TFLiteConverter.from_saved_model(self.path), what)
+        _, kwargs = self._fn.structured_input_signature
+        specs = {k: tf.TensorSpec((batch_size, *v.shape[1:]), v.dtype, name=k) for k, v in kwargs.items()}
+        fixed = tf.function(lambda **kw: self._fn(**kw)).get_concrete_function(**specs)
+        return convert_with_tf(lambda: tf.lite.TFLiteConverter.from_concrete_functions([fixed], self._loaded), what)
 
     def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = self._fn(**{k: import_tf().constant(v) for k, v in inputs.items()})
