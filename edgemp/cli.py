@@ -131,6 +131,8 @@ def main(verbose: int) -> None:
 @click.option("-o", "--output-dir", type=click.Path(), default="dist", show_default=True)
 @click.option("--io-dtype", type=click.Choice([i.value for i in IODType]), default="quantized", show_default=True,
               help="I/O of int8/int16x8 models: the quantized type, or float32.")
+@click.option("--input-layout", type=click.Choice([x.value for x in Layout]),
+              help="PyTorch (.pt2) sources: layout of the artifact's 4-D inputs (default NHWC).")
 @click.option("-n", "--num-calibration-samples", type=int, default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-validation-samples", type=int)
@@ -141,16 +143,18 @@ def main(verbose: int) -> None:
 @runtime_options
 @_handle_errors
 def convert(model: str, precision: str, calibration: str | None, validation: str | None, output_dir: str,
-            io_dtype: str, num_calibration_samples: int, seed: int, max_validation_samples: int | None,
+            io_dtype: str, input_layout: str | None, num_calibration_samples: int, seed: int, max_validation_samples: int | None,
             name: str | None, force: bool, as_json: bool, size: str | None, resize: str, color: str, scale: float,
             mean: str | None, std: str | None, layout: str, threads: int, no_xnnpack: bool,
             delegates: tuple[str, ...], delegate_options: tuple[str, ...], latency_runs: int,
             max_accuracy_drop: float, progress: bool | None, labels_file: str | None) -> None:
-    """Convert MODEL (.keras, .h5 or SavedModel dir) to a validated .tflite."""
+    """Convert MODEL (.keras, .h5, SavedModel dir or torch.export .pt2) to a validated .tflite.
+
+    Data for a .pt2 model is given in the layout of its example input (NCHW for images)."""
     from edgemp.convert import convert as do_convert
 
     result = do_convert(
-        model, precision, calibration, validation, output_dir, io_dtype=io_dtype,
+        model, precision, calibration, validation, output_dir, io_dtype=io_dtype, input_layout=input_layout,
         num_calibration_samples=num_calibration_samples, seed=seed,
         preprocessing=_preprocessing(size, resize, color, scale, mean, std, layout),
         max_accuracy_drop=max_accuracy_drop, max_validation_samples=max_validation_samples, num_threads=threads,

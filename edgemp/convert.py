@@ -18,7 +18,7 @@ from edgemp._io import check_overwrite, prepare_output_dir, write_atomic
 from edgemp._versions import versions
 from edgemp.backends.tflite_census import census
 from edgemp.calibration import CalibrationSet, load_calibration
-from edgemp.config import DelegateSpec, IODType, Precision, Preprocessing, RuntimeOptions, parse_enum
+from edgemp.config import DelegateSpec, IODType, Layout, Precision, Preprocessing, RuntimeOptions, parse_enum
 from edgemp.errors import CalibrationError, InputError, PrecisionLabelError, QualityGateError
 from edgemp.quantize import apply_recipe, calibrate, recipe_for
 from edgemp.sources import load_source
@@ -60,6 +60,8 @@ def convert(
     validation: Any = None,
     output_dir: str | Path = "dist/",
     *,
+    example_input: Any = None,
+    input_layout: str | Layout | None = None,
     io_dtype: str | IODType = IODType.QUANTIZED,
     num_calibration_samples: int = 200,
     seed: int = 0,
@@ -77,13 +79,15 @@ def convert(
     strict: bool = False,
     progress: bool | None = None,
 ) -> ConvertResult:
-    """Convert a Keras model to a .tflite in `precision`, validate it on the host, write artifact + report.
+    """Convert a Keras or PyTorch model to a .tflite in `precision`, validate it on the host, write artifact + report.
 
     Example:
         >>> result = edgemp.convert("model.keras", precision="int8", calibration="calibration_data/",
         ...                         validation="val_images/", output_dir="dist/")
         >>> result.passed, result.artifacts["tflite"]
 
+    PyTorch: pass an nn.Module with `example_input` (or an ExportedProgram / .pt2); data is given in the
+    layout of example_input, and `input_layout="NHWC"` (default for 4-D inputs) or "NCHW" sets the artifact's.
     int8 gets int8 I/O unless io_dtype="float". `max_accuracy_drop` is a fraction (0.01 = one top-1 point);
     None disables the accuracy gate (the collapse checks always run). `batch_size` fixes the artifact's batch (1 by
     default, as on devices; None keeps it dynamic). `class_names` lists the classes in the
@@ -104,7 +108,11 @@ def convert(
     out_dir = prepare_output_dir(output_dir)
 
     with timer.stage("load_model"):
-        source = load_source(model)
+        source = load_source(model, example_input=example_input, input_layout=input_layout)
+    if source.data_layout is Layout.NCHW:  # PyTorch data arrives shaped like example_input
+        pre = dataclasses.replace(pre or Preprocessing(), layout=Layout.NCHW)
+    if input_layout is not None and source.kind != "pytorch":
+        raise InputError(f"input_layout applies to PyTorch sources; a {source.kind} model keeps its own layout.")
     base = name or source.name
     paths = {"tflite": out_dir / f"{base}_{prec.value}.tflite", "report_json": out_dir / f"{base}_{prec.value}.report.json",
              "report_md": out_dir / f"{base}_{prec.value}.report.md"}
@@ -129,7 +137,8 @@ def convert(
         if prec.needs_calibration:
             assert cal is not None
             with timer.stage("calibrate"):
-                stats = calibrate(float_tflite, cal.samples, num_threads=num_threads, progress=progress)
+                stats = calibrate(float_tflite, [source.artifact_inputs(s) for s in cal.samples],
+                                  num_threads=num_threads, progress=progress)
         with timer.stage("quantize"):
             artifact = apply_recipe(float_tflite, recipe, stats)
 
@@ -148,7 +157,8 @@ def convert(
     with timer.stage("validate"):
         vsection, qchecks = evaluate(artifact, source.predict, vdata, opts,
                                      max_accuracy_drop=max_accuracy_drop if vdata.labels is not None else None,
-                                     fp32_artifact=float_tflite, progress=progress, data_note=note)
+                                     fp32_artifact=float_tflite, progress=progress, data_note=note,
+                                     adapt=source.artifact_inputs)
     checks += qchecks
     passed = all(c.passed for c in checks)
 
@@ -157,7 +167,8 @@ def convert(
         "edgemp_version": __version__,
         "passed": passed,
         "model": {"name": base, "source": source.kind, "path": source.path, "parameters": source.num_parameters(),
-                  "inputs": [s.to_dict() for s in specs], "batch_size": batch_size},
+                  "inputs": [s.to_dict() for s in specs], "batch_size": batch_size,
+                  "input_layout": source.artifact_layout.value, "rewrites": list(getattr(source, "rewrites", []))},
         "precision": prec.value,
         "precision_meaning": prec.meaning,
         "io_dtype": _io_label(prec, io),
@@ -166,6 +177,7 @@ def convert(
                        "ratio_to_fp32": len(artifact) / fp32_bytes, "sha256": hashlib.sha256(artifact).hexdigest()}],
         "fp32_reference": {"bytes": fp32_bytes, "ops": float_census.compute_counts},
         "census": {k: v for k, v in art_census.to_dict().items() if k != "ops"} | {"ops": art_census.to_dict()["ops"]},
+        "preprocessing": _app_preprocessing(cal, source.artifact_layout),
         "class_names": list(class_names) if class_names is not None else vdata.class_names,
         "calibration": cal.summary() if cal else None,
         "validation": vsection,
@@ -182,6 +194,13 @@ def convert(
         if strict:
             raise QualityGateError("validation failed: " + "; ".join(report.failures), report)
     return result
+
+
+def _app_preprocessing(cal: CalibrationSet | None, layout: Layout) -> dict[str, Any] | None:
+    """What the app must do to an image: the calibration spec, in the artifact's layout."""
+    if cal is None or cal.preprocessing is None:
+        return None
+    return dataclasses.replace(cal.preprocessing, layout=layout).to_dict()
 
 
 def _io_label(prec: Precision, io: IODType) -> str:

@@ -106,3 +106,55 @@ def export_images(x: np.ndarray, y: np.ndarray, root: Path, per_class_dirs: bool
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{i:05d}.png" if per_class_dirs else f"{i:05d}_{CLASSES[label]}.png"
         Image.fromarray((img[..., 0] * 255).round().astype(np.uint8), mode="L").save(folder / name, optimize=True)
+
+
+def build_torch_model() -> Any:
+    """The PyTorch example (~140k parameters): conv blocks with batch norm and a global-average-pool head,
+    which stays free of layout transposes in an NHWC artifact."""
+    from edgemp._compat import prepare_torch_import
+
+    prepare_torch_import()
+    from torch import nn
+
+    def block(cin: int, cout: int) -> list[Any]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(1, 32), *block(32, 32), nn.MaxPool2d(2),
+        *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
+        *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, len(CLASSES)),
+    )
+
+
+def torch_example_model(epochs: int = 1) -> Any:
+    """Train once on Fashion-MNIST (NCHW), cache the state dict, reload it with weights_only=True."""
+    from edgemp._compat import prepare_torch_import
+
+    prepare_torch_import()
+    import torch
+
+    model = build_torch_model()
+    path = cache_dir() / "models" / f"fashion_cnn_torch_{MODEL_VERSION}_e{epochs}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    torch.manual_seed(0)
+    x, y = fashion_mnist("train")
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    yt = torch.from_numpy(y)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    log.info("training the PyTorch example model on Fashion-MNIST (%d epochs, cached at %s)", epochs, path)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(xt))
+        for i in range(0, len(xt), 128):
+            idx = order[i : i + 128]
+            opt.zero_grad()
+            loss_fn(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.pt")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return model.eval()

@@ -73,3 +73,39 @@ def tiny_model():  # type: ignore[no-untyped-def]
     x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inp, keras.layers.Dense(10)(x), name="tiny")
+
+
+@pytest.fixture(scope="session")
+def torch_model():  # type: ignore[no-untyped-def]
+    """The PyTorch example CNN trained on Fashion-MNIST (cached; reloaded with weights_only=True)."""
+    from edgemp.demo import torch_example_model
+
+    return torch_example_model()
+
+
+@pytest.fixture(scope="session")
+def heldout_nchw(heldout):  # type: ignore[no-untyped-def]
+    x, y = heldout
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y
+
+
+@pytest.fixture(scope="session")
+def torch_conversions(tmp_path_factory: pytest.TempPathFactory, torch_model, heldout_nchw):  # type: ignore[no-untyped-def]
+    """precision -> ConvertResult for the PyTorch model, NHWC artifact, calibrated on the shipped image folder."""
+    import torch
+
+    import edgemp
+
+    cache: dict[str, edgemp.ConvertResult] = {}
+    x, y = heldout_nchw
+
+    def get(precision: str) -> edgemp.ConvertResult:
+        if precision not in cache:
+            data = (x, y) if precision == "int8" else (x[:2000], y[:2000])
+            cache[precision] = edgemp.convert(
+                torch_model, precision, calibration=CALIBRATION, validation=data,
+                example_input=torch.zeros(1, 1, 28, 28), input_layout="NHWC",
+                output_dir=tmp_path_factory.mktemp(f"torch_{precision}"), latency_runs=10)
+        return cache[precision]
+
+    return get

@@ -11,12 +11,12 @@ from edgemp.errors import ModelLoadError, UnsupportedModelError
 from edgemp.sources.base import Source, TensorSpec
 
 # kind -> (accepts(model) -> bool, load(model) -> Source). Loaders import their framework lazily.
-_REGISTRY: dict[str, tuple[Callable[[Any], bool], Callable[[Any], Source]]] = {}
+_REGISTRY: dict[str, tuple[Callable[[Any], bool], Callable[..., Source]]] = {}
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
-def register_source(kind: str, accepts: Callable[[Any], bool], load: Callable[[Any], Source]) -> None:
+def register_source(kind: str, accepts: Callable[[Any], bool], load: Callable[..., Source]) -> None:
     _REGISTRY[kind] = (accepts, load)
 
 
@@ -24,21 +24,24 @@ def registered_sources() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_source(model: Any) -> Source:
-    """Return a Source for a model object or a model path; bad paths raise ModelLoadError naming the fix."""
+def load_source(model: Any, **options: Any) -> Source:
+    """Return a Source for a model object or a model path; bad paths raise ModelLoadError naming the fix.
+
+    `options` go to the loader (PyTorch: example_input, input_layout); loaders ignore those they do not use.
+    """
     if isinstance(model, str | os.PathLike):
         _check_path(Path(model))
     for kind, (accepts, load) in _REGISTRY.items():
         if accepts(model):
-            return load(model)
+            return load(model, **options)
     if isinstance(model, str | os.PathLike):
         raise UnsupportedModelError(
-            f"unsupported model file {model}: edgemp reads Keras models ({', '.join(KERAS_SUFFIXES)}) and "
-            "SavedModel directories. A .tflite is already converted: use `edgemp validate` or `edgemp inspect`."
+            f"unsupported model file {model}: edgemp reads Keras models ({', '.join(KERAS_SUFFIXES)}), "
+            "SavedModel directories and torch.export archives (.pt2). A .tflite is already converted: use `edgemp validate` or `edgemp inspect`."
         )
     raise UnsupportedModelError(
-        f"unsupported model object of type {type(model).__module__}.{type(model).__qualname__}; pass a keras.Model "
-        "or a path to a .keras/.h5 file or a SavedModel directory."
+        f"unsupported model object of type {type(model).__module__}.{type(model).__qualname__}; pass a keras.Model, "
+        "a torch nn.Module or ExportedProgram, or a path to a .keras/.h5/.pt2 file or a SavedModel directory."
     )
 
 
@@ -61,12 +64,25 @@ def _is_keras(model: Any) -> bool:
     return mod.startswith("keras") and hasattr(model, "inputs") and hasattr(model, "outputs")
 
 
-def _load_keras(model: Any) -> Source:
+def _load_keras(model: Any, **_: Any) -> Source:
     from edgemp.sources.keras import load_keras
 
     return load_keras(model)
 
 
+def _is_torch(model: Any) -> bool:
+    from edgemp.sources.torch import is_torch_model
+
+    return is_torch_model(model)
+
+
+def _load_torch(model: Any, **options: Any) -> Source:
+    from edgemp.sources.torch import load_torch
+
+    return load_torch(model, **options)
+
+
 register_source("keras", _is_keras, _load_keras)
+register_source("pytorch", _is_torch, _load_torch)
 
 __all__ = ["Source", "TensorSpec", "load_source", "register_source", "registered_sources"]

@@ -7,6 +7,8 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from edgemp.config import Layout
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
@@ -24,10 +26,16 @@ class Source(Protocol):
     kind: ClassVar[str]
     name: str
     path: str | None
+    data_layout: Layout  # layout of the data users give (image folders are read into it)
+    artifact_layout: Layout  # layout of the artifact's 4-D inputs
 
     def input_specs(self) -> list[TensorSpec]: ...
 
     def to_float_tflite(self, batch_size: int | None = 1) -> bytes: ...
+
+    def artifact_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """User-layout batch -> the artifact's layout (identity unless the source changes the layout)."""
+        ...
 
     def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Float reference outputs for a batch, in the artifact's output order."""

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgemp.config import Layout
 from edgemp.errors import ConversionError, ModelLoadError, UnsupportedOpsError
 from edgemp.sources.base import TensorSpec
 
@@ -82,6 +83,8 @@ def convert_with_tf(make_converter: Any, what: str) -> bytes:
 
 class KerasSource:
     kind: ClassVar[str] = "keras"
+    data_layout: ClassVar[Layout] = Layout.NHWC
+    artifact_layout: ClassVar[Layout] = Layout.NHWC
 
     def __init__(self, model: Any, path: str | None = None) -> None:
         self.model = model
@@ -100,6 +103,9 @@ class KerasSource:
         tf = import_tf()
         model = self.model if batch_size is None else _with_batch(self.model, batch_size)
         return convert_with_tf(lambda: tf.lite.TFLiteConverter.from_keras_model(model), f"Keras model {self.name!r}")
+
+    def artifact_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return batch
 
     def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         names = [s.name for s in self.input_specs()]
@@ -121,6 +127,8 @@ class KerasSource:
 
 class SavedModelSource:
     kind: ClassVar[str] = "saved_model"
+    data_layout: ClassVar[Layout] = Layout.NHWC
+    artifact_layout: ClassVar[Layout] = Layout.NHWC
 
     def __init__(self, path: Path) -> None:
         tf = import_tf()
@@ -149,6 +157,9 @@ class SavedModelSource:
         specs = {k: tf.TensorSpec((batch_size, *v.shape[1:]), v.dtype, name=k) for k, v in kwargs.items()}
         fixed = tf.function(lambda **kw: self._fn(**kw)).get_concrete_function(**specs)
         return convert_with_tf(lambda: tf.lite.TFLiteConverter.from_concrete_functions([fixed], self._loaded), what)
+
+    def artifact_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return batch
 
     def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = self._fn(**{k: import_tf().constant(v) for k, v in inputs.items()})

@@ -29,11 +29,17 @@ def batched(predict: Predict, inputs: dict[str, np.ndarray], batch: int = 64, pr
 def evaluate(artifact: bytes, reference: Predict | None, data: ValidationData, opts: RuntimeOptions, *,
              max_accuracy_drop: float | None = 0.01, reference_outputs: list[np.ndarray] | None = None,
              fp32_artifact: bytes | None = None, progress: bool | None = None,
-             data_note: str | None = None) -> tuple[dict[str, Any], list[Check]]:
-    """Return the report's "validation" section and the quality checks (collapse, accuracy gate)."""
+             data_note: str | None = None,
+             adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+             ) -> tuple[dict[str, Any], list[Check]]:
+    """Return the report's "validation" section and the quality checks (collapse, accuracy gate).
+
+    `data` is in the reference's layout; `adapt` lays a batch out for the artifact (e.g. NCHW -> NHWC).
+    """
     t0 = time.perf_counter()
+    adapt = adapt or (lambda batch: batch)
     runner = Runner(artifact, opts)
-    out = batched(runner.run, data.inputs, progress=progress, label="Validating artifact")
+    out = batched(lambda b: runner.run(adapt(b)), data.inputs, progress=progress, label="Validating artifact")
     ref = reference_outputs
     if ref is None and reference is not None:
         ref = batched(reference, data.inputs, progress=progress, label="Running float reference")
@@ -74,7 +80,7 @@ def evaluate(artifact: bytes, reference: Predict | None, data: ValidationData, o
             checks.append(Check("accuracy_drop", ok, f"top-1 {acc['float_top1']:.4f} -> {acc['top1']:.4f} "
                                 f"(drop {100 * acc['drop']:.2f} points, budget {100 * max_accuracy_drop:.2f})"))
     section["wall_time_s"] = time.perf_counter() - t0
-    sample = {k: v[:1] for k, v in data.inputs.items()}
+    sample = adapt({k: v[:1] for k, v in data.inputs.items()})
     lat = runner.latency(sample)
     if fp32_artifact is not None and fp32_artifact != artifact:
         base = Runner(fp32_artifact, RuntimeOptions(num_threads=opts.num_threads, xnnpack=opts.xnnpack,

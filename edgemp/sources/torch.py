@@ -1,0 +1,256 @@
+"""PyTorch sources (nn.Module + example input, ExportedProgram, .pt2) -> float .tflite via litert-torch.
+
+NHWC artifacts (what Android bitmaps and the LiteRT GPU delegate want) are made by wrapping the module with
+litert_torch.to_channel_last_io, so the converter folds the layout change into the graph instead of leaving
+TRANSPOSE ops around every conv. Data given by the user stays in PyTorch's layout (that of example_input);
+`artifact_inputs` lays it out for the artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgemp._compat import prepare_torch_import
+from edgemp.config import Layout
+from edgemp.errors import ConversionError, InputError, ModelLoadError, UnsupportedModelError, UnsupportedOpsError
+from edgemp.sources.base import TensorSpec
+
+prepare_torch_import()
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".ptl", ".ts", ".pkl", ".bin")
+
+
+def is_torch_model(model: Any) -> bool:
+    if isinstance(model, str | os.PathLike):
+        return Path(model).suffix.lower() in (".pt2", *PICKLE_SUFFIXES)
+    mod = type(model).__module__
+    return mod.startswith("torch") or any(c.__module__.startswith("torch.nn") for c in type(model).__mro__)
+
+
+def load_torch(model: Any, example_input: Any = None, input_layout: str | Layout | None = None) -> TorchSource:
+    import torch
+
+    if isinstance(model, str | os.PathLike):
+        model = load_pt2(Path(model))
+    if isinstance(model, torch.export.ExportedProgram):
+        if example_input is None:
+            example_input = _example_from_program(model)
+        module = model.module()
+    elif isinstance(model, torch.nn.Module):
+        module = model
+        if module.training:
+            warnings.warn("the module was in training mode: edgemp puts it in eval mode (dropout off, batch-norm "
+                          "running statistics) before export", UserWarning, stacklevel=3)
+        module.eval()
+    else:
+        raise UnsupportedModelError(f"unsupported PyTorch object {type(model).__name__}: pass an nn.Module, an "
+                                    "ExportedProgram or a .pt2 path.")
+    if example_input is None:
+        raise InputError("a PyTorch module needs example_input= (a tensor, or a tuple of tensors, shaped like one "
+                         "batch of real input, e.g. torch.randn(1, 3, 224, 224)) to be exported.")
+    args = tuple(example_input) if isinstance(example_input, tuple | list) else (example_input,)
+    args = tuple(torch.as_tensor(a) for a in args)
+    return TorchSource(module, args, input_layout, name=getattr(model, "name", None) or type(module).__name__)
+
+
+def load_pt2(path: Path) -> Any:
+    """Load a torch.export archive without unpickling anything: pickled entries are refused."""
+    import torch
+
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise UnsupportedModelError(
+            f"refusing {path}: {path.suffix} files are pickles or TorchScript, and loading them runs arbitrary code. "
+            "Pass the nn.Module with example_input=, or save it with "
+            "torch.export.save(torch.export.export(model, (example,)), 'model.pt2'). "
+            "Accepted model files: .pt2, .keras, .h5, a SavedModel directory."
+        )
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelLoadError(f"{path} is not a torch.export archive (not a readable zip): {exc}; "
+                             "re-save it with torch.export.save.") from exc
+    if any(n.endswith(("/code/", ".pkl")) or "/code/" in n for n in names) or not any(n.endswith("models/model.json")
+                                                                                      or n.endswith("archive_format")
+                                                                                      for n in names):
+        raise UnsupportedModelError(
+            f"refusing {path}: it is not an ExportedProgram archive (TorchScript or another format). "
+            "Save the model with torch.export.save(torch.export.export(model, (example,)), 'model.pt2')."
+        )
+    import torch.export.pt2_archive._package as package
+
+    real_load = torch.load
+
+    def weights_only_load(f: Any, *a: Any, **kw: Any) -> Any:
+        kw["weights_only"] = True
+        return real_load(f, *a, **kw)
+
+    def no_pickle(*_: Any, **__: Any) -> Any:
+        raise UnsupportedModelError(f"refusing {path}: it holds pickled Python objects (custom constants).")
+
+    try:
+        with _patched(torch, "load", weights_only_load), _patched(package.pickle, "loads", no_pickle):
+            program = torch.export.load(str(path))
+    except InputError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {path} as an ExportedProgram: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}. The file is corrupt or truncated.") from exc
+    return program
+
+
+@contextlib.contextmanager
+def _patched(obj: Any, attr: str, value: Any):  # type: ignore[no-untyped-def]
+    old = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, old)
+
+
+def _example_from_program(program: Any) -> tuple[Any, ...] | None:
+    ex = getattr(program, "example_inputs", None)
+    if ex:
+        args, _ = ex
+        return tuple(args)
+    return None
+
+
+class TorchSource:
+    kind: ClassVar[str] = "pytorch"
+    data_layout: ClassVar[Layout] = Layout.NCHW  # what users hand us: shaped like example_input
+
+    def __init__(self, module: Any, example_args: tuple[Any, ...], input_layout: str | Layout | None,
+                 name: str = "model") -> None:
+        import torch
+
+        self.module = module
+        self.example_args = example_args
+        self.path = None
+        self.name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "model"
+        four_d = [i for i, a in enumerate(example_args) if a.dim() == 4]
+        self.layout = Layout(input_layout) if input_layout is not None else (Layout.NHWC if four_d else Layout.NCHW)
+        if isinstance(input_layout, str):
+            from edgemp.config import parse_enum
+
+            self.layout = parse_enum(Layout, input_layout, "input_layout")
+        self._channel_last = four_d if self.layout is Layout.NHWC else []
+        try:
+            with torch.no_grad():
+                out = module(*example_args)
+        except Exception as exc:
+            shapes = [tuple(a.shape) for a in example_args]
+            raise InputError(f"the model rejects example_input of shape(s) {shapes} / dtype(s) "
+                             f"{[str(a.dtype) for a in example_args]}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
+                             "Give an example shaped like one real batch.") from exc
+        outs = out if isinstance(out, tuple | list) else (out,)
+        self._out_channel_last = [i for i, o in enumerate(outs) if self._channel_last and o.dim() == 4]
+        self.rewrites = []
+        self._per_sample = False
+
+    def input_specs(self) -> list[TensorSpec]:
+        """In the user's (PyTorch) layout: the data edgemp is given looks like example_input."""
+        return [TensorSpec(f"args_{i}", (None, *a.shape[1:]), str(a.dtype).removeprefix("torch."))
+                for i, a in enumerate(self.example_args)]
+
+    def artifact_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = dict(batch)
+        for i in self._channel_last:
+            out[f"args_{i}"] = np.ascontiguousarray(np.moveaxis(batch[f"args_{i}"], 1, -1))
+        return out
+
+    @property
+    def artifact_layout(self) -> Layout:
+        return Layout.NHWC if self._channel_last else Layout.NCHW
+
+    def to_float_tflite(self, batch_size: int | None = 1) -> bytes:
+        import litert_torch
+        import torch
+
+        module = self.module
+        args = self.example_args
+        if batch_size is not None:
+            args = tuple(a[:1].expand(batch_size, *a.shape[1:]).contiguous() for a in args)
+        self.rewrites: list[str] = []
+        if self._channel_last:
+            from edgemp.sources.torch_rewrites import rewrite_spatial_means
+
+            try:
+                module, self.rewrites = rewrite_spatial_means(module, args)
+            except Exception as exc:
+                raise _conversion_error(exc, self.name) from exc
+            module = litert_torch.to_channel_last_io(module, args=self._channel_last,
+                                                     outputs=self._out_channel_last or None)
+            module.training = False  # not .eval(): exported graph modules refuse train()/eval() calls
+            args = tuple(a.permute(0, 2, 3, 1).contiguous() if i in self._channel_last else a for i, a in enumerate(args))
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                    warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                edge = litert_torch.convert(module, args)
+                content = edge.model_content
+                return bytes(content() if callable(content) else content)
+        except Exception as exc:
+            raise _conversion_error(exc, self.name) from exc
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        args = [torch.from_numpy(np.ascontiguousarray(inputs[f"args_{i}"])) for i in range(len(self.example_args))]
+        n = len(args[0])
+        if self._per_sample and n > 1:  # exported programs may be specialised to their example's batch size
+            parts = [self.predict({k: v[i : i + 1] for k, v in inputs.items()}) for i in range(n)]
+            return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+        try:
+            with torch.no_grad():
+                out = self.module(*args)
+        except (AssertionError, RuntimeError):
+            if n == 1 or self._per_sample:
+                raise
+            self._per_sample = True
+            return self.predict(inputs)
+        outs = out if isinstance(out, tuple | list) else (out,)
+        res = [o.detach().cpu().numpy() for o in outs]
+        return [np.moveaxis(r, 1, -1) if i in self._out_channel_last else r for i, r in enumerate(res)]
+
+    def num_parameters(self) -> int | None:
+        return int(sum(p.numel() for p in self.module.parameters()))
+
+    def framework_versions(self) -> dict[str, str]:
+        import litert_torch
+        import torch
+
+        return {"torch": torch.__version__, "litert-torch": litert_torch.__version__}
+
+
+_NODE = re.compile(r"(aten\.[A-Za-z0-9_.]+|torch\.[A-Za-z0-9_.]+)")
+
+
+def _conversion_error(exc: Exception, name: str) -> ConversionError:
+    """Name the op and the module path when torch.export or the lowering says them."""
+    text = f"{type(exc).__name__}: {exc}"
+    ops = sorted(set(_NODE.findall(text)))[:5]
+    where = re.findall(r'File "[^"]+", line \d+, in (\w+)\n\s+(.+)', text)
+    hint = ""
+    if "data-dependent" in text.lower() or "guard" in text.lower() or "GuardOnDataDependent" in text:
+        hint = (" The model has data-dependent control flow (a Python `if` or loop on tensor values): "
+                "replace it with torch.where / torch.cond, or move it out of forward().")
+    loc = f" at {where[-1][0]}: {where[-1][1].strip()}" if where else ""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    msg = f"cannot export/convert PyTorch model {name!r}{loc}: {first[:400]}.{hint}"
+    if ops:
+        msg += f" Ops involved: {', '.join(ops)}."
+    return UnsupportedOpsError(msg, ops=ops) if ops else ConversionError(msg)
