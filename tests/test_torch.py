@@ -155,7 +155,20 @@ def test_data_dependent_control_flow_is_named(tmp_path: Path) -> None:
         edgemp.convert(Branchy().eval(), "fp32", example_input=torch.rand(1, 1, 8, 8), output_dir=tmp_path)
     msg = str(info.value)
     assert "data-dependent control flow" in msg and "torch.cond" in msg
+    assert "in forward() at" in msg and "if y.sum() > 0" in msg  # the user's line, not torch internals
     assert not any(tmp_path.iterdir())
+
+
+def test_op_without_lowering_is_named_with_its_module_path(tmp_path: Path) -> None:
+    class Inverse(torch.nn.Module):
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return torch.linalg.inv(x)
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), Inverse()).eval()
+    with pytest.raises(errors.UnsupportedOpsError) as info:
+        edgemp.convert(model, "fp32", example_input=torch.rand(1, 1, 6, 6), output_dir=tmp_path)
+    assert "aten.linalg_inv_ex.default in 1 (Inverse)" in str(info.value)
+    assert info.value.ops == ["aten.linalg_inv_ex.default"] and not any(tmp_path.iterdir())
 
 
 def test_calibration_not_shaped_like_example_input(torch_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -22,8 +22,9 @@ import numpy as np
 
 from edgemp._compat import prepare_torch_import
 from edgemp.config import Layout
-from edgemp.errors import ConversionError, InputError, ModelLoadError, UnsupportedModelError, UnsupportedOpsError
+from edgemp.errors import ConversionError, InputError, ModelLoadError, UnsupportedModelError
 from edgemp.sources.base import TensorSpec
+from edgemp.sources.torch_errors import conversion_error
 
 prepare_torch_import()
 
@@ -191,7 +192,7 @@ class TorchSource:
             try:
                 module, self.rewrites = rewrite_spatial_means(module, args)
             except Exception as exc:
-                raise _conversion_error(exc, self.name) from exc
+                raise conversion_error(exc, self.name, module, args) from exc
             module = litert_torch.to_channel_last_io(module, args=self._channel_last,
                                                      outputs=self._out_channel_last or None)
             module.training = False  # not .eval(): exported graph modules refuse train()/eval() calls
@@ -204,7 +205,7 @@ class TorchSource:
                 content = edge.model_content
                 return bytes(content() if callable(content) else content)
         except Exception as exc:
-            raise _conversion_error(exc, self.name) from exc
+            raise conversion_error(exc, self.name, self.module, self.example_args) from exc
 
     def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         import torch
@@ -234,23 +235,3 @@ class TorchSource:
         import torch
 
         return {"torch": torch.__version__, "litert-torch": litert_torch.__version__}
-
-
-_NODE = re.compile(r"(aten\.[A-Za-z0-9_.]+|torch\.[A-Za-z0-9_.]+)")
-
-
-def _conversion_error(exc: Exception, name: str) -> ConversionError:
-    """Name the op and the module path when torch.export or the lowering says them."""
-    text = f"{type(exc).__name__}: {exc}"
-    ops = sorted(set(_NODE.findall(text)))[:5]
-    where = re.findall(r'File "[^"]+", line \d+, in (\w+)\n\s+(.+)', text)
-    hint = ""
-    if "data-dependent" in text.lower() or "guard" in text.lower() or "GuardOnDataDependent" in text:
-        hint = (" The model has data-dependent control flow (a Python `if` or loop on tensor values): "
-                "replace it with torch.where / torch.cond, or move it out of forward().")
-    loc = f" at {where[-1][0]}: {where[-1][1].strip()}" if where else ""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    msg = f"cannot export/convert PyTorch model {name!r}{loc}: {first[:400]}.{hint}"
-    if ops:
-        msg += f" Ops involved: {', '.join(ops)}."
-    return UnsupportedOpsError(msg, ops=ops) if ops else ConversionError(msg)

@@ -47,7 +47,7 @@ def label_checks(c: Census, precision: Precision, io_dtype: IODType) -> list[Che
         checks.append(Check("float_compute", not ints, "float32 compute with float16 weights" if not ints else
                             f"{len(ints)} op(s) compute in integers"))
     else:
-        q = [o for o in c.ops if o.compute not in ("float32", "int32", "int64", "bool", "none")]
+        q = [o for o in c.ops if o.compute not in ("float32", "complex64", "int32", "int64", "bool", "none")]
         checks.append(Check("float_compute", not q, "every op computes in float32" if not q else
                             "non-float ops: " + "; ".join(o.describe() for o in q[:8])))
     return checks
