@@ -4,7 +4,7 @@ Same trained Keras model (the example Fashion-MNIST CNN), same 200 calibration i
 Reports size, top-1, agreement with the float model, conversion time, and host latency measured side by side
 in one run (interleaved rounds, medians, 1 thread, XNNPACK on). Also fp16 against the converter's fp16.
 
-    bash scripts/env.sh && python benchmarks/quantizer_vs_tf_converter.py [--rounds 15]
+    source scripts/env.sh && python benchmarks/quantizer_vs_tf_converter.py [--rounds 15]
 Writes benchmarks/results/quantizer_vs_tf_converter.{json,md}.
 """
 
@@ -17,15 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import cpu_description, side_by_side_latency
+
 from edgemp import demo
 from edgemp.backends.tflite_census import census
 from edgemp.calibration import load_calibration
-from edgemp.config import Precision, RuntimeOptions
+from edgemp.config import Precision
 from edgemp.quantize import apply_recipe, calibrate, recipe_for
 from edgemp.sources import load_source
 from edgemp.sources.keras import _with_batch, convert_with_tf, import_tf
 from edgemp.validate.metrics import compare, topk
-from edgemp.validate.runtime import Runner, make_interpreter
+from edgemp.validate.runtime import Runner
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results"
@@ -48,42 +50,6 @@ def tf_converter(model, precision: str, calib: list[dict[str, np.ndarray]]) -> b
         return conv
 
     return convert_with_tf(make, f"{precision} reference")
-
-
-def side_by_side_latency(models: dict[str, bytes], sample: np.ndarray, rounds: int, per_round: int = 50) -> dict[str, float]:
-    """Interleave the models round by round so machine noise hits all of them alike; median per-invoke ms."""
-    opts = RuntimeOptions(num_threads=1)
-    itps = {}
-    for name, m in models.items():
-        itp = make_interpreter(m, opts)
-        d = itp.get_input_details()[0]
-        x = sample
-        if d["dtype"] != np.float32:
-            scale, zp = d["quantization"]
-            x = np.clip(np.round(sample / scale + zp), -128, 127).astype(d["dtype"])
-        itp.set_tensor(d["index"], x)
-        for _ in range(20):
-            itp.invoke()
-        itps[name] = itp
-    times: dict[str, list[float]] = {n: [] for n in models}
-    for _ in range(rounds):
-        for name, itp in itps.items():
-            t0 = time.perf_counter()
-            for _ in range(per_round):
-                itp.invoke()
-            times[name].append((time.perf_counter() - t0) * 1e3 / per_round)
-    return {n: float(np.median(t)) for n, t in times.items()}
-
-
-def _cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
-    return f"{name}, {len(info.split('processor')) - 1} logical cores, flags {' '.join(wanted)}"
 
 
 def main() -> None:
@@ -150,7 +116,7 @@ def main() -> None:
                "the TF converter's PTQ wins on " + ("accuracy" if d_top1 < -0.001 else "") +
                (" and " if d_top1 < -0.001 and ratio > 1.05 else "") + ("latency" if ratio > 1.05 else ""))
     lines += ["", f"Verdict (int8): top-1 difference edgemp - TF converter = {100 * d_top1:+.2f} points, latency ratio "
-              f"{ratio:.2f}: {verdict}.", f"Host CPU: {_cpu()}."]
+              f"{ratio:.2f}: {verdict}.", f"Host CPU: {cpu_description()}."]
     (OUT / "quantizer_vs_tf_converter.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import warnings
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -161,6 +162,7 @@ def convert(
                                      adapt=source.artifact_inputs)
     checks += qchecks
     passed = all(c.passed for c in checks)
+    overhead = _layout_overhead(source, art_census)
 
     fp32_bytes = len(float_tflite)
     report = Report({
@@ -168,7 +170,8 @@ def convert(
         "passed": passed,
         "model": {"name": base, "source": source.kind, "path": source.path, "parameters": source.num_parameters(),
                   "inputs": [s.to_dict() for s in specs], "batch_size": batch_size,
-                  "input_layout": source.artifact_layout.value, "rewrites": list(getattr(source, "rewrites", []))},
+                  "input_layout": source.artifact_layout.value, "rewrites": list(getattr(source, "rewrites", [])),
+                  "layout_transposes": overhead},
         "precision": prec.value,
         "precision_meaning": prec.meaning,
         "io_dtype": _io_label(prec, io),
@@ -194,6 +197,17 @@ def convert(
         if strict:
             raise QualityGateError("validation failed: " + "; ".join(report.failures), report)
     return result
+
+
+def _layout_overhead(source: Any, c: Any) -> list[str]:
+    """TRANSPOSE ops left in a PyTorch-sourced artifact: layout overhead the user should know about."""
+    found = [o.outputs[0].name for o in c.ops if o.op == "TRANSPOSE" and o.outputs]
+    if found and source.kind == "pytorch":
+        warnings.warn(f"{len(found)} TRANSPOSE op(s) remain in the {source.artifact_layout.value} artifact "
+                      f"({', '.join(found[:4])}): layout overhead on device. A Flatten of a conv feature map before a "
+                      "Linear keeps PyTorch's NCHW order; a global-pooling head (AdaptiveAvgPool2d(1) + Flatten) "
+                      "removes it.", stacklevel=3)
+    return found
 
 
 def _app_preprocessing(cal: CalibrationSet | None, layout: Layout) -> dict[str, Any] | None:

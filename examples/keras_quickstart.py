@@ -1,6 +1,6 @@
 """Keras quickstart: a trained Keras model -> validated full-INT8 .tflite, offline, on shipped data.
 
-    bash scripts/env.sh && python examples/keras_quickstart.py [output_dir]
+    source scripts/env.sh && python examples/keras_quickstart.py [output_dir]
 
 Uses the example Fashion-MNIST CNN (trained once and cached by edgemp.demo), the shipped calibration images
 and the shipped labelled validation folder (one sub-folder per class).

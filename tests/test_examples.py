@@ -16,3 +16,11 @@ def test_keras_quickstart(model_path: Path, tmp_path: Path) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
     assert "PASSED" in p.stdout and "{'int8': 9}" in p.stdout
     assert (tmp_path / f"{model_path.stem}_int8.tflite").exists()
+
+
+def test_pytorch_quickstart(torch_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    p = subprocess.run([sys.executable, str(REPO / "examples" / "pytorch_quickstart.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "PASSED" in p.stdout and "{'int8': 9} TRANSPOSE ops: 0" in p.stdout
+    assert len(list(tmp_path.glob("*_int8.tflite"))) == 1

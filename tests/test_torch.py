@@ -33,7 +33,7 @@ def test_every_precision_from_pytorch(torch_conversions, precision: str) -> None
     assert c.transpose_count == 0
     assert c.inputs[0].shape == (1, 28, 28, 1)  # NHWC artifact, data given NCHW
     assert r.report["model"]["input_layout"] == "NHWC" and r.report["preprocessing"]["layout"] == "NHWC"
-    assert r.report["model"]["source"] == "pytorch"
+    assert r.report["model"]["source"] == "pytorch" and r.report["model"]["layout_transposes"] == []
 
 
 def test_pytorch_int8_fully_integer_and_within_one_point(torch_conversions) -> None:  # type: ignore[no-untyped-def]
@@ -50,6 +50,23 @@ def test_pytorch_size_ratios(torch_conversions) -> None:  # type: ignore[no-unty
     fp32 = torch_conversions("fp32").report["artifacts"][0]["bytes"]
     assert torch_conversions("fp16").report["artifacts"][0]["bytes"] <= 0.52 * fp32
     assert torch_conversions("int8").report["artifacts"][0]["bytes"] <= 0.30 * fp32
+
+
+def test_no_layout_tax_against_the_keras_twin(torch_model, torch_conversions, heldout, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Same architecture and weights built in Keras (native NHWC): the PyTorch-sourced int8 artifact has the same
+    ops and no extra TRANSPOSE; the only difference is litert-torch lowering the 1-channel first conv as depthwise."""
+    from edgemp.demo import keras_twin_of_torch_example
+
+    twin = edgemp.convert(keras_twin_of_torch_example(torch_model), "int8", CALIBRATION, heldout, tmp_path,
+                          latency_runs=2)
+    ours = edgemp.inspect_model(torch_conversions("int8").artifacts["tflite"])
+    theirs = edgemp.inspect_model(twin.artifacts["tflite"])
+    a, b = dict(ours.op_counts), dict(theirs.op_counts)
+    assert ours.transpose_count == theirs.transpose_count == 0 and sum(a.values()) == sum(b.values())
+    a["CONV_2D"] = a.get("CONV_2D", 0) + a.pop("DEPTHWISE_CONV_2D", 0)
+    assert a == b
+    assert abs(twin.report["validation"]["accuracy"]["top1"]
+               - torch_conversions("int8").report["validation"]["accuracy"]["top1"]) < 0.005
 
 
 def test_nchw_layout_keeps_pytorch_io(torch_model, heldout_nchw, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -108,6 +125,15 @@ def test_spatial_mean_is_rewritten_to_remove_the_transpose(tmp_path: Path) -> No
     assert r.passed and edgemp.inspect_model(r.artifacts["tflite"]).transpose_count == 0
     assert any("adaptive_avg_pool2d" in w for w in r.report["model"]["rewrites"])
     assert r.report["validation"]["outputs"][0]["max_abs_error"] < 1e-4
+
+
+def test_flatten_head_transpose_is_reported(tmp_path: Path) -> None:
+    """Flatten of an NCHW feature map keeps PyTorch's element order: one TRANSPOSE stays, and the user is told."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 8 * 8, 4)).eval()
+    with pytest.warns(UserWarning, match="1 TRANSPOSE op.*global-pooling head"):
+        r = edgemp.convert(model, "fp32", example_input=torch.rand(1, 1, 8, 8), output_dir=tmp_path, latency_runs=1)
+    assert r.passed and len(r.report["model"]["layout_transposes"]) == 1
 
 
 def test_exported_program_and_pt2_file(torch_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
