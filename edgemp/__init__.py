@@ -1,4 +1,4 @@
-"""edgemp: Keras models -> calibrated, host-validated FP16/INT8 TFLite in one call.
+"""edgemp: Keras and PyTorch models -> calibrated, host-validated FP16/INT8/mixed TFLite in one call.
 
     import edgemp
     result = edgemp.convert("model.keras", precision="int8", calibration="calibration_data/", output_dir="dist/")
@@ -10,8 +10,9 @@ from edgemp import errors  # noqa: E402
 from edgemp.api import inspect_model, validate  # noqa: E402
 from edgemp.config import DelegateSpec, IODType, Precision, Preprocessing, RuntimeOptions  # noqa: E402
 from edgemp.convert import ConvertResult, convert  # noqa: E402
+from edgemp.analyze import AnalysisResult, analyze  # noqa: E402
 
 __all__ = [
-    "ConvertResult", "DelegateSpec", "IODType", "Precision", "Preprocessing", "RuntimeOptions",
-    "convert", "errors", "inspect_model", "validate", "__version__",
+    "AnalysisResult", "ConvertResult", "DelegateSpec", "IODType", "Precision", "Preprocessing", "RuntimeOptions",
+    "analyze", "convert", "errors", "inspect_model", "validate", "__version__",
 ]

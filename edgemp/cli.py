@@ -44,6 +44,14 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _count_or_fraction(text: str) -> int | float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise click.BadParameter(f"expected a count (3) or a fraction (0.1), got {text!r}") from None
+    return v if 0 < v < 1 else int(v)
+
+
 def _size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -139,18 +147,27 @@ def main(verbose: int) -> None:
 @click.option("--name", help="Base name of the output files (default: the model's).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
+@click.option("--max-float-layers", default="0.1", show_default=True,
+              help="mixed: cap on layers kept in float, a count (3) or a fraction of the quantizable layers (0.1).")
+@click.option("--keep-float", multiple=True, help="mixed: a layer name or regex always kept in float (repeatable).")
+@click.option("--never-float", multiple=True, help="mixed: a layer name or regex never kept in float (repeatable).")
+@click.option("--min-sqnr-db", type=float, help="mixed: output-fidelity budget (without labels), e.g. 30.")
+@click.option("--min-cosine", type=float, help="mixed: output-fidelity budget (without labels), e.g. 0.999.")
 @preprocessing_options
 @runtime_options
 @_handle_errors
 def convert(model: str, precision: str, calibration: str | None, validation: str | None, output_dir: str,
             io_dtype: str, input_layout: str | None, num_calibration_samples: int, seed: int, max_validation_samples: int | None,
-            name: str | None, force: bool, as_json: bool, size: str | None, resize: str, color: str, scale: float,
+            name: str | None, force: bool, as_json: bool, max_float_layers: str, keep_float: tuple[str, ...],
+            never_float: tuple[str, ...], min_sqnr_db: float | None, min_cosine: float | None,
+            size: str | None, resize: str, color: str, scale: float,
             mean: str | None, std: str | None, layout: str, threads: int, no_xnnpack: bool,
             delegates: tuple[str, ...], delegate_options: tuple[str, ...], latency_runs: int,
             max_accuracy_drop: float, progress: bool | None, labels_file: str | None) -> None:
     """Convert MODEL (.keras, .h5, SavedModel dir or torch.export .pt2) to a validated .tflite.
 
-    Data for a .pt2 model is given in the layout of its example input (NCHW for images)."""
+    Data for a .pt2 model is given in the layout of its example input (NCHW for images). With
+    `--precision mixed` the most INT8-sensitive layers stay in float until the budget holds."""
     from edgemp.convert import convert as do_convert
 
     result = do_convert(
@@ -160,11 +177,46 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
         max_accuracy_drop=max_accuracy_drop, max_validation_samples=max_validation_samples, num_threads=threads,
         xnnpack=not no_xnnpack, delegates=_delegates(delegates, delegate_options), latency_runs=latency_runs,
         name=name, force=force, progress=progress, class_names=_labels(labels_file),
+        max_float_layers=_count_or_fraction(max_float_layers), keep_float=keep_float, never_float=never_float,
+        min_sqnr_db=min_sqnr_db, min_cosine=min_cosine,
     )
     _print_report(result.report, as_json)
     if not as_json:
         click.echo(f"wrote {', '.join(str(p) for p in result.artifacts.values())}")
     sys.exit(0 if result.passed else EXIT_GATE_FAILED)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("-c", "--calibration", type=click.Path(), required=True, help="Folder of images, .npy or .npz.")
+@click.option("--validation", type=click.Path(), help="Folder with one sub-folder per class, or .npz with x/y.")
+@click.option("-o", "--output-dir", type=click.Path(), default="dist", show_default=True)
+@click.option("--input-layout", type=click.Choice([x.value for x in Layout]))
+@click.option("-n", "--num-calibration-samples", type=int, default=200, show_default=True)
+@click.option("--max-validation-samples", type=int, default=1000, show_default=True)
+@click.option("--tensor-samples", type=int, default=32, show_default=True,
+              help="Samples for the tensor-by-tensor comparison.")
+@click.option("--top", type=int, default=15, show_default=True, help="Rows of the table to print.")
+@click.option("--name", help="Base name of the output files (default: the model's).")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--labels", "labels_file", type=click.Path(exists=True), help="Class names in output order, one per line.")
+@click.option("--progress/--no-progress", default=None)
+@click.option("--threads", type=int, default=1, show_default=True)
+@_handle_errors
+def analyze(model: str, calibration: str, validation: str | None, output_dir: str, input_layout: str | None,
+            num_calibration_samples: int, max_validation_samples: int, tensor_samples: int, top: int, name: str | None,
+            force: bool, labels_file: str | None, progress: bool | None, threads: int) -> None:
+    """Rank MODEL's layers by INT8 sensitivity; write the table (JSON, Markdown), a plot and an HTML page."""
+    from edgemp.analyze import analyze as do_analyze
+
+    result = do_analyze(model, calibration, validation, output_dir, input_layout=input_layout,
+                        num_calibration_samples=num_calibration_samples, max_validation_samples=max_validation_samples,
+                        tensor_samples=tensor_samples, class_names=_labels(labels_file), num_threads=threads,
+                        name=name, force=force, progress=progress)
+    lines = result.to_markdown().splitlines()
+    table = [ln for ln in lines if ln.startswith("|")]
+    click.echo("\n".join([ln for ln in lines if ln and not ln.startswith("|")][:3] + table[: top + 2]))
+    click.echo(f"wrote {', '.join(str(p) for p in result.artifacts.values())}")
 
 
 @main.command()

@@ -31,10 +31,11 @@ class Precision(str, enum.Enum):
     DYNAMIC_INT8 = "dynamic-int8"  # int8 weights, float activations (quantized on the fly by the kernels)
     INT8 = "int8"  # fully integer: int8 weights per-channel, int8 activations
     INT16X8 = "int16x8"  # int16 activations, int8 weights
+    MIXED = "mixed"  # int8 with the most sensitive layers kept in float32, under an accuracy/fidelity budget
 
     @property
     def needs_calibration(self) -> bool:
-        return self in (Precision.INT8, Precision.INT16X8)
+        return self in (Precision.INT8, Precision.INT16X8, Precision.MIXED)
 
     @property
     def meaning(self) -> str:
@@ -47,6 +48,8 @@ _MEANINGS = {
     Precision.DYNAMIC_INT8: "int8 per-channel weights; activations float32, quantized on the fly by hybrid kernels",
     Precision.INT8: "fully integer: int8 per-channel weights, int8 activations, int32 biases",
     Precision.INT16X8: "int16 activations, int8 per-channel weights, int64 biases",
+    Precision.MIXED: "int8 (int8 per-channel weights and activations) except the layers listed in report.mixed, "
+                     "which compute in float32 with QUANTIZE/DEQUANTIZE at each boundary",
 }
 
 

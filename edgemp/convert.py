@@ -20,10 +20,12 @@ from edgemp._versions import versions
 from edgemp.backends.tflite_census import census
 from edgemp.calibration import CalibrationSet, load_calibration
 from edgemp.config import DelegateSpec, IODType, Layout, Precision, Preprocessing, RuntimeOptions, parse_enum
-from edgemp.errors import CalibrationError, InputError, PrecisionLabelError, QualityGateError
+from edgemp.errors import CalibrationError, InputError, MixedPrecisionError, PrecisionLabelError, QualityGateError
+from edgemp.mixed.pipeline import run_mixed, write_files
 from edgemp.quantize import apply_recipe, calibrate, recipe_for
+from edgemp.quantize.engine import CALLS
 from edgemp.sources import load_source
-from edgemp.validate import Report, ValidationData, evaluate, label_checks, load_validation
+from edgemp.validate import Check, Report, ValidationData, evaluate, label_checks, load_validation
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,11 @@ def convert(
     xnnpack: bool = True,
     delegates: Sequence[str | DelegateSpec | Mapping[str, Any]] = (),
     latency_runs: int = 50,
+    max_float_layers: int | float = 0.1,
+    keep_float: Sequence[str] = (),
+    never_float: Sequence[str] = (),
+    min_sqnr_db: float | None = None,
+    min_cosine: float | None = None,
     name: str | None = None,
     force: bool = False,
     strict: bool = False,
@@ -94,6 +101,12 @@ def convert(
     default, as on devices; None keeps it dynamic). `class_names` lists the classes in the
     model's output order (maps validation sub-folders to labels; recorded for the app). With strict=True a failed check
     raises QualityGateError after the artifact and report are written.
+
+    `precision="mixed"`: INT8 with the fewest, most sensitive layers kept in float until the budget holds —
+    `max_accuracy_drop` with labelled validation data, else `min_sqnr_db` / `min_cosine` (output fidelity);
+    `max_float_layers` caps them (a count, or a fraction of the quantizable layers); `keep_float` /
+    `never_float` force layers (names as `edgemp analyze` shows them, or regexes). A budget the search cannot
+    meet under the cap raises MixedPrecisionError (after writing the best artifact and its report).
     """
     timer = _Timer()
     prec = parse_enum(Precision, precision, "precision")
@@ -117,7 +130,8 @@ def convert(
     base = name or source.name
     paths = {"tflite": out_dir / f"{base}_{prec.value}.tflite", "report_json": out_dir / f"{base}_{prec.value}.report.json",
              "report_md": out_dir / f"{base}_{prec.value}.report.md"}
-    check_overwrite(list(paths.values()), force)
+    mixed_files = [out_dir / f"{base}_{prec.value}.sensitivity.{x}" for x in ("md", "png", "html")]
+    check_overwrite(list(paths.values()) + (mixed_files if prec is Precision.MIXED else []), force)
 
     with timer.stage("float_conversion"):
         float_tflite = source.to_float_tflite(batch_size)
@@ -130,8 +144,23 @@ def convert(
             cal = load_calibration(calibration, specs, num_samples=num_calibration_samples, seed=seed,
                                    preprocessing=pre, progress=progress)
 
-    recipe = recipe_for(prec, io)
-    if recipe is None:
+    vdata = note = mixed = None
+    if prec is Precision.MIXED:
+        assert cal is not None
+        vdata, note = _validation_data(validation, specs, pre or cal.preprocessing, cal, max_validation_samples, seed,
+                                       progress, class_names)
+        calls = CALLS["calibrate"]
+        with timer.stage("calibrate"):
+            stats = calibrate(float_tflite, [source.artifact_inputs(s) for s in cal.samples], num_threads=num_threads,
+                              progress=progress)
+        with timer.stage("mixed_search"):
+            mixed = run_mixed(source, float_tflite, stats, vdata, opts, float_io=io is IODType.FLOAT,
+                              max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, min_cosine=min_cosine,
+                              max_float_layers=max_float_layers, keep_float=keep_float, never_float=never_float,
+                              tensor_samples=32, title=base, progress=progress)
+        mixed.section["calibration_runs"] = CALLS["calibrate"] - calls
+        artifact, recipe = mixed.artifact, mixed.recipe
+    elif (recipe := recipe_for(prec, io)) is None:
         artifact = float_tflite
     else:
         stats = None
@@ -146,6 +175,10 @@ def convert(
     with timer.stage("census"):
         art_census = census(artifact)
         checks = label_checks(art_census, prec, io)
+    if mixed is not None:
+        checks.append(Check("mixed_regions", not mixed.region_problems,
+                            f"float exactly where chosen: {len(mixed.section['float_ops'])} op(s)"
+                            if not mixed.region_problems else "; ".join(mixed.region_problems[:8])))
     broken = [c for c in checks if not c.passed]
     if broken:
         raise PrecisionLabelError(
@@ -153,14 +186,17 @@ def convert(
             + ". Nothing was written. Keep those ops in float with precision 'dynamic-int8'/'fp16', or ask for io_dtype='float'."
         )
 
-    vdata, note = _validation_data(validation, specs, pre or (cal.preprocessing if cal else None), cal,
-                                   max_validation_samples, seed, progress, class_names)
+    if vdata is None:
+        vdata, note = _validation_data(validation, specs, pre or (cal.preprocessing if cal else None), cal,
+                                       max_validation_samples, seed, progress, class_names)
     with timer.stage("validate"):
         vsection, qchecks = evaluate(artifact, source.predict, vdata, opts,
                                      max_accuracy_drop=max_accuracy_drop if vdata.labels is not None else None,
                                      fp32_artifact=float_tflite, progress=progress, data_note=note,
                                      adapt=source.artifact_inputs)
     checks += qchecks
+    if mixed is not None:
+        checks.append(Check("mixed_budget", mixed.met, mixed.message))
     passed = all(c.passed for c in checks)
     overhead = _layout_overhead(source, art_census)
 
@@ -184,6 +220,7 @@ def convert(
         "class_names": list(class_names) if class_names is not None else vdata.class_names,
         "calibration": cal.summary() if cal else None,
         "validation": vsection,
+        "mixed": mixed.section if mixed is not None else None,
         "checks": [c.to_dict() for c in checks],
         "timings_s": timer.times,
         "versions": versions() | source.framework_versions(),
@@ -191,7 +228,11 @@ def convert(
     write_atomic(paths["tflite"], artifact)
     report.to_json(paths["report_json"])
     write_atomic(paths["report_md"], report.to_markdown())
+    if mixed is not None:
+        paths |= write_files(out_dir, f"{base}_{prec.value}", mixed.files)
     result = ConvertResult(paths, report, prec)
+    if mixed is not None and not mixed.met:
+        raise MixedPrecisionError(mixed.message, report, result)
     if not passed:
         log.warning("conversion to %s FAILED validation: %s", prec.value, "; ".join(report.failures))
         if strict:
@@ -220,7 +261,7 @@ def _app_preprocessing(cal: CalibrationSet | None, layout: Layout) -> dict[str, 
 def _io_label(prec: Precision, io: IODType) -> str:
     if not prec.needs_calibration or io is IODType.FLOAT:
         return "float32"
-    return "int8" if prec is Precision.INT8 else "int16"
+    return "int16" if prec is Precision.INT16X8 else "int8"
 
 
 def _validation_data(validation: Any, specs: list[Any], pre: Preprocessing | None, cal: CalibrationSet | None,

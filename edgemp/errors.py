@@ -84,3 +84,12 @@ class QualityGateError(EdgempError):
     def __init__(self, message: str, report: object | None = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class MixedPrecisionError(QualityGateError):
+    """precision="mixed" could not meet the budget under max_float_layers; the message gives the best result
+    found and what meeting the budget would take. The best artifact and its report are written."""
+
+    def __init__(self, message: str, report: object | None = None, result: object | None = None) -> None:
+        super().__init__(message, report)
+        self.result = result

@@ -119,6 +119,13 @@ class KerasSource:
     def num_parameters(self) -> int | None:
         return int(self.model.count_params())
 
+    def layers(self) -> list[tuple[str, str]]:
+        """(name, class) of every layer in model order, nested models flattened: what reports call layers."""
+        def walk(m: Any) -> list[tuple[str, str]]:
+            return [x for lay in getattr(m, "layers", []) for x in [(lay.name, type(lay).__name__), *walk(lay)]]
+
+        return walk(self.model)
+
     def framework_versions(self) -> dict[str, str]:
         import keras
 
@@ -167,6 +174,9 @@ class SavedModelSource:
 
     def num_parameters(self) -> int | None:
         return int(sum(np.prod(v.shape) for v in getattr(self._loaded, "variables", [])))
+
+    def layers(self) -> list[tuple[str, str]]:
+        return []  # a SavedModel keeps no layer list: per-layer reports show op names
 
     def framework_versions(self) -> dict[str, str]:
         return {"tensorflow": import_tf().__version__}

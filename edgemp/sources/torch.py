@@ -230,6 +230,10 @@ class TorchSource:
     def num_parameters(self) -> int | None:
         return int(sum(p.numel() for p in self.module.parameters()))
 
+    def layers(self) -> list[tuple[str, str]]:
+        """(module path, class) in definition order (`features.0.conv`): what per-layer reports call layers."""
+        return [(n, type(m).__name__) for n, m in self.module.named_modules() if n]
+
     def framework_versions(self) -> dict[str, str]:
         import litert_torch
         import torch

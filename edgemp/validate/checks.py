@@ -37,6 +37,13 @@ def label_checks(c: Census, precision: Precision, io_dtype: IODType) -> list[Che
         want = {"float32"} if io_dtype is IODType.FLOAT else {act}
         checks.append(Check("io_dtype", io_types <= want, f"I/O dtypes {sorted(io_types)}, expected {sorted(want)}"))
         checks.append(_weights(c, {"int8"}, per_channel=True))
+    elif precision is Precision.MIXED:  # which ops are float is checked against the chosen region (mixed.search)
+        wrong_act = [o for o in c.ops if o.compute == "int16"]
+        checks.append(Check("int8_activations", not wrong_act, "quantized ops use int8 activations" if not wrong_act
+                            else "int16 ops: " + "; ".join(o.describe() for o in wrong_act[:8])))
+        io_types = {s.dtype for s in (*c.inputs, *c.outputs)}
+        want = {"float32"} if io_dtype is IODType.FLOAT else {"int8", "float32"}
+        checks.append(Check("io_dtype", io_types <= want, f"I/O dtypes {sorted(io_types)}"))
     elif precision is Precision.DYNAMIC_INT8:
         checks.append(_weights(c, {"int8"}, per_channel=False))
         hybrid = c.compute_counts.get("hybrid-int8", 0)

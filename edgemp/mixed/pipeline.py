@@ -1,0 +1,138 @@
+"""Glue between the convert pipeline and the mixed-precision machinery: the search for `precision="mixed"`,
+and the per-layer analysis behind `edgemp.analyze`, with their report sections and files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgemp._io import write_atomic
+from edgemp.config import RuntimeOptions
+from edgemp.errors import InputError
+from edgemp.mixed.graph import describe
+from edgemp.mixed.report import plot_png, ranked_rows, to_html, to_markdown
+from edgemp.mixed.scoring import Budget
+from edgemp.backends.tflite_census import census
+from edgemp.mixed.graph import LayerGraph
+from edgemp.mixed.search import SearchResult, format_score, resolve_cap, search, verify_region
+from edgemp.mixed.sensitivity import LayerSensitivity, float_alone_effects, tensor_errors
+from edgemp.mixed.session import MixedSession
+from edgemp.quantize import Statistics
+from edgemp.validate.data import ValidationData
+
+
+@dataclasses.dataclass
+class MixedOutcome:
+    artifact: bytes
+    recipe: list[dict[str, Any]]
+    section: dict[str, Any]  # the report's "mixed" section
+    files: dict[str, bytes | str]  # suffix -> content (sensitivity .md/.png/.html)
+    met: bool
+    message: str
+    region_problems: list[str]
+
+
+def run_mixed(source: Any, float_tflite: bytes, stats: Statistics, vdata: ValidationData, opts: RuntimeOptions, *,
+              float_io: bool, max_accuracy_drop: float | None, min_sqnr_db: float | None, min_cosine: float | None,
+              max_float_layers: int | float, keep_float: Sequence[str], never_float: Sequence[str],
+              tensor_samples: int, title: str, progress: bool | None) -> MixedOutcome:
+    # Check the cheap things first: a bad name or budget must fail before the float reference runs.
+    budget = Budget.resolve(max_accuracy_drop, min_sqnr_db, min_cosine, vdata.labels is not None)
+    graph = LayerGraph(census(float_tflite), source.layers())
+    keep = graph.select(keep_float, "keep_float")
+    never = graph.select(never_float, "never_float")
+    if set(keep) & set(never):
+        raise InputError("a layer is both in keep_float and never_float: "
+                         + ", ".join(describe(graph.by_tensor[t]) for t in set(keep) & set(never)))
+    cap = resolve_cap(max_float_layers, len(graph.ranked))
+    session = MixedSession(source, float_tflite, stats, vdata, opts, float_io=float_io, progress=progress, graph=graph)
+    sr = search(session.make, graph, session.scorer, budget, cap=cap, keep=keep, never=never,
+                latency=session.latency_ms, progress=progress)
+    sens = tensor_errors(float_tflite, session.make(graph.close(keep)), session.samples(tensor_samples), graph)
+    _attach_effects(sens, sr.effects, graph)
+    rows = ranked_rows(sens, graph, sr.region)
+    section = _section(sr, budget, session, rows)
+    md = to_markdown(rows, f"Per-layer INT8 sensitivity: {title}", [f"Budget: {budget.describe()}."])
+    png = plot_png(rows, f"{title}: per-layer INT8 sensitivity")
+    files: dict[str, bytes | str] = {"sensitivity.md": md, "sensitivity.png": png,
+                                     "sensitivity.html": to_html(md, png, f"{title}: mixed precision",
+                                                                 section["steps"])}
+    message = _message(sr, budget, session)
+    return MixedOutcome(sr.artifact, graph.recipe(sr.region, float_io=float_io), section, files, sr.met, message,
+                        verify_region(sr.artifact, graph, sr.region))
+
+
+def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of the sensitivity table for the full-INT8 model, and a summary."""
+    graph = session.graph
+    int8 = session.make(frozenset())
+    base = session.scorer(int8)
+    budget = Budget(max_accuracy_drop=0.0) if session.scorer.labels is not None else Budget(min_sqnr_db=0.0)
+    effects = float_alone_effects(session.make, graph, session.scorer, budget, base, graph.ranked, progress=progress)
+    sens = tensor_errors(session.float_tflite, int8, session.samples(tensor_samples), graph)
+    _attach_effects(sens, effects, graph)
+    summary = {"float_top1": session.scorer.float_top1, "int8": base.to_dict(), "num_layers": len(graph.layers),
+               "num_ranked_layers": len(graph.ranked), "validation_samples": len(next(iter(session.inputs.values()))),
+               "tensor_samples": min(tensor_samples, len(next(iter(session.inputs.values())))),
+               "quantize_runs": session.quantize_runs, "scored_artifacts": session.scorer.runs}
+    return ranked_rows(sens, graph), summary
+
+
+def write_files(out_dir: Path, base: str, files: dict[str, bytes | str]) -> dict[str, Path]:
+    paths = {}
+    for suffix, content in files.items():
+        p = out_dir / f"{base}.{suffix}"
+        write_atomic(p, content)
+        paths[suffix.replace(".", "_")] = p
+    return paths
+
+
+def sensitivity_json(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    return json.dumps({"schema_version": 1, "summary": summary, "layers": rows}, indent=2, default=_jsonable)
+
+
+def _jsonable(v: Any) -> Any:
+    return str(v)
+
+
+def _attach_effects(sens: dict[str, LayerSensitivity], effects: dict[str, Any], graph: Any) -> None:
+    for t, (score, gain) in effects.items():
+        s = sens.setdefault(t, LayerSensitivity(graph.by_tensor[t]))
+        s.float_alone, s.gain = score, gain
+
+
+def _section(sr: SearchResult, budget: Budget, session: MixedSession, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    g = session.graph
+    return {
+        "budget": budget.to_dict() | {"description": budget.describe()},
+        "met": sr.met,
+        "max_float_layers": sr.cap,
+        "num_ranked_layers": len(g.ranked),
+        "float_layers": [describe(g.by_tensor[t]) for t in sorted(sr.region, key=lambda t: g.by_tensor[t].index)
+                         if g.by_tensor[t].ranked],
+        "float_ops": [g.by_tensor[t].to_dict() for t in sorted(sr.region, key=lambda t: g.by_tensor[t].index)],
+        "boundaries": g.boundaries(sr.region),
+        "score": sr.score.to_dict(),
+        "float_top1": session.scorer.float_top1,
+        "steps": [s.to_dict() for s in sr.steps],
+        "would_take": sr.would_take,
+        "quantize_runs": session.quantize_runs,
+        "scored_artifacts": session.scorer.runs,
+        "layers": rows,
+    }
+
+
+def _message(sr: SearchResult, budget: Budget, session: MixedSession) -> str:
+    names = ", ".join(_names_short(sr, session)) or "none"
+    head = (f"mixed precision {'met' if sr.met else 'could not meet'} the budget ({budget.describe()}) "
+            f"with {sum(1 for t in sr.region if session.graph.by_tensor[t].ranked)} of {len(session.graph.ranked)} "
+            f"layers in float (max {sr.cap}): {names}; {format_score(sr.score, session.scorer.float_top1)}")
+    return head + (f". {sr.would_take[0].upper()}{sr.would_take[1:]}." if sr.would_take else ".")
+
+
+def _names_short(sr: SearchResult, session: MixedSession) -> list[str]:
+    g = session.graph
+    return [g.by_tensor[t].name for t in sorted(sr.region, key=lambda t: g.by_tensor[t].index) if g.by_tensor[t].ranked]

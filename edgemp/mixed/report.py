@@ -1,0 +1,118 @@
+"""The per-layer sensitivity table (JSON rows, Markdown), its plot (PNG) and a self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from edgemp.mixed.graph import LayerGraph, describe
+from edgemp.mixed.sensitivity import LayerSensitivity
+
+
+def ranked_rows(sens: dict[str, LayerSensitivity], graph: LayerGraph, region: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """One row per op, most sensitive first: ranked layers by their gain alone in float, then the rest."""
+    rows = []
+    for lay in graph.layers:
+        s = sens.get(lay.tensor) or LayerSensitivity(lay)
+        rows.append(s.to_dict() | {"label": describe(lay), "kept_float": lay.tensor in region, "ranked": lay.ranked})
+    rows.sort(key=lambda r: (r["gain"] is None, tuple(-g for g in (r["gain"] or (0.0, 0.0))), r["index"]))
+    for i, r in enumerate(rows, 1):
+        r["rank"] = i if r["gain"] is not None else None
+    return rows
+
+
+def _f(v: Any, fmt: str = ".3g") -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
+    return format(v, fmt)
+
+
+def to_markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = ()) -> str:
+    lines = [f"# {title}", "", *notes, "" if notes else "",
+             "| rank | layer | op | tensor RMSE | RMSE/scale | tensor SQNR dB | tensor cosine | top-1 alone in float | "
+             "output SQNR alone in float | gain (top-1 pt, SQNR dB) | float |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        alone = r["float_alone"] or {}
+        gain = r["gain"]
+        lines.append(
+            f"| {_f(r['rank'], 'd')} | {r['label']} | {r['op']} | {_f(r['rmse'])} | {_f(r['rmse_over_scale'], '.2f')} | "
+            f"{_f(r['sqnr_db'], '.1f')} | {_f(r['cosine'], '.5f')} | {_f(alone.get('top1'), '.4f')} | "
+            f"{_f(alone.get('sqnr_db'), '.1f')} | "
+            f"{'–' if gain is None else f'{100 * gain[0]:+.2f}, {gain[1]:+.1f}' if alone.get('top1') is not None else f'{gain[0]:+.1f}'} | "
+            f"{'**yes**' if r['kept_float'] else ''} |")
+    lines += ["", "RMSE/scale ≈ 0.29 is pure rounding noise (1/√12 of a quantization step); far above it means "
+              "clipping or a badly chosen range. Tensor metrics compare the int8 model's tensor with the float "
+              "model's tensor of the same layer (errors accumulated up to that point)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_png(rows: Sequence[dict[str, Any]], title: str) -> bytes:
+    """Per-layer bars in model order: output SQNR gain with the layer alone in float; float layers marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = sorted((r for r in rows if r["gain"] is not None), key=lambda r: r["index"])
+    labels = [r["label"] if len(r["label"]) <= 48 else r["label"][:45] + "…" for r in ranked]
+    sq = [r["gain"][1] if r["float_alone"] and r["float_alone"].get("top1") is not None else r["gain"][0] for r in ranked]
+    tensor = [r["sqnr_db"] if r["sqnr_db"] is not None and math.isfinite(r["sqnr_db"]) else 0.0 for r in ranked]
+    colors = ["#d62728" if r["kept_float"] else "#1f77b4" for r in ranked]
+    height = max(3.0, 0.28 * len(ranked) + 1.5)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, height), sharey=True)
+    y = range(len(ranked))
+    ax1.barh(y, sq, color=colors)
+    ax1.set_xlabel("output SQNR gain with only this layer in float (dB)")
+    ax1.set_yticks(list(y), labels, fontsize=8)
+    ax1.invert_yaxis()
+    ax2.barh(y, tensor, color=colors)
+    ax2.set_xlabel("SQNR of the layer's int8 output tensor vs float (dB)")
+    for ax in (ax1, ax2):
+        ax.grid(axis="x", alpha=0.3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color="#d62728"), plt.Rectangle((0, 0), 1, 1, color="#1f77b4")]
+    fig.legend(handles, ["kept in float", "int8"], loc="upper right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def to_html(markdown_table: str, png: bytes, title: str, steps: Sequence[dict[str, Any]] = ()) -> str:
+    """A self-contained page: the plot embedded as base64, the search steps and the ranked table."""
+    def table(md: str) -> str:
+        out = []
+        for line in md.splitlines():
+            if line.startswith("|") and not line.startswith("|---"):
+                cells = [html.escape(c.strip()).replace("**yes**", "<b>yes</b>") for c in line.strip("|").split("|")]
+                tag = "th" if not out else "td"
+                out.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+        return "<table>" + "".join(out) + "</table>"
+
+    step_rows = "".join(
+        f"<tr><td>{s['step']}</td><td>{html.escape(s['action'])}</td><td>{len(s['float_layers'])}</td>"
+        f"<td>{s['boundaries']}</td><td>{_f(s['score'].get('top1'), '.4f')}</td><td>{_f(s['score']['sqnr_db'], '.1f')}</td>"
+        f"<td>{_f(s.get('bytes'), ',')}</td><td>{_f(s.get('latency_ms'), '.4f')}</td><td>{'yes' if s['met'] else ''}</td></tr>"
+        for s in steps)
+    steps_html = ("<h2>Search steps</h2><table><tr><th>step</th><th>action</th><th>float layers</th><th>boundaries</th>"
+                  "<th>top-1</th><th>SQNR dB</th><th>bytes</th><th>latency ms</th><th>budget met</th></tr>"
+                  f"{step_rows}</table>") if steps else ""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+            "td,th{border:1px solid #ccc;padding:3px 6px}th{background:#eee}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><img alt='per-layer sensitivity' src='data:image/png;base64,"
+            f"{base64.b64encode(png).decode()}'/>{steps_html}<h2>Layers, most sensitive first</h2>"
+            f"{table(_table_only(markdown_table))}"
+            "</body></html>")
+
+
+def _table_only(md: str) -> str:
+    return "\n".join(line for line in md.splitlines() if line.startswith("|"))

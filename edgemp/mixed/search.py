@@ -1,0 +1,178 @@
+"""`precision="mixed"`: the fewest layers in float that bring INT8 within the budget.
+
+Greedy, as NNCF's accuracy control: start from full INT8; rank layers by their effect alone in float; move the
+most sensitive to float and re-validate; when a step does not help, undo it and re-rank the remaining layers
+against the current configuration. Near-ties (Budget.near) go to the layer adding the fewest float/int8
+boundaries (each is a QUANTIZE/DEQUANTIZE pair's half). Every candidate re-uses the calibration statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from edgemp.backends.tflite_census import census
+from edgemp.mixed.graph import Layer, LayerGraph, describe
+from edgemp.mixed.scoring import Budget, Score, Scorer
+from edgemp.mixed.sensitivity import float_alone_effects
+
+log = logging.getLogger(__name__)
+
+RERANK_TOP = 8  # re-ranking re-scores at most this many candidates (the best by the previous ranking)
+
+
+@dataclasses.dataclass
+class Step:
+    step: int
+    action: str
+    float_layers: list[str]
+    float_ops: int
+    boundaries: int
+    score: Score
+    met: bool
+    accepted: bool
+    bytes: int | None = None
+    latency_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"score": self.score.to_dict()}
+
+
+@dataclasses.dataclass
+class SearchResult:
+    region: frozenset[str]
+    artifact: bytes
+    score: Score
+    met: bool
+    steps: list[Step]
+    effects: dict[str, tuple[Score, tuple[float, float]]]
+    cap: int
+    would_take: str | None = None
+
+
+def resolve_cap(max_float_layers: int | float, num_ranked: int) -> int:
+    """A count (int >= 0) or a fraction of the rankable layers (0 < float < 1)."""
+    if isinstance(max_float_layers, float) and 0 < max_float_layers < 1:
+        return max(1, int(max_float_layers * num_ranked))
+    return int(max_float_layers)
+
+
+def search(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: Scorer, budget: Budget, *,
+           cap: int, keep: Sequence[str] = (), never: Sequence[str] = (),
+           latency: Callable[[bytes], float] | None = None, progress: bool | None = None) -> SearchResult:
+    steps: list[Step] = []
+
+    def record(action: str, region: frozenset[str], art: bytes, s: Score, accepted: bool) -> None:
+        steps.append(Step(len(steps), action, _names(graph, region), len(region), graph.boundaries(region), s,
+                          budget.met(s, scorer.float_top1), accepted, len(art),
+                          latency(art) if latency and accepted else None))
+
+    region = graph.close(keep)
+    art = make(region)
+    cur = scorer(art)
+    record("full int8" if not keep else f"int8 with keep_float ({len(region)} ops)", region, art, cur, True)
+    best = (region, art, cur)
+    if budget.met(cur, scorer.float_top1):
+        return SearchResult(region, art, cur, True, steps, {}, cap)
+
+    blocked = set(never) | set(region)
+    cands = [lay for lay in graph.ranked if lay.tensor not in blocked]
+    effects = float_alone_effects(make, graph, scorer, budget, cur, cands, region, progress)
+    gains = {t: g for t, (_, g) in effects.items()}
+    tried: set[str] = set()
+    met = False
+    while True:
+        avail = [lay for lay in cands if lay.tensor not in region and lay.tensor not in tried]
+        if not avail:
+            break
+        pick = _choose(graph, budget, region, avail, gains)
+        new = graph.close(region | {pick.tensor})
+        if _ranked_count(graph, new) > cap:
+            steps.append(Step(len(steps), f"stop: {describe(pick)} would exceed max_float_layers={cap}",
+                              _names(graph, region), len(region), graph.boundaries(region), cur, False, False))
+            break
+        a = make(new)
+        s = scorer(a)
+        if budget.objective(s) > budget.objective(cur):
+            record(f"keep float: {describe(pick)}", new, a, s, True)
+            region, cur, art = new, s, a
+            if budget.objective(cur) > budget.objective(best[2]):
+                best = (region, art, cur)
+            if budget.met(cur, scorer.float_top1):
+                met = True
+                break
+        else:
+            record(f"no gain, undone: {describe(pick)}", new, a, s, False)
+            tried.add(pick.tensor)
+            rest = sorted((lay for lay in avail if lay.tensor != pick.tensor), key=lambda lay: gains[lay.tensor],
+                          reverse=True)[:RERANK_TOP]
+            fresh = float_alone_effects(make, graph, scorer, budget, cur, rest, region, progress=False)
+            gains.update({t: g for t, (_, g) in fresh.items()})
+            steps.append(Step(len(steps), f"re-ranked {len(fresh)} layers against the current configuration",
+                              _names(graph, region), len(region), graph.boundaries(region), cur, False, False))
+    region, art, cur = (region, art, cur) if met else best
+    result = SearchResult(region, art, cur, met, steps, effects, cap)
+    if not met:
+        result.would_take = _what_it_would_take(make, graph, scorer, budget, region, cands, gains, cap)
+    return result
+
+
+def _choose(graph: LayerGraph, budget: Budget, region: frozenset[str], avail: list[Layer],
+            gains: dict[str, tuple[float, float]]) -> Layer:
+    """The largest gain; among near-equal gains the one adding the fewest boundaries (contiguous regions)."""
+    top = max(gains[lay.tensor] for lay in avail)
+    near = [lay for lay in avail if budget.near(gains[lay.tensor], top)]
+    return min(near, key=lambda lay: (graph.boundaries(graph.close(region | {lay.tensor})),
+                                      tuple(-g for g in gains[lay.tensor]), lay.index))
+
+
+def _what_it_would_take(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: Scorer, budget: Budget,
+                        region: frozenset[str], cands: list[Layer], gains: dict[str, tuple[float, float]],
+                        cap: int, limit: int = 40) -> str:
+    """Continue past the cap in ranking order (bounded) to tell the user what meeting the budget would need."""
+    order = sorted((lay for lay in cands if lay.tensor not in region), key=lambda lay: gains[lay.tensor], reverse=True)
+    r = region
+    for lay in order[:limit]:
+        r = graph.close(r | {lay.tensor})
+        s = scorer(make(r))
+        if budget.met(s, scorer.float_top1):
+            return (f"the budget is met with {_ranked_count(graph, r)} layers in float (max_float_layers={cap}): "
+                    f"raise max_float_layers to {_ranked_count(graph, r)}")
+    s_all = scorer(make(graph.close({lay.tensor for lay in graph.ranked})))
+    what = (f"even with every quantizable layer in float the score is {format_score(s_all, scorer.float_top1)}"
+            if not budget.met(s_all, scorer.float_top1) else
+            f"more than {_ranked_count(graph, r)} layers in float would be needed")
+    return what + "; relax the budget or retrain/quantization-aware-train the sensitive layers"
+
+
+def format_score(s: Score, float_top1: float | None) -> str:
+    if s.top1 is not None and float_top1 is not None:
+        return f"top-1 {s.top1:.4f} (drop {100 * (float_top1 - s.top1):.2f} points), SQNR {s.sqnr_db:.1f} dB"
+    return f"SQNR {s.sqnr_db:.1f} dB, cosine {s.cosine:.5f}"
+
+
+def _ranked_count(graph: LayerGraph, region: frozenset[str]) -> int:
+    return sum(1 for t in region if graph.by_tensor[t].ranked)
+
+
+def _names(graph: LayerGraph, region: frozenset[str]) -> list[str]:
+    return [describe(graph.by_tensor[t]) for t in sorted(region, key=lambda t: graph.by_tensor[t].index)
+            if graph.by_tensor[t].ranked]
+
+
+def verify_region(artifact: bytes, graph: LayerGraph, region: frozenset[str]) -> list[str]:
+    """Honest label for a mixed artifact: exactly the chosen ops compute in float, every other op in int8."""
+    problems = []
+    for o in census(artifact).ops:
+        if o.op in ("QUANTIZE", "DEQUANTIZE") or not o.outputs:
+            continue
+        t = o.outputs[0].name
+        if t not in graph.by_tensor:
+            continue
+        is_float = o.compute in ("float32", "float16")
+        if is_float != (t in region):
+            problems.append(f"{describe(graph.by_tensor[t])} ({o.op}) computes in {o.compute}, expected "
+                            f"{'float' if t in region else 'int8'}")
+    return problems

@@ -1,0 +1,108 @@
+"""Per-layer sensitivity of a model to INT8: the error at each op's output, and each layer's effect alone.
+
+Tensor error: the float and the int8 model run side by side on the same samples with every intermediate
+tensor preserved (reference kernels: XNNPACK would fuse them away); tensors are matched by name, which the
+quantizer keeps, so the comparison is layer to layer whatever Q/DQ ops were inserted.
+Effect alone: the artifact re-quantized with just that layer in float, from the statistics gathered once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgemp._progress import track
+from edgemp.mixed.graph import Layer, LayerGraph
+from edgemp.mixed.scoring import Budget, Score, Scorer
+
+
+@dataclasses.dataclass
+class LayerSensitivity:
+    layer: Layer
+    rmse: float | None = None
+    rmse_over_scale: float | None = None  # ~0.29 (1/sqrt(12)) is pure rounding noise; much more means clipping/bad range
+    sqnr_db: float | None = None
+    cosine: float | None = None
+    scale: float | None = None
+    float_alone: Score | None = None  # the whole model with only this layer in float
+    gain: tuple[float, float] | None = None  # objective(float_alone) - objective(full int8)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.layer.to_dict() | {"rmse": self.rmse, "rmse_over_scale": self.rmse_over_scale,
+                                    "sqnr_db": self.sqnr_db, "cosine": self.cosine, "scale": self.scale}
+        d["float_alone"] = self.float_alone.to_dict() if self.float_alone else None
+        d["gain"] = list(self.gain) if self.gain else None
+        return d
+
+
+def tensor_errors(float_tflite: bytes, quant_tflite: bytes, samples: Sequence[dict[str, np.ndarray]],
+                  graph: LayerGraph) -> dict[str, LayerSensitivity]:
+    """Error of every op's output in the quantized model against the float model's tensor of the same name."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    def interp(model: bytes) -> tuple[Any, dict[str, dict[str, Any]], Any]:
+        itp = Interpreter(model_content=model, experimental_preserve_all_tensors=True,
+                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        itp.allocate_tensors()
+        return itp, {d["name"]: d for d in itp.get_tensor_details()}, itp.get_signature_runner()
+
+    fi, fdet, frun = interp(float_tflite)
+    qi, qdet, qrun = interp(quant_tflite)
+    qin = {k: v for k, v in qrun.get_input_details().items()}
+    acc: dict[str, list[float]] = {lay.tensor: [0.0, 0.0, 0.0, 0.0] for lay in graph.layers
+                                   if lay.tensor in fdet and lay.tensor in qdet}
+    n_el: dict[str, int] = dict.fromkeys(acc, 0)
+    for s in samples:
+        frun(**{k: np.asarray(v, np.float32) for k, v in s.items()})
+        feed = {}
+        for k, v in s.items():
+            d = qin[k]
+            scale, zp = d["quantization"] if d["quantization"] != (0.0, 0) else (0.0, 0)
+            if np.issubdtype(d["dtype"], np.integer) and scale:
+                info = np.iinfo(d["dtype"])
+                v = np.clip(np.round(np.asarray(v, np.float64) / scale + zp), info.min, info.max).astype(d["dtype"])
+            feed[k] = v
+        qrun(**feed)
+        for t in acc:
+            ref = fi.get_tensor(fdet[t]["index"]).astype(np.float64).ravel()
+            q = qi.get_tensor(qdet[t]["index"])
+            scale, zp = qdet[t]["quantization"]
+            out = (q.astype(np.float64) - zp) * scale if scale else q.astype(np.float64)
+            out = out.ravel()
+            if out.shape != ref.shape:
+                continue
+            err = out - ref
+            a = acc[t]
+            a[0] += float(err @ err)
+            a[1] += float(ref @ ref)
+            a[2] += float(ref @ out)
+            a[3] += float(out @ out)
+            n_el[t] += err.size
+    res = {}
+    for t, (noise, signal, dot, pout) in acc.items():
+        if not n_el[t]:
+            continue
+        scale = float(qdet[t]["quantization"][0]) or None
+        rmse = float(np.sqrt(noise / n_el[t]))
+        res[t] = LayerSensitivity(
+            graph.by_tensor[t], rmse=rmse, rmse_over_scale=rmse / scale if scale else None,
+            sqnr_db=float(10 * np.log10(signal / noise)) if noise > 0 and signal > 0 else float("inf"),
+            cosine=float(dot / np.sqrt(signal * pout)) if signal > 0 and pout > 0 else (1.0 if noise == 0 else 0.0),
+            scale=scale)
+    return res
+
+
+def float_alone_effects(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: Scorer, budget: Budget,
+                        base: Score, candidates: Sequence[Layer], base_region: frozenset[str] = frozenset(),
+                        progress: bool | None = None) -> dict[str, tuple[Score, tuple[float, float]]]:
+    """Score with each candidate layer (closed over same-scale ops) added to `base_region` in float."""
+    b = budget.objective(base)
+    out = {}
+    for lay in track(candidates, "Per-layer effect", total=len(candidates), enabled=progress):
+        s = scorer(make(graph.close(base_region | {lay.tensor})))
+        o = budget.objective(s)
+        out[lay.tensor] = (s, (o[0] - b[0], o[1] - b[1]))
+    return out

@@ -1,0 +1,58 @@
+"""What analysis and the mixed search share: one float model, one calibration, one scorer, cached recipes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgemp.backends.tflite_census import census
+from edgemp.config import RuntimeOptions
+from edgemp.mixed.graph import LayerGraph
+from edgemp.mixed.scoring import Scorer
+from edgemp.quantize import Statistics, apply_recipe
+from edgemp.validate.data import ValidationData
+from edgemp.validate.evaluate import batched
+from edgemp.validate.runtime import Runner
+
+
+class MixedSession:
+    """`make(region)` quantizes the float model with `region` kept in float, from statistics gathered once."""
+
+    def __init__(self, source: Any, float_tflite: bytes, statistics: Statistics, vdata: ValidationData,
+                 opts: RuntimeOptions, float_io: bool = False, progress: bool | None = None,
+                 graph: LayerGraph | None = None) -> None:
+        self.source, self.float_tflite, self.statistics = source, float_tflite, statistics
+        self.float_io = float_io
+        self.graph = graph or LayerGraph(census(float_tflite), source.layers())
+        self.inputs = {k: v for k, v in source.artifact_inputs(vdata.inputs).items()}
+        reference = batched(source.predict, vdata.inputs, progress=progress, label="Running float reference")
+        self.scorer = Scorer(self.inputs, reference, vdata.labels, _search_opts(opts))
+        self.opts = opts
+        self._cache: dict[frozenset[str], bytes] = {}
+        self.quantize_runs = 0
+
+    def make(self, region: frozenset[str]) -> bytes:
+        region = frozenset(region)
+        if region not in self._cache:
+            self.quantize_runs += 1
+            self._cache[region] = apply_recipe(self.float_tflite, self.graph.recipe(region, float_io=self.float_io),
+                                               self.statistics)
+        return self._cache[region]
+
+    def latency_ms(self, artifact: bytes, runs: int = 30) -> float:
+        first = {k: v[:1] for k, v in self.inputs.items()}
+        opts = RuntimeOptions(num_threads=self.opts.num_threads, xnnpack=self.opts.xnnpack, latency_runs=runs,
+                              warmup_runs=5)
+        return float(Runner(artifact, opts).latency(first)["median_ms"])
+
+    def samples(self, n: int) -> list[dict[str, np.ndarray]]:
+        """The first n validation samples as batch-1 dicts (artifact layout) for tensor-level comparison."""
+        count = len(next(iter(self.inputs.values())))
+        return [{k: v[i : i + 1] for k, v in self.inputs.items()} for i in range(min(n, count))]
+
+
+def _search_opts(opts: RuntimeOptions) -> RuntimeOptions:
+    # The search scores dozens of candidates on the host: XNNPACK and the threads as asked, no delegates
+    # (an external delegate is validated once on the final artifact).
+    return RuntimeOptions(num_threads=opts.num_threads, xnnpack=opts.xnnpack, latency_runs=0)
