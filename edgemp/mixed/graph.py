@@ -43,8 +43,10 @@ class Layer:
 
 
 class LayerGraph:
-    def __init__(self, float_census: Census, source_layers: Sequence[tuple[str, str]] = ()) -> None:
-        """`source_layers`: (name, class name) of the source model's layers in model order (may be empty)."""
+    def __init__(self, float_census: Census, source_layers: Sequence[tuple[str, str]] = (), float_io: bool = False) -> None:
+        """`source_layers`: (name, class name) of the source model's layers in model order (may be empty);
+        `float_io`: the artifact keeps float32 I/O (else its I/O is int8, and a float op at the edge is a boundary)."""
+        self.float_io = float_io
         ops = [o for o in float_census.ops if o.subgraph == 0 and o.outputs]
         self.ops = ops
         order = {n: i for i, (n, _) in enumerate(source_layers)}
@@ -70,6 +72,9 @@ class LayerGraph:
         produced = {o.outputs[i].name: o.outputs[0].name for o in ops for i in range(len(o.outputs))}
         self.producers = {o.outputs[0].name: [produced[t.name] for t in o.inputs if t.name in produced]
                           for o in ops}
+        graph_in = {i.tensor for i in float_census.inputs}
+        self.io_edges = [(o.outputs[0].name, "in") for o in ops for t in o.inputs if t.name in graph_in] + \
+                        [(o.outputs[0].name, "out") for o in ops if o.outputs[0].name in {x.tensor for x in float_census.outputs}]
         self.consumers: dict[str, list[str]] = {t: [] for t in self.producers}
         for t, ps in self.producers.items():
             for p in ps:
@@ -93,9 +98,10 @@ class LayerGraph:
         return frozenset(region)
 
     def boundaries(self, region: Iterable[str]) -> int:
-        """Edges between float and int8 ops: each becomes a QUANTIZE or DEQUANTIZE in the artifact."""
+        """Edges between float and int8 tensors, graph I/O included: each becomes a QUANTIZE or DEQUANTIZE."""
         r = set(region)
-        return sum(1 for t, ps in self.producers.items() for p in ps if (p in r) != (t in r))
+        inner = sum(1 for t, ps in self.producers.items() for p in ps if (p in r) != (t in r))
+        return inner + sum(1 for t, _ in self.io_edges if (t in r) != self.float_io)
 
     def recipe(self, region: Iterable[str], activation_bits: int = 8, float_io: bool = False) -> Recipe:
         """Static int8 everywhere, then one float rule per op in the region (exact tensor name and op type:

@@ -41,7 +41,7 @@ def run_mixed(source: Any, float_tflite: bytes, stats: Statistics, vdata: Valida
               tensor_samples: int, title: str, progress: bool | None) -> MixedOutcome:
     # Check the cheap things first: a bad name or budget must fail before the float reference runs.
     budget = Budget.resolve(max_accuracy_drop, min_sqnr_db, min_cosine, vdata.labels is not None)
-    graph = LayerGraph(census(float_tflite), source.layers())
+    graph = LayerGraph(census(float_tflite), source.layers(), float_io=float_io)
     keep = graph.select(keep_float, "keep_float")
     never = graph.select(never_float, "never_float")
     if set(keep) & set(never):

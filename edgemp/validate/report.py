@@ -82,6 +82,7 @@ class Report:
                       + (f"; fp32 {_f(lat['fp32_median_ms'], 4)} ms, ratio {_f(lat['ratio_to_fp32'], 2)}" if "fp32_median_ms" in lat else "")]
             for dl in v["runtime"]["delegates"]:
                 lines.append(f"- delegate {dl['name']}: loaded, {dl['nodes']}/{dl['total_nodes']} nodes")
+        lines += _mixed_markdown(d.get("mixed"))
         cal = d.get("calibration")
         if cal:
             lines += ["", "## Calibration", "", f"{cal['num_samples']} samples from {cal['source']}, seed {cal['seed']}, "
@@ -127,9 +128,41 @@ class Report:
             lat = v["latency"]
             console.print(f"latency: {_f(lat['median_ms'], 4)} ms median ({lat['threads']} thread(s))"
                           + (f", fp32 {_f(lat['fp32_median_ms'], 4)} ms" if "fp32_median_ms" in lat else ""))
+        m = d.get("mixed")
+        if m:
+            t = Table(title=f"Mixed-precision search — budget: {m['budget']['description']}")
+            for col in ("step", "action", "float layers", "boundaries", "top-1", "SQNR dB", "bytes", "ms", "met"):
+                t.add_column(col)
+            for st in m["steps"]:
+                sc = st["score"]
+                t.add_row(str(st["step"]), st["action"], str(len(st["float_layers"])), str(st["boundaries"]),
+                          _f(sc.get("top1"), 4), _f(sc["sqnr_db"], 1), f"{st['bytes']:,}" if st.get("bytes") else "",
+                          _f(st.get("latency_ms"), 4), "yes" if st["met"] else "")
+            console.print(t)
+            console.print(f"kept in float: {', '.join(m['float_layers']) or 'none'} ({m['boundaries']} boundaries)")
         for ch in d["checks"]:
             if not ch["passed"]:
                 console.print(f"[red]FAIL[/] {ch['name']}: {ch['detail']}")
+
+
+def _mixed_markdown(m: dict[str, Any] | None) -> list[str]:
+    if not m:
+        return []
+    lines = ["", "## Mixed precision", "", f"Budget: {m['budget']['description']} — "
+             f"{'met' if m['met'] else '**not met**'}; max float layers {m['max_float_layers']} of "
+             f"{m['num_ranked_layers']}; calibration runs: {m['calibration_runs']}, candidate artifacts quantized: "
+             f"{m['quantize_runs']}, scored: {m['scored_artifacts']}.", "",
+             f"Kept in float: {', '.join(m['float_layers']) or 'none'} ({m['boundaries']} float/int8 boundaries).", "",
+             "| step | action | float layers | boundaries | top-1 | SQNR dB | bytes | latency ms | met |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for st in m["steps"]:
+        sc = st["score"]
+        lines.append(f"| {st['step']} | {st['action']} | {len(st['float_layers'])} | {st['boundaries']} | "
+                     f"{_f(sc.get('top1'), 4)} | {_f(sc['sqnr_db'], 1)} | {st['bytes'] or ''} | "
+                     f"{_f(st.get('latency_ms'), 4)} | {'yes' if st['met'] else ''} |")
+    if m.get("would_take"):
+        lines += ["", f"What meeting the budget would take: {m['would_take']}."]
+    return lines
 
 
 def _f(x: Any, digits: int) -> str:

@@ -1,0 +1,100 @@
+"""Automatic mixed precision: per-layer analysis with real layer names, the budgeted search, its bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgemp
+from edgemp import errors
+from edgemp.quantize.engine import CALLS
+from edgemp.validate.runtime import Runner
+
+from .conftest import CALIBRATION, VALIDATION_FOLDER
+
+KERAS_LAYERS = {"block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2", "fc1", "logits"}
+
+
+def test_analyze_maps_ops_to_keras_layer_names(model_path: Path, tmp_path: Path) -> None:
+    calls = CALLS["calibrate"]
+    a = edgemp.analyze(model_path, CALIBRATION, VALIDATION_FOLDER, tmp_path, progress=False,
+                       class_names=list(edgemp.demo.CLASSES))
+    assert CALLS["calibrate"] - calls == 1 and a.summary["calibration_runs"] == 1
+    ranked = [r for r in a.layers if r["rank"] is not None]
+    assert {r["name"] for r in ranked} == KERAS_LAYERS  # every conv/dense by its Keras name, none by position
+    conv1 = next(r for r in a.layers if r["name"] == "block1_conv1")
+    assert conv1["fused"] == ["block1_bn1", "block1_relu1"] and conv1["op"] == "CONV_2D"
+    # int8 rounding noise is ~0.29 of a step; a well-calibrated model stays near it
+    assert all(0.1 < r["rmse_over_scale"] < 1.0 for r in a.layers if r["rmse_over_scale"] is not None)
+    assert all(r["float_alone"]["top1"] is not None for r in ranked)
+    assert a.summary["quantize_runs"] == len(ranked) + 1  # one artifact per layer + full int8, one calibration
+    data = json.loads(a.artifacts["json"].read_text())
+    assert data["schema_version"] == 1 and len(data["layers"]) == len(a.layers)
+    assert a.artifacts["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = a.artifacts["html"].read_text()
+    assert "data:image/png;base64," in html and "block2_conv1" in html
+
+
+def test_analyze_maps_ops_to_pytorch_module_paths(torch_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    torch = pytest.importorskip("torch")
+    a = edgemp.analyze(torch_model, CALIBRATION, None, tmp_path, example_input=torch.zeros(1, 1, 28, 28),
+                       max_validation_samples=200, progress=False)
+    modules = dict(torch_model.named_modules())
+    ranked = [r for r in a.layers if r["rank"] is not None]
+    assert all(r["name"] in modules for r in a.layers)
+    assert {type(modules[r["name"]]).__name__ for r in ranked if r["weighted"]} == {"Conv2d", "Linear"}
+    assert all(r["float_alone"]["top1"] is None and r["float_alone"]["sqnr_db"] > 0 for r in ranked)  # no labels
+
+
+def test_budget_met_by_full_int8_keeps_everything_int8(model_path: Path, small_heldout, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = edgemp.convert(model_path, "mixed", CALIBRATION, small_heldout, tmp_path, max_accuracy_drop=0.01,
+                       latency_runs=2, progress=False)
+    m = r.report["mixed"]
+    assert r.passed and m["met"] and m["float_layers"] == [] and len(m["steps"]) == 1
+    assert edgemp.inspect_model(r.artifacts["tflite"]).compute_counts == {"int8": 9}
+
+
+def test_impossible_budget_fails_with_the_best_result_and_what_it_would_take(model_path: Path, small_heldout,
+                                                                              tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x, _ = small_heldout
+    with pytest.raises(errors.MixedPrecisionError) as info:  # unlabelled data, fidelity target above what int8 I/O allows
+        edgemp.convert(model_path, "mixed", CALIBRATION, x[:500], tmp_path, min_sqnr_db=60, max_float_layers=2,
+                       latency_runs=2, progress=False)
+    msg = str(info.value)
+    assert "could not meet the budget (SQNR >= 60" in msg and "of 6 layers in float (max 2)" in msg
+    assert "relax the budget" in msg or "raise max_float_layers" in msg
+    report = info.value.report
+    assert report["mixed"]["met"] is False and report["mixed"]["would_take"]
+    assert not report.passed and Path(report["artifacts"][0]["path"]).exists()  # the best artifact, for inspection
+    assert info.value.exit_code == 3
+
+
+def test_accuracy_budget_without_labels_explains_the_fidelity_alternative(model_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(errors.InputError, match=r"needs labelled validation data.*min_sqnr_db"):
+        edgemp.convert(model_path, "mixed", CALIBRATION, None, tmp_path, max_accuracy_drop=0.01, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_keep_float_name_matching_nothing_lists_close_names(model_path: Path, small_heldout, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(errors.InputError) as info:
+        edgemp.convert(model_path, "mixed", CALIBRATION, small_heldout, tmp_path, keep_float=["block1_conv3"],
+                       progress=False)
+    assert "matches no layer" in str(info.value) and "block1_conv1" in str(info.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_keep_float_and_never_float_are_honoured(model_path: Path, small_heldout, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = edgemp.convert(model_path, "mixed", CALIBRATION, small_heldout, tmp_path, keep_float=["block1_conv.*"],
+                       never_float=["logits"], max_float_layers=3, latency_runs=2, progress=False)
+    m = r.report["mixed"]
+    assert [n.split(" ")[0] for n in m["float_layers"]] == ["block1_conv1", "block1_conv2"]
+    c = edgemp.inspect_model(r.artifacts["tflite"])
+    assert c.compute_counts["float32"] == 3  # two convs and the max-pool between them: one closed float region
+    assert m["boundaries"] == 2 and c.op_counts["DEQUANTIZE"] == 1 and c.op_counts["QUANTIZE"] == 1
+    check = next(ch for ch in r.report["checks"] if ch["name"] == "mixed_regions")
+    assert check["passed"]
+    out = Runner(r.artifacts["tflite"].read_bytes()).run({"image": small_heldout[0][:64]})[0]
+    assert out.shape == (64, 10) and np.isfinite(out).all()
