@@ -6,6 +6,7 @@ Nothing here downloads: scripts/env.sh fetches the Debian package at set-up time
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import os
@@ -204,3 +205,73 @@ def keras_twin_of_torch_example(torch_model: Any) -> Any:
     for layer, w in weights:
         layer.set_weights(w)
     return model
+
+
+# -- an honestly trained model that full INT8 hurts (the mixed-precision benchmark and tests) -----------------
+SENSITIVE_VERSION = "v1"
+
+
+@functools.cache
+def _l2_normalize() -> Any:
+    """v / ||v|| as MUL/SUM/ADD/RSQRT/MUL, ops with int8 kernels (Keras' UnitNormalization lowers to SQUARE and
+    MINIMUM, which the quantizer leaves in float). Registered so the cached .keras file loads."""
+    import keras
+
+    @keras.saving.register_keras_serializable("edgemp_demo")
+    class L2Normalize(keras.layers.Layer):
+        def call(self, v: Any) -> Any:
+            return v * keras.ops.rsqrt(keras.ops.sum(v * v, axis=-1, keepdims=True) + 1e-6)
+
+    return L2Normalize
+
+
+def build_sensitive_model() -> Any:
+    """A CNN without batch norm on raw 0..255 pixels: it L2-normalises its pooled 64-d features (a cosine-style
+    embedding, values 0..~0.8) and joins them with the raw mean brightness (8..160) before the logits. An int8
+    CONCATENATION has one scale for all its inputs, set by the brightness range (~0.63 per step), so most of
+    the embedding rounds to zero: full INT8 loses tens of points; the join and the logits in float recover it."""
+    from edgemp.sources.keras import import_tf
+
+    import_tf()
+    import keras
+    from keras import layers
+
+    inp = keras.Input((28, 28, 1), name="image")
+    t = layers.Rescaling(1 / 255.0, name="norm")(inp)
+    t = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="c1")(t)
+    t = layers.Conv2D(32, 3, padding="same", activation="relu", name="c2")(t)
+    t = layers.MaxPooling2D(name="p1")(t)
+    for i in (3, 4, 5):
+        t = layers.Conv2D(64, 3, padding="same", activation="relu", name=f"c{i}")(t)
+    t = layers.MaxPooling2D(name="p2")(t)
+    for i in (6, 7, 8, 9):
+        t = layers.Conv2D(64, 3, padding="same", activation="relu", name=f"c{i}")(t)
+    f = _l2_normalize()(name="embed")(layers.GlobalAveragePooling2D(name="gap")(t))
+    b = layers.GlobalAveragePooling2D(name="brightness")(inp)
+    h = layers.Concatenate(name="cat")([f, b])
+    return keras.Model(inp, layers.Dense(len(CLASSES), name="logits")(h), name="sensitive_cnn")
+
+
+def sensitive_model_path(epochs: int = 3) -> Path:
+    """Train once (~80 s on 2 cores) on Fashion-MNIST scaled to 0..255, then reuse the cached .keras file."""
+    path = cache_dir() / "models" / f"sensitive_cnn_{SENSITIVE_VERSION}_e{epochs}.keras"
+    _l2_normalize()
+    if path.exists():
+        return path
+    from edgemp.sources.keras import import_tf
+
+    import_tf()
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = build_sensitive_model()  # built after seeding: the same initial weights every time
+    x, y = fashion_mnist("train")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    log.info("training the INT8-sensitive example model (%d epochs, cached at %s)", epochs, path)
+    model.fit(x * 255.0, y, batch_size=128, epochs=epochs, verbose=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path

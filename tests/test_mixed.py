@@ -29,8 +29,9 @@ def test_analyze_maps_ops_to_keras_layer_names(model_path: Path, tmp_path: Path)
     assert conv1["fused"] == ["block1_bn1", "block1_relu1"] and conv1["op"] == "CONV_2D"
     # int8 rounding noise is ~0.29 of a step; a well-calibrated model stays near it
     assert all(0.1 < r["rmse_over_scale"] < 1.0 for r in a.layers if r["rmse_over_scale"] is not None)
-    assert all(r["float_alone"]["top1"] is not None for r in ranked)
-    assert a.summary["quantize_runs"] == len(ranked) + 1  # one artifact per layer + full int8, one calibration
+    assert all(r["float_alone"]["top1"] is not None and r["int8_alone"]["top1"] is not None for r in ranked)
+    # per layer: one artifact with it alone in int8, one with it alone in float; plus full int8 and all float
+    assert a.summary["quantize_runs"] == 2 * len(ranked) + 2
     data = json.loads(a.artifacts["json"].read_text())
     assert data["schema_version"] == 1 and len(data["layers"]) == len(a.layers)
     assert a.artifacts["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -47,6 +48,7 @@ def test_analyze_maps_ops_to_pytorch_module_paths(torch_model, tmp_path: Path) -
     assert all(r["name"] in modules for r in a.layers)
     assert {type(modules[r["name"]]).__name__ for r in ranked if r["weighted"]} == {"Conv2d", "Linear"}
     assert all(r["float_alone"]["top1"] is None and r["float_alone"]["sqnr_db"] > 0 for r in ranked)  # no labels
+    assert all(r["damage"] is not None for r in ranked)
 
 
 def test_budget_met_by_full_int8_keeps_everything_int8(model_path: Path, small_heldout, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -98,3 +100,46 @@ def test_keep_float_and_never_float_are_honoured(model_path: Path, small_heldout
     assert check["passed"]
     out = Runner(r.artifacts["tflite"].read_bytes()).run({"image": small_heldout[0][:64]})[0]
     assert out.shape == (64, 10) and np.isfinite(out).all()
+
+
+# -- a model full INT8 really hurts (edgemp.demo.build_sensitive_model says how it is made) ---------------------
+RAW = {"scale": 1.0}  # the sensitive model takes 0..255 pixels: read the shipped PNGs without rescaling
+
+
+@pytest.fixture(scope="module")
+def sensitive(heldout):  # type: ignore[no-untyped-def]
+    from edgemp.demo import sensitive_model_path
+
+    x, y = heldout
+    return sensitive_model_path(), (x[:2000] * 255.0, y[:2000])
+
+
+def test_full_int8_loses_more_than_the_budget_on_the_sensitive_model(sensitive, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path, data = sensitive
+    r = edgemp.convert(path, "int8", CALIBRATION, data, tmp_path, preprocessing=RAW, max_accuracy_drop=None,
+                       latency_runs=2, progress=False)
+    acc = r.report["validation"]["accuracy"]
+    assert acc["float_top1"] > 0.85 and acc["drop"] > 0.015  # far more than a point: the honest failure case
+
+
+def test_mixed_meets_the_budget_with_few_float_layers(sensitive, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path, data = sensitive
+    calls = CALLS["calibrate"]
+    r = edgemp.convert(path, "mixed", CALIBRATION, data, tmp_path, preprocessing=RAW, max_accuracy_drop=0.003,
+                       max_float_layers=4, latency_runs=5, progress=False)
+    assert CALLS["calibrate"] - calls == 1  # the whole search re-uses one calibration
+    m = r.report["mixed"]
+    assert r.passed and m["met"] and m["calibration_runs"] == 1
+    assert 0 < len(m["float_layers"]) < 4 and set(m["float_layers"]) <= {"cat", "logits", "embed"}
+    acc = r.report["validation"]["accuracy"]
+    assert acc["drop"] <= 0.003
+    assert [s["accepted"] for s in m["steps"]][0] and m["steps"][-1]["met"]
+    c = edgemp.inspect_model(r.artifacts["tflite"])
+    assert c.compute_counts.get("float32", 0) == len(m["float_ops"]) and c.compute_counts["int8"] >= 15
+    top = m["layers"][0]
+    assert top["name"] in ("cat", "logits") and top["kept_float"]  # the table ranks the culprit first, by name
+    x, y = data
+    out = Runner(r.artifacts["tflite"].read_bytes()).run({"image": x[:500]})[0]
+    assert float((out.argmax(1) == y[:500]).mean()) > 0.85
+    for suffix in ("md", "png", "html"):
+        assert r.artifacts[f"sensitivity_{suffix}"].exists()

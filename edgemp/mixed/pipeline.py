@@ -18,7 +18,7 @@ from edgemp.mixed.scoring import Budget
 from edgemp.backends.tflite_census import census
 from edgemp.mixed.graph import LayerGraph
 from edgemp.mixed.search import SearchResult, format_score, resolve_cap, search, verify_region
-from edgemp.mixed.sensitivity import LayerSensitivity, float_alone_effects, tensor_errors
+from edgemp.mixed.sensitivity import LayerSensitivity, float_alone_effects, int8_alone_effects, tensor_errors
 from edgemp.mixed.session import MixedSession
 from edgemp.quantize import Statistics
 from edgemp.validate.data import ValidationData
@@ -47,12 +47,12 @@ def run_mixed(source: Any, float_tflite: bytes, stats: Statistics, vdata: Valida
     if set(keep) & set(never):
         raise InputError("a layer is both in keep_float and never_float: "
                          + ", ".join(describe(graph.by_tensor[t]) for t in set(keep) & set(never)))
-    cap = resolve_cap(max_float_layers, len(graph.ranked))
+    cap = resolve_cap(max_float_layers, len(graph.layers))
     session = MixedSession(source, float_tflite, stats, vdata, opts, float_io=float_io, progress=progress, graph=graph)
     sr = search(session.make, graph, session.scorer, budget, cap=cap, keep=keep, never=never,
                 latency=session.latency_ms, progress=progress)
     sens = tensor_errors(float_tflite, session.make(graph.close(keep)), session.samples(tensor_samples), graph)
-    _attach_effects(sens, sr.effects, graph)
+    _attach_effects(sens, sr.effects, graph, "int8_alone")
     rows = ranked_rows(sens, graph, sr.region)
     section = _section(sr, budget, session, rows)
     md = to_markdown(rows, f"Per-layer INT8 sensitivity: {title}", [f"Budget: {budget.describe()}."])
@@ -71,10 +71,13 @@ def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | 
     int8 = session.make(frozenset())
     base = session.scorer(int8)
     budget = Budget(max_accuracy_drop=0.0) if session.scorer.labels is not None else Budget(min_sqnr_db=0.0)
-    effects = float_alone_effects(session.make, graph, session.scorer, budget, base, graph.ranked, progress=progress)
+    all_float, damage = int8_alone_effects(session.make, graph, session.scorer, budget, graph.ranked, progress)
+    gain = float_alone_effects(session.make, graph, session.scorer, budget, base, graph.ranked, progress=progress)
     sens = tensor_errors(session.float_tflite, int8, session.samples(tensor_samples), graph)
-    _attach_effects(sens, effects, graph)
-    summary = {"float_top1": session.scorer.float_top1, "int8": base.to_dict(), "num_layers": len(graph.layers),
+    _attach_effects(sens, damage, graph, "int8_alone")
+    _attach_effects(sens, gain, graph, "float_alone")
+    summary = {"float_top1": session.scorer.float_top1, "int8": base.to_dict(), "all_float_ops": all_float.to_dict(),
+               "num_layers": len(graph.layers),
                "num_ranked_layers": len(graph.ranked), "validation_samples": len(next(iter(session.inputs.values()))),
                "tensor_samples": min(tensor_samples, len(next(iter(session.inputs.values())))),
                "quantize_runs": session.quantize_runs, "scored_artifacts": session.scorer.runs}
@@ -98,10 +101,13 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def _attach_effects(sens: dict[str, LayerSensitivity], effects: dict[str, Any], graph: Any) -> None:
-    for t, (score, gain) in effects.items():
+def _attach_effects(sens: dict[str, LayerSensitivity], effects: dict[str, Any], graph: Any, kind: str) -> None:
+    for t, (score, delta) in effects.items():
         s = sens.setdefault(t, LayerSensitivity(graph.by_tensor[t]))
-        s.float_alone, s.gain = score, gain
+        if kind == "int8_alone":
+            s.int8_alone, s.damage = score, delta
+        else:
+            s.float_alone, s.gain = score, delta
 
 
 def _section(sr: SearchResult, budget: Budget, session: MixedSession, rows: list[dict[str, Any]]) -> dict[str, Any]:

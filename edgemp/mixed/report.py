@@ -19,9 +19,14 @@ def ranked_rows(sens: dict[str, LayerSensitivity], graph: LayerGraph, region: fr
     for lay in graph.layers:
         s = sens.get(lay.tensor) or LayerSensitivity(lay)
         rows.append(s.to_dict() | {"label": describe(lay), "kept_float": lay.tensor in region, "ranked": lay.ranked})
-    rows.sort(key=lambda r: (r["gain"] is None, tuple(-g for g in (r["gain"] or (0.0, 0.0))), r["index"]))
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        d, g = r["damage"], r["gain"]
+        return (d is None and g is None, tuple(-x for x in (d or (0.0, 0.0))), tuple(-x for x in (g or (0.0, 0.0))),
+                r["index"])
+
+    rows.sort(key=key)
     for i, r in enumerate(rows, 1):
-        r["rank"] = i if r["gain"] is not None else None
+        r["rank"] = i if r["damage"] is not None or r["gain"] is not None else None
     return rows
 
 
@@ -35,22 +40,39 @@ def _f(v: Any, fmt: str = ".3g") -> str:
 
 def to_markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = ()) -> str:
     lines = [f"# {title}", "", *notes, "" if notes else "",
-             "| rank | layer | op | tensor RMSE | RMSE/scale | tensor SQNR dB | tensor cosine | top-1 alone in float | "
-             "output SQNR alone in float | gain (top-1 pt, SQNR dB) | float |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| rank | layer | op | tensor RMSE | RMSE/scale | tensor SQNR dB | tensor cosine | only this layer int8 | "
+             "damage | only this layer float | gain | float |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        alone = r["float_alone"] or {}
-        gain = r["gain"]
         lines.append(
             f"| {_f(r['rank'], 'd')} | {r['label']} | {r['op']} | {_f(r['rmse'])} | {_f(r['rmse_over_scale'], '.2f')} | "
-            f"{_f(r['sqnr_db'], '.1f')} | {_f(r['cosine'], '.5f')} | {_f(alone.get('top1'), '.4f')} | "
-            f"{_f(alone.get('sqnr_db'), '.1f')} | "
-            f"{'–' if gain is None else f'{100 * gain[0]:+.2f}, {gain[1]:+.1f}' if alone.get('top1') is not None else f'{gain[0]:+.1f}'} | "
-            f"{'**yes**' if r['kept_float'] else ''} |")
-    lines += ["", "RMSE/scale ≈ 0.29 is pure rounding noise (1/√12 of a quantization step); far above it means "
+            f"{_f(r['sqnr_db'], '.1f')} | {_f(r['cosine'], '.5f')} | {_score(r['int8_alone'])} | {_delta(r['damage'], r['int8_alone'])} | "
+            f"{_score(r['float_alone'])} | {_delta(r['gain'], r['float_alone'])} | {'**yes**' if r['kept_float'] else ''} |")
+    lines += ["", "Scores are top-1 / output SQNR dB (SQNR only without labels); damage = all-float score minus the "
+              "score with only this layer int8; gain = score with only this layer float minus full int8 (top-1 points, dB).",
+              "", "RMSE/scale ≈ 0.29 is pure rounding noise (1/√12 of a quantization step); far above it means "
               "clipping or a badly chosen range. Tensor metrics compare the int8 model's tensor with the float "
               "model's tensor of the same layer (errors accumulated up to that point)."]
     return "\n".join(lines) + "\n"
+
+
+def _score(s: dict[str, Any] | None) -> str:
+    if not s:
+        return "–"
+    return (f"{s['top1']:.4f} / " if s.get("top1") is not None else "") + _f(s["sqnr_db"], ".1f")
+
+
+def _delta(d: Sequence[float] | None, s: dict[str, Any] | None) -> str:
+    if d is None or s is None:
+        return "–"
+    return f"{100 * d[0]:+.2f} / {d[1]:+.1f}" if s.get("top1") is not None else f"{d[0]:+.1f}"
+
+
+def _sqnr_delta(r: dict[str, Any], key: str) -> float:
+    d, s = r[key], r[key.replace("damage", "int8_alone").replace("gain", "float_alone")]
+    if d is None:
+        return 0.0
+    return d[1] if s and s.get("top1") is not None else d[0]
 
 
 def plot_png(rows: Sequence[dict[str, Any]], title: str) -> bytes:
@@ -60,16 +82,18 @@ def plot_png(rows: Sequence[dict[str, Any]], title: str) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ranked = sorted((r for r in rows if r["gain"] is not None), key=lambda r: r["index"])
+    ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["index"])
     labels = [r["label"] if len(r["label"]) <= 48 else r["label"][:45] + "…" for r in ranked]
-    sq = [r["gain"][1] if r["float_alone"] and r["float_alone"].get("top1") is not None else r["gain"][0] for r in ranked]
+    sq = [_sqnr_delta(r, "damage") if r["damage"] is not None else _sqnr_delta(r, "gain") for r in ranked]
+    what = "output SQNR lost with only this layer int8 (dB)" if any(r["damage"] is not None for r in ranked) \
+        else "output SQNR gain with only this layer in float (dB)"
     tensor = [r["sqnr_db"] if r["sqnr_db"] is not None and math.isfinite(r["sqnr_db"]) else 0.0 for r in ranked]
     colors = ["#d62728" if r["kept_float"] else "#1f77b4" for r in ranked]
     height = max(3.0, 0.28 * len(ranked) + 1.5)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, height), sharey=True)
     y = range(len(ranked))
     ax1.barh(y, sq, color=colors)
-    ax1.set_xlabel("output SQNR gain with only this layer in float (dB)")
+    ax1.set_xlabel(what)
     ax1.set_yticks(list(y), labels, fontsize=8)
     ax1.invert_yaxis()
     ax2.barh(y, tensor, color=colors)

@@ -1,8 +1,9 @@
 """`precision="mixed"`: the fewest layers in float that bring INT8 within the budget.
 
-Greedy, as NNCF's accuracy control: start from full INT8; rank layers by their effect alone in float; move the
-most sensitive to float and re-validate; when a step does not help, undo it and re-rank the remaining layers
-against the current configuration. Near-ties (Budget.near) go to the layer adding the fewest float/int8
+Greedy, as NNCF's accuracy control: start from full INT8; rank layers by the damage of quantizing each alone;
+move the most sensitive to float (alone, else with its consumers, else with its producers) and re-validate;
+when that does not help, undo it and re-rank the remaining layers by their gain in float against the current
+configuration. Near-ties (Budget.near) go to the layer adding the fewest float/int8
 boundaries (each is a QUANTIZE/DEQUANTIZE pair's half). Every candidate re-uses the calibration statistics.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 from edgemp.backends.tflite_census import census
 from edgemp.mixed.graph import Layer, LayerGraph, describe
 from edgemp.mixed.scoring import Budget, Score, Scorer
-from edgemp.mixed.sensitivity import float_alone_effects
+from edgemp.mixed.sensitivity import float_alone_effects, int8_alone_effects
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,10 @@ class SearchResult:
     would_take: str | None = None
 
 
-def resolve_cap(max_float_layers: int | float, num_ranked: int) -> int:
-    """A count (int >= 0) or a fraction of the rankable layers (0 < float < 1)."""
+def resolve_cap(max_float_layers: int | float, num_layers: int) -> int:
+    """A count (int >= 0) or a fraction (0 < float < 1) of the model's layers (ops of the float graph)."""
     if isinstance(max_float_layers, float) and 0 < max_float_layers < 1:
-        return max(1, int(max_float_layers * num_ranked))
+        return max(1, int(max_float_layers * num_layers + 1e-9))
     return int(max_float_layers)
 
 
@@ -79,43 +80,57 @@ def search(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: S
 
     blocked = set(never) | set(region)
     cands = [lay for lay in graph.ranked if lay.tensor not in blocked]
-    effects = float_alone_effects(make, graph, scorer, budget, cur, cands, region, progress)
-    gains = {t: g for t, (_, g) in effects.items()}
+    # Rank by the damage of quantizing each layer alone: unlike "float alone", it also exposes a tensor that
+    # cannot be int8 whichever of its ends is kept in float (a join of very different ranges, say).
+    _, effects = int8_alone_effects(make, graph, scorer, budget, cands, progress)
+    priority = {t: d for t, (_, d) in effects.items()}
     tried: set[str] = set()
     met = False
     while True:
         avail = [lay for lay in cands if lay.tensor not in region and lay.tensor not in tried]
         if not avail:
             break
-        pick = _choose(graph, budget, region, avail, gains)
-        new = graph.close(region | {pick.tensor})
-        if _ranked_count(graph, new) > cap:
+        pick = _choose(graph, budget, region, avail, priority)
+        # The layer alone, then with its consumers, then with its producers: a tensor stays float only when
+        # both ends are float, so a contiguous region can help where a single layer cannot.
+        tries = []
+        for extra in ((), graph.consumers[pick.tensor], graph.producers[pick.tensor]):
+            r = graph.close(region | {pick.tensor} | {t for t in extra if t not in never})
+            if r not in tries and _ranked_count(graph, r) <= cap:
+                tries.append(r)
+        if not tries:
             steps.append(Step(len(steps), f"stop: {describe(pick)} would exceed max_float_layers={cap}",
                               _names(graph, region), len(region), graph.boundaries(region), cur, False, False))
             break
-        a = make(new)
-        s = scorer(a)
-        if budget.objective(s) > budget.objective(cur):
-            record(f"keep float: {describe(pick)}", new, a, s, True)
-            region, cur, art = new, s, a
-            if budget.objective(cur) > budget.objective(best[2]):
-                best = (region, art, cur)
+        accepted = False
+        for new in tries:
+            a = make(new)
+            s = scorer(a)
+            added = ", ".join(describe(graph.by_tensor[t]) for t in sorted(new - region, key=_index(graph))
+                              if graph.by_tensor[t].ranked)
+            if budget.objective(s) > budget.objective(cur):
+                record(f"keep float: {added}", new, a, s, True)
+                region, cur, art, accepted = new, s, a, True
+                if budget.objective(cur) > budget.objective(best[2]):
+                    best = (region, art, cur)
+                break
+            record(f"no gain, undone: {added}", new, a, s, False)
+        if accepted:
             if budget.met(cur, scorer.float_top1):
                 met = True
                 break
-        else:
-            record(f"no gain, undone: {describe(pick)}", new, a, s, False)
-            tried.add(pick.tensor)
-            rest = sorted((lay for lay in avail if lay.tensor != pick.tensor), key=lambda lay: gains[lay.tensor],
-                          reverse=True)[:RERANK_TOP]
-            fresh = float_alone_effects(make, graph, scorer, budget, cur, rest, region, progress=False)
-            gains.update({t: g for t, (_, g) in fresh.items()})
-            steps.append(Step(len(steps), f"re-ranked {len(fresh)} layers against the current configuration",
-                              _names(graph, region), len(region), graph.boundaries(region), cur, False, False))
+            continue
+        tried.add(pick.tensor)
+        rest = sorted((lay for lay in avail if lay.tensor != pick.tensor), key=lambda lay: priority[lay.tensor],
+                      reverse=True)[:RERANK_TOP]
+        fresh = float_alone_effects(make, graph, scorer, budget, cur, rest, region, progress=False)
+        priority.update({t: g for t, (_, g) in fresh.items()})
+        steps.append(Step(len(steps), f"re-ranked {len(fresh)} layers by their gain in float against the current "
+                          "configuration", _names(graph, region), len(region), graph.boundaries(region), cur, False, False))
     region, art, cur = (region, art, cur) if met else best
     result = SearchResult(region, art, cur, met, steps, effects, cap)
     if not met:
-        result.would_take = _what_it_would_take(make, graph, scorer, budget, region, cands, gains, cap)
+        result.would_take = _what_it_would_take(make, graph, scorer, budget, region, cands, priority, cap)
     return result
 
 
@@ -151,6 +166,10 @@ def format_score(s: Score, float_top1: float | None) -> str:
     if s.top1 is not None and float_top1 is not None:
         return f"top-1 {s.top1:.4f} (drop {100 * (float_top1 - s.top1):.2f} points), SQNR {s.sqnr_db:.1f} dB"
     return f"SQNR {s.sqnr_db:.1f} dB, cosine {s.cosine:.5f}"
+
+
+def _index(graph: LayerGraph) -> Callable[[str], int]:
+    return lambda t: graph.by_tensor[t].index
 
 
 def _ranked_count(graph: LayerGraph, region: frozenset[str]) -> int:

@@ -3,7 +3,9 @@
 Tensor error: the float and the int8 model run side by side on the same samples with every intermediate
 tensor preserved (reference kernels: XNNPACK would fuse them away); tensors are matched by name, which the
 quantizer keeps, so the comparison is layer to layer whatever Q/DQ ops were inserted.
-Effect alone: the artifact re-quantized with just that layer in float, from the statistics gathered once.
+Effect alone, both ways, from the statistics gathered once: the damage of quantizing just that layer (the rest in
+float; this also sees a tensor that cannot be int8 whichever side of it is kept in float) and the gain of keeping
+just that layer in float (the rest in int8).
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ class LayerSensitivity:
     sqnr_db: float | None = None
     cosine: float | None = None
     scale: float | None = None
-    float_alone: Score | None = None  # the whole model with only this layer in float
+    int8_alone: Score | None = None  # the float model with only this layer quantized
+    damage: tuple[float, float] | None = None  # objective(all float) - objective(int8_alone): what its int8 costs
+    float_alone: Score | None = None  # the int8 model with only this layer in float
     gain: tuple[float, float] | None = None  # objective(float_alone) - objective(full int8)
 
     def to_dict(self) -> dict[str, Any]:
         d = self.layer.to_dict() | {"rmse": self.rmse, "rmse_over_scale": self.rmse_over_scale,
                                     "sqnr_db": self.sqnr_db, "cosine": self.cosine, "scale": self.scale}
+        d["int8_alone"] = self.int8_alone.to_dict() if self.int8_alone else None
+        d["damage"] = list(self.damage) if self.damage else None
         d["float_alone"] = self.float_alone.to_dict() if self.float_alone else None
         d["gain"] = list(self.gain) if self.gain else None
         return d
@@ -106,3 +112,18 @@ def float_alone_effects(make: Callable[[frozenset[str]], bytes], graph: LayerGra
         o = budget.objective(s)
         out[lay.tensor] = (s, (o[0] - b[0], o[1] - b[1]))
     return out
+
+
+def int8_alone_effects(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: Scorer, budget: Budget,
+                       candidates: Sequence[Layer], progress: bool | None = None,
+                       ) -> tuple[Score, dict[str, tuple[Score, tuple[float, float]]]]:
+    """Score with only each candidate quantized (everything else float): (all-float score, per-layer damage)."""
+    everything = frozenset(lay.tensor for lay in graph.layers)
+    ref = scorer(make(everything))
+    r = budget.objective(ref)
+    out = {}
+    for lay in track(candidates, "Per-layer damage", total=len(candidates), enabled=progress):
+        s = scorer(make(everything - {lay.tensor}))
+        o = budget.objective(s)
+        out[lay.tensor] = (s, (r[0] - o[0], r[1] - o[1]))
+    return ref, out
