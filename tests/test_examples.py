@@ -24,3 +24,12 @@ def test_pytorch_quickstart(torch_model, tmp_path: Path) -> None:  # type: ignor
     assert p.returncode == 0, p.stdout + p.stderr
     assert "PASSED" in p.stdout and "{'int8': 9} TRANSPOSE ops: 0" in p.stdout
     assert len(list(tmp_path.glob("*_int8.tflite"))) == 1
+
+
+def test_mixed_precision_example(tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, str(REPO / "examples" / "mixed_precision.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=900, env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "PASSED" in p.stdout and "kept in float: ['cat', 'logits']" in p.stdout
+    assert "calibration runs: 1" in p.stdout
+    assert (tmp_path / "sensitive_cnn_v1_e3_sensitivity.html").exists()

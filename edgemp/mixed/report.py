@@ -83,7 +83,7 @@ def plot_png(rows: Sequence[dict[str, Any]], title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["index"])
-    labels = [r["label"] if len(r["label"]) <= 48 else r["label"][:45] + "…" for r in ranked]
+    labels = [(r["label"] if len(r["label"]) <= 40 else r["label"][:37] + "…") + f" · {r['op']}" for r in ranked]
     sq = [_sqnr_delta(r, "damage") if r["damage"] is not None else _sqnr_delta(r, "gain") for r in ranked]
     what = "output SQNR lost with only this layer int8 (dB)" if any(r["damage"] is not None for r in ranked) \
         else "output SQNR gain with only this layer in float (dB)"
