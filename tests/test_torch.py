@@ -163,6 +163,9 @@ def test_module_without_example_input(torch_model, tmp_path: Path) -> None:  # t
 def test_example_input_the_model_rejects(torch_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(errors.InputError, match=r"rejects example_input of shape\(s\) \[\(1, 3, 28, 28\)\]"):
         edgemp.convert(torch_model, "fp32", example_input=torch.zeros(1, 3, 28, 28), output_dir=tmp_path)
+    with pytest.raises(errors.InputError, match=r"dtype\(s\) \['torch.int64'\]"):
+        edgemp.convert(torch_model, "fp32", example_input=torch.zeros(1, 1, 28, 28, dtype=torch.int64),
+                       output_dir=tmp_path)
 
 
 def test_data_dependent_control_flow_is_named(tmp_path: Path) -> None:
@@ -207,6 +210,12 @@ def test_corrupt_pt2_and_pickles_are_refused(torch_model, tmp_path: Path) -> Non
     (tmp_path / "bad.pt2").write_bytes(b"PK\x03\x04" + b"\x00" * 100)
     with pytest.raises(errors.ModelLoadError, match="not a torch.export archive|corrupt"):
         edgemp.convert(tmp_path / "bad.pt2", "fp32", output_dir=tmp_path / "o")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.pt2", "w") as z:  # a valid zip that is not an export archive
+        z.writestr("notes.txt", "hello")
+    with pytest.raises(errors.UnsupportedModelError, match="not an ExportedProgram archive"):
+        edgemp.convert(tmp_path / "other.pt2", "fp32", output_dir=tmp_path / "o")
     torch.save(torch_model.state_dict(), tmp_path / "weights.pt")
     with pytest.raises(errors.UnsupportedModelError, match="arbitrary code"):
         edgemp.convert(tmp_path / "weights.pt", "fp32", output_dir=tmp_path / "o")

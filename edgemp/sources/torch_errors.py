@@ -44,7 +44,13 @@ def unlowerable_ops(module: Any, args: tuple[Any, ...]) -> list[tuple[str, str, 
 
 
 def _user_frame(exc: BaseException) -> str:
-    """The innermost frame of the user's model code in the exception's traceback (file:line, function)."""
+    """The user's line: torch.export names it ("File: path:12 in forward, code: ..."), else the innermost frame
+    of the traceback outside torch and edgemp."""
+    told = [m for m in re.findall(r"File: ([^\n:]+):(\d+) in (\w+), code: ([^\n]+)", str(exc))
+            if "site-packages" not in m[0] and "/torch/" not in m[0]]
+    if told:
+        path, line, fn, code = told[-1]
+        return f" in {fn}() at {path}:{line}: `{code.strip()}`"
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "site-packages" not in f.filename
               and "/torch/" not in f.filename and "/edgemp/" not in f.filename]
     if frames:
