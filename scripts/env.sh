@@ -5,7 +5,7 @@
 # in a single resolve (incremental installs of this stack have broken `pip check`: shared/STACK.md).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-extras="${EDGEMP_EXTRAS:-dev,torch}"
+extras="${EDGEMP_EXTRAS:-dev,torch,coreml}"
 cache="${EDGEMP_CACHE:-$HOME/.cache/edgemp}"
 # Key on the declared dependencies only (not on version/description edits).
 deps="$(python3 -c 'import json, sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; print(json.dumps([p["dependencies"], p.get("optional-dependencies", {})], sort_keys=True))' "$repo/pyproject.toml")"
