@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from edgemp.errors import OutputExistsError, OutputNotWritableError
 
@@ -50,4 +51,29 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def save_dir_atomic(path: Path, save: Any) -> Path:
+    """Write a directory artifact (.mlpackage) next to its destination with `save(tmp_path)`, then swap it in.
+
+    An existing destination (only reached with force) is renamed aside first and removed only after the new
+    one is in place, so a failure never leaves a half-deleted directory of the user's.
+    """
+    import shutil
+
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    target = tmp / path.name
+    try:
+        save(target)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(target, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path

@@ -36,12 +36,19 @@ def read_tflite(model: str | os.PathLike[str] | bytes) -> tuple[bytes, str | Non
     return data, str(path)
 
 
-def inspect_model(model: str | os.PathLike[str] | bytes) -> Census:
-    """The op census of a .tflite: every op's compute dtype, weights, I/O with scale/zero-point, size.
+def inspect_model(model: str | os.PathLike[str] | bytes) -> Any:
+    """The op census of a .tflite (every op's compute dtype, weights, I/O with scale/zero-point, size), or of an
+    .mlpackage (I/O, ops by compute precision, weight storage dtypes, size) as a CoreMLCensus.
 
     Example:
         >>> c = edgemp.inspect_model("dist/model_int8.tflite"); c.compute_counts
     """
+    if not isinstance(model, bytes | bytearray) and Path(model).suffix == ".mlpackage":
+        if not Path(model).is_dir():
+            raise ModelLoadError(f"Core ML package {model} does not exist (an .mlpackage is a directory).")
+        from edgemp.backends.coreml_census import coreml_census
+
+        return coreml_census(Path(model))
     data, _ = read_tflite(model)
     return census(data)
 

@@ -153,13 +153,21 @@ def main(verbose: int) -> None:
 @click.option("--never-float", multiple=True, help="mixed: a layer name or regex never kept in float (repeatable).")
 @click.option("--min-sqnr-db", type=float, help="mixed: output-fidelity budget (without labels), e.g. 30.")
 @click.option("--min-cosine", type=float, help="mixed: output-fidelity budget (without labels), e.g. 0.999.")
+@click.option("--coreml", "with_coreml", is_flag=True, help="Also write a Core ML .mlpackage.")
+@click.option("--coreml-precision", type=click.Choice(["fp32", "fp16", "mixed", "int8-weights", "w8a8", "palettize6",
+                                                       "palettize4"]), help="Default: the counterpart of --precision.")
+@click.option("--coreml-fp32-op", "coreml_fp32_ops", multiple=True, help="Core ML mixed: op type or layer name kept fp32.")
+@click.option("--coreml-image-input", is_flag=True, help="Core ML input as an image with the preprocessing folded in.")
+@click.option("--deployment-target", default="iOS16", show_default=True, help="Core ML minimum deployment target.")
 @preprocessing_options
 @runtime_options
 @_handle_errors
 def convert(model: str, precision: str, calibration: str | None, validation: str | None, output_dir: str,
             io_dtype: str, input_layout: str | None, num_calibration_samples: int, seed: int, max_validation_samples: int | None,
             name: str | None, force: bool, as_json: bool, max_float_layers: str, keep_float: tuple[str, ...],
-            never_float: tuple[str, ...], min_sqnr_db: float | None, min_cosine: float | None,
+            never_float: tuple[str, ...], min_sqnr_db: float | None, min_cosine: float | None, with_coreml: bool,
+            coreml_precision: str | None, coreml_fp32_ops: tuple[str, ...], coreml_image_input: bool,
+            deployment_target: str,
             size: str | None, resize: str, color: str, scale: float,
             mean: str | None, std: str | None, layout: str, threads: int, no_xnnpack: bool,
             delegates: tuple[str, ...], delegate_options: tuple[str, ...], latency_runs: int,
@@ -178,7 +186,9 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
         xnnpack=not no_xnnpack, delegates=_delegates(delegates, delegate_options), latency_runs=latency_runs,
         name=name, force=force, progress=progress, class_names=_labels(labels_file),
         max_float_layers=_count_or_fraction(max_float_layers), keep_float=keep_float, never_float=never_float,
-        min_sqnr_db=min_sqnr_db, min_cosine=min_cosine,
+        min_sqnr_db=min_sqnr_db, min_cosine=min_cosine, targets=("tflite", "coreml") if with_coreml else ("tflite",),
+        coreml_precision=coreml_precision, coreml_fp32_ops=coreml_fp32_ops, coreml_image_input=coreml_image_input,
+        minimum_deployment_target=deployment_target,
     )
     _print_report(result.report, as_json)
     if not as_json:
@@ -253,7 +263,7 @@ def validate(model: str, reference: str | None, data: str | None, max_samples: i
 @click.option("--ops", "show_ops", is_flag=True, help="List every op with its dtypes.")
 @_handle_errors
 def inspect(model: str, as_json: bool, show_ops: bool) -> None:
-    """Print the op census of MODEL.tflite: what each op computes in, weights, I/O quantization, size."""
+    """Print the op census of MODEL.tflite (or MODEL.mlpackage): what each op computes in, weights, I/O, size."""
     from rich.console import Console
     from rich.table import Table
 
@@ -264,6 +274,19 @@ def inspect(model: str, as_json: bool, show_ops: bool) -> None:
         click.echo(json.dumps(c.to_dict(), indent=2))
         return
     console = Console()
+    if model.rstrip("/").endswith(".mlpackage"):
+        console.print(f"[bold]{model}[/]: Core ML ML Program, {c.size_bytes:,} bytes, {len(c.ops)} ops, "
+                      f"spec version {c.spec_version}")
+        console.print(f"ops by compute precision: {c.compute_counts}")
+        console.print(f"op types: {c.op_counts}")
+        console.print(f"weights (storage dtype): {c.weight_dtypes}; class labels: {c.classifier_labels}")
+        for kind, specs in (("input", c.inputs), ("output", c.outputs)):
+            for s in specs:
+                console.print(f"{kind}: {s.name} {s.kind} {list(s.shape)} {s.dtype}")
+        if show_ops:
+            for o in c.ops:
+                console.print(f"  [{o.compute}] {o.type} {o.name}")
+        return
     console.print(f"[bold]{model}[/]: {c.size_bytes:,} bytes, {len(c.ops)} ops, {c.transpose_count} TRANSPOSE")
     t = Table(title="Ops by compute type")
     t.add_column("compute")

@@ -21,11 +21,14 @@ from edgemp.backends.tflite_census import census
 from edgemp.calibration import CalibrationSet, load_calibration
 from edgemp.config import DelegateSpec, IODType, Layout, Precision, Preprocessing, RuntimeOptions, parse_enum
 from edgemp.errors import CalibrationError, InputError, MixedPrecisionError, PrecisionLabelError, QualityGateError
+from edgemp.backends.coreml_target import build_coreml, coreml_precision_for
 from edgemp.mixed.pipeline import run_mixed, write_files
 from edgemp.quantize import apply_recipe, calibrate, recipe_for
 from edgemp.quantize.engine import CALLS
 from edgemp.sources import load_source
 from edgemp.validate import Check, Report, ValidationData, evaluate, label_checks, load_validation
+from edgemp.validate.coreml import can_predict
+from edgemp.validate.evaluate import batched
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,11 @@ def convert(
     never_float: Sequence[str] = (),
     min_sqnr_db: float | None = None,
     min_cosine: float | None = None,
+    targets: Sequence[str] = ("tflite",),
+    coreml_precision: str | None = None,
+    coreml_fp32_ops: Sequence[str] = (),
+    coreml_image_input: bool = False,
+    minimum_deployment_target: str = "iOS16",
     name: str | None = None,
     force: bool = False,
     strict: bool = False,
@@ -107,6 +115,12 @@ def convert(
     `max_float_layers` caps them (a count, or a fraction of the quantizable layers); `keep_float` /
     `never_float` force layers (names as `edgemp analyze` shows them, or regexes). A budget the search cannot
     meet under the cap raises MixedPrecisionError (after writing the best artifact and its report).
+
+    `targets=("tflite", "coreml")` also writes an .mlpackage: `coreml_precision` defaults to the counterpart of
+    `precision` (fp32, fp16, dynamic-int8/int8 -> int8-weights, mixed -> mixed with the layers the TFLite search
+    kept in float); `coreml_fp32_ops` (op types or layer names) for Core ML `mixed`; `coreml_image_input` makes
+    the input an ImageType with the calibration preprocessing folded in. On Linux Core ML is validated
+    structurally; numeric validation runs on macOS only and the report says so.
     """
     timer = _Timer()
     prec = parse_enum(Precision, precision, "precision")
@@ -131,6 +145,9 @@ def convert(
     paths = {"tflite": out_dir / f"{base}_{prec.value}.tflite", "report_json": out_dir / f"{base}_{prec.value}.report.json",
              "report_md": out_dir / f"{base}_{prec.value}.report.md"}
     mixed_files = [out_dir / f"{base}_{prec.value}.sensitivity.{x}" for x in ("md", "png", "html")]
+    coreml = _coreml_request(targets, prec, coreml_precision, minimum_deployment_target, source)
+    if coreml:
+        paths["coreml"] = out_dir / f"{base}_{coreml}.mlpackage"
     check_overwrite(list(paths.values()) + (mixed_files if prec is Precision.MIXED else []), force)
 
     with timer.stage("float_conversion"):
@@ -197,6 +214,18 @@ def convert(
     checks += qchecks
     if mixed is not None:
         checks.append(Check("mixed_budget", mixed.met, mixed.message))
+    cm = None
+    if coreml:
+        with timer.stage("coreml"):
+            fp32_ops = list(coreml_fp32_ops) or ([n for op in mixed.section["float_ops"] for n in (op["name"], *op["fused"])]
+                                                 if mixed is not None and coreml == "mixed" else [])
+            image = (pre or (cal.preprocessing if cal else None) or Preprocessing()) if coreml_image_input else None
+            cm = build_coreml(source, coreml, paths["coreml"], fp32_ops=fp32_ops, image=image, class_names=class_names,
+                              target=minimum_deployment_target,
+                              calibration=cal.samples if cal and coreml == "w8a8" else [],
+                              validation_inputs=vdata.inputs, labels=vdata.labels,
+                              reference=batched(source.predict, vdata.inputs) if can_predict() else None)
+        checks += cm.checks
     passed = all(c.passed for c in checks)
     overhead = _layout_overhead(source, art_census)
 
@@ -213,7 +242,8 @@ def convert(
         "io_dtype": _io_label(prec, io),
         "recipe": recipe,
         "artifacts": [{"target": "tflite", "path": str(paths["tflite"]), "bytes": len(artifact),
-                       "ratio_to_fp32": len(artifact) / fp32_bytes, "sha256": hashlib.sha256(artifact).hexdigest()}],
+                       "ratio_to_fp32": len(artifact) / fp32_bytes, "sha256": hashlib.sha256(artifact).hexdigest()}]
+        + ([cm.artifact] if cm is not None else []),
         "fp32_reference": {"bytes": fp32_bytes, "ops": float_census.compute_counts},
         "census": {k: v for k, v in art_census.to_dict().items() if k != "ops"} | {"ops": art_census.to_dict()["ops"]},
         "preprocessing": _app_preprocessing(cal, source.artifact_layout),
@@ -221,6 +251,7 @@ def convert(
         "calibration": cal.summary() if cal else None,
         "validation": vsection,
         "mixed": mixed.section if mixed is not None else None,
+        "coreml": cm.section if cm is not None else None,
         "checks": [c.to_dict() for c in checks],
         "timings_s": timer.times,
         "versions": versions() | source.framework_versions(),
@@ -238,6 +269,28 @@ def convert(
         if strict:
             raise QualityGateError("validation failed: " + "; ".join(report.failures), report)
     return result
+
+
+def _coreml_request(targets: Sequence[str], prec: Precision, coreml_precision: str | None, target: str,
+                    source: Any) -> str | None:
+    """The Core ML precision to build (None without the target); bad requests fail before anything is written."""
+    unknown = set(targets) - {"tflite", "coreml"}
+    if unknown or "tflite" not in targets:
+        raise InputError(f"targets must include 'tflite' and may add 'coreml'; got {list(targets)}")
+    if "coreml" not in targets:
+        if coreml_precision:
+            raise InputError("coreml_precision is set but 'coreml' is not in targets=")
+        return None
+    from edgemp.backends.coreml import COREML_PRECISIONS, parse_target
+
+    cm = coreml_precision_for(prec.value, coreml_precision)
+    if cm not in COREML_PRECISIONS:
+        raise InputError(f"unknown Core ML precision {cm!r}; valid: {', '.join(COREML_PRECISIONS)}")
+    parse_target(target)
+    if cm == "w8a8" and source.kind != "pytorch":
+        raise InputError("Core ML w8a8 needs a PyTorch source (activations are calibrated in PyTorch with "
+                         "coremltools.optimize.torch); for Keras models use coreml_precision='int8-weights'.")
+    return cm
 
 
 def _layout_overhead(source: Any, c: Any) -> list[str]:

@@ -43,8 +43,17 @@ WEIGHT_THRESHOLD = 512  # weights with at least this many elements are compresse
 DEFAULT_TARGET = "iOS16"
 
 
+def import_coremltools() -> Any:
+    """coremltools imports TensorFlow and torch (and torchvision -> torch._dynamo -> Triton): guard the clash."""
+    prepare_torch_import()
+    import coremltools
+
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    return coremltools
+
+
 def parse_target(name: str) -> Any:
-    import coremltools as ct
+    ct = import_coremltools()
 
     valid = [t.name for t in ct.target]
     match = next((t for t in ct.target if t.name.lower() == str(name).lower()), None)
@@ -70,9 +79,7 @@ def convert_coreml(source: Any, precision: str, *, fp32_ops: Sequence[str] = (),
     if source.kind == "saved_model":
         raise InputError("Core ML conversion needs the Keras model (a .keras/.h5 file or a keras.Model), not a "
                          "SavedModel export: coremltools does not convert Keras 3 SavedModel exports.")
-    prepare_torch_import()
-    import coremltools as ct
-
+    ct = import_coremltools()
     deployment = parse_target(target)
     if precision == "w8a8" and deployment.value < ct.target.iOS17.value:
         deployment = ct.target.iOS17  # int8 activations need iOS17 ops
@@ -111,7 +118,11 @@ def _convert(source: Any, kwargs: dict[str, Any], image: Preprocessing | None, m
     inputs = [_image_type(specs[0].name, shapes[0], image, source.kind == "pytorch")] if image is not None else \
         [ct.TensorType(name=s.name if source.kind != "pytorch" else None, shape=shp, dtype=np.float32)
          for s, shp in zip(specs, shapes, strict=True)]
-    kwargs = kwargs | {"inputs": inputs}
+    # float32 outputs: apps read float32 as from the TFLite artifact, and an fp16 output would let coremltools fold
+    # the final cast into an op kept in fp32 by `mixed`
+    n_out = len(source.model.outputs) if source.kind != "pytorch" else _torch_output_count(source)
+    outputs = [ct.TensorType(dtype=np.float32) for _ in range(n_out)] if n_out and not kwargs.get("classifier_config") else None
+    kwargs = kwargs | {"inputs": inputs} | ({"outputs": outputs} if outputs else {})
     if source.kind == "pytorch":
         return _convert_torch(source, kwargs, module)
     from edgemp.sources.keras import _with_batch
@@ -126,6 +137,14 @@ def _convert(source: Any, kwargs: dict[str, Any], image: Preprocessing | None, m
         return _quiet(lambda: ct.convert(model, source="tensorflow", **kwargs))
     except Exception as exc:
         raise _coreml_error(exc, source.name) from exc
+
+
+def _torch_output_count(source: Any) -> int:
+    import torch
+
+    with torch.no_grad():
+        out = source.module(*[a[:1] for a in source.example_args])
+    return len(out) if isinstance(out, tuple | list) else 1
 
 
 def _convert_torch(source: Any, kwargs: dict[str, Any], module: Any) -> Any:
@@ -198,16 +217,41 @@ def _image_type(name: str, shape: tuple[int, ...], pre: Preprocessing, channel_f
 
 
 def _op_matcher(source: Any, names: Sequence[str]) -> Any:
-    """Keep an op in fp32 when its type is listed, or its name carries a listed source layer name (Keras op names
-    are TF scope paths with '/' -> '_'; PyTorch op names are torch.export node names, mapped to module paths)."""
+    """Keep an op in fp32 when its type is listed, or it comes from a listed source layer. Keras: op names are TF
+    scope paths carrying the layer name ('/' or '_' separated), weights carry it too, and an output layer's op is
+    named after the output tensor (Identity). PyTorch: op names are torch.export node names, mapped to module
+    paths through the exported graph's nn_module_stack."""
     types = {n for n in names if re.fullmatch(r"[a-z_0-9]+", n) and "_" not in n[:1]}
     layer_rx = [re.compile(rf"(^|[_/]){re.escape(n)}(_\d+)?([_/]|$)") for n in names]
-    torch_nodes = _torch_nodes_of(source, names) if source.kind == "pytorch" else set()
+    torch_nodes = _torch_nodes_of(source, names) if source.kind == "pytorch" else _keras_output_ops(source, names)
+
+    def const_names(op: Any) -> list[str]:
+        """Weights carry the layer's name even when the op is named after a graph output ('Identity')."""
+        names = []
+        for v in op.inputs.values():
+            for var in v if isinstance(v, list | tuple) else (v,):
+                src = getattr(var, "op", None)
+                if src is not None and src.op_type == "const":
+                    names.append(var.name)
+        return names
 
     def keep(op: Any) -> bool:
-        return (op.op_type in types or op.name in torch_nodes or any(rx.search(op.name) for rx in layer_rx))
+        if op.op_type in types or op.name in torch_nodes:
+            return True
+        return any(rx.search(n) for rx in layer_rx for n in (op.name, *const_names(op)))
 
     return keep
+
+
+def _keras_output_ops(source: Any, names: Sequence[str]) -> set[str]:
+    """A layer producing model output k becomes the op named after TF's output tensor: Identity, Identity_1, ..."""
+    found = set()
+    for k, t in enumerate(getattr(source.model, "outputs", [])):
+        history = getattr(t, "_keras_history", None)
+        layer = history[0] if history else None
+        if layer is not None and layer.name in names:
+            found.add("Identity" if k == 0 else f"Identity_{k}")
+    return found
 
 
 def _torch_nodes_of(source: Any, names: Sequence[str]) -> set[str]:

@@ -73,9 +73,22 @@ def package_size(path: Path) -> int:
         else Path(path).stat().st_size
 
 
+def package_sha256(path: Path) -> str:
+    """One digest for a package directory: relative paths and contents, in sorted order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def coreml_census(model: Any) -> CoreMLCensus:
     """`model`: an .mlpackage path or a coremltools MLModel."""
-    import coremltools as ct
+    from edgemp.backends.coreml import import_coremltools
+
+    ct = import_coremltools()
     from coremltools.proto import MIL_pb2
 
     if isinstance(model, str | os.PathLike):

@@ -83,6 +83,7 @@ class Report:
             for dl in v["runtime"]["delegates"]:
                 lines.append(f"- delegate {dl['name']}: loaded, {dl['nodes']}/{dl['total_nodes']} nodes")
         lines += _mixed_markdown(d.get("mixed"))
+        lines += _coreml_markdown(d.get("coreml"))
         cal = d.get("calibration")
         if cal:
             lines += ["", "## Calibration", "", f"{cal['num_samples']} samples from {cal['source']}, seed {cal['seed']}, "
@@ -140,9 +141,33 @@ class Report:
                           _f(st.get("latency_ms"), 4), "yes" if st["met"] else "")
             console.print(t)
             console.print(f"kept in float: {', '.join(m['float_layers']) or 'none'} ({m['boundaries']} boundaries)")
+        cm = d.get("coreml")
+        if cm:
+            nv = cm["numeric_validation"]
+            console.print(f"Core ML {cm['precision']}: {Path(cm['path']).name}, {cm['census']['size_bytes']:,} bytes "
+                          f"({_f(cm['ratio_to_fp32'], 3)} x fp32), compute {cm['census']['compute_counts']}, weights "
+                          f"{cm['census']['weight_dtypes']}; numeric validation "
+                          + ("run" if nv.get("run") else f"[yellow]not run[/] ({nv['reason'].split(';')[0]})"))
         for ch in d["checks"]:
             if not ch["passed"]:
                 console.print(f"[red]FAIL[/] {ch['name']}: {ch['detail']}")
+
+
+def _coreml_markdown(cm: dict[str, Any] | None) -> list[str]:
+    if not cm:
+        return []
+    c = cm["census"]
+    nv = cm["numeric_validation"]
+    lines = ["", "## Core ML", "", f"`{Path(cm['path']).name}`: precision `{cm['precision']}` — {cm['precision_meaning']}; "
+             f"deployment target {cm['deployment_target']}; {c['size_bytes']:,} bytes "
+             f"({_f(cm['ratio_to_fp32'], 3)} x fp32 package).", "",
+             f"- ops by compute precision: {c['compute_counts']}", f"- weights (storage dtype): {c['weight_dtypes']}",
+             f"- inputs: {c['inputs']}", f"- outputs: {c['outputs']}", "",
+             "Numeric validation: " + (f"run on {nv['samples']} samples: {nv.get('outputs')}" if nv.get("run")
+                                       else f"**not run** — {nv['reason']}"), "",
+             "| structure check | result | detail |", "|---|---|---|"]
+    lines += [f"| {ch['name']} | {'pass' if ch['passed'] else '**FAIL**'} | {ch['detail']} |" for ch in cm["structure_checks"]]
+    return lines
 
 
 def _mixed_markdown(m: dict[str, Any] | None) -> list[str]:

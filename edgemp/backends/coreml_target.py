@@ -1,0 +1,76 @@
+"""The Core ML target of `edgemp.convert`: convert, write atomically, validate, and the report section."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemp._io import save_dir_atomic
+from edgemp.backends.coreml import FROM_TFLITE, MEANINGS, WEIGHT_THRESHOLD, convert_coreml
+from edgemp.backends.coreml_census import coreml_census, package_sha256
+from edgemp.config import Preprocessing
+from edgemp.errors import InputError
+from edgemp.validate.checks import Check
+from edgemp.validate.coreml import numeric_validation, structure_checks
+
+
+@dataclasses.dataclass
+class CoreMLOutcome:
+    path: Path
+    section: dict[str, Any]
+    checks: list[Check]
+    artifact: dict[str, Any]  # the report's artifacts[] entry
+
+
+def coreml_precision_for(precision: str, coreml_precision: str | None) -> str:
+    if coreml_precision:
+        return coreml_precision
+    if precision not in FROM_TFLITE:
+        raise InputError(f"no Core ML counterpart of TFLite {precision!r} (Core ML has no int16 activations); pass "
+                         f"coreml_precision= one of fp32, fp16, mixed, int8-weights, w8a8, palettize6, palettize4.")
+    return FROM_TFLITE[precision]
+
+
+def build_coreml(source: Any, precision: str, path: Path, *, fp32_ops: Sequence[str], image: Preprocessing | None,
+                 class_names: Sequence[str] | None, target: str, calibration: Sequence[dict[str, np.ndarray]],
+                 validation_inputs: dict[str, np.ndarray] | None, reference: list[np.ndarray] | None,
+                 labels: np.ndarray | None) -> CoreMLOutcome:
+    mlmodel = convert_coreml(source, precision, fp32_ops=fp32_ops, image=image, class_names=class_names,
+                             target=target, calibration=calibration)
+    save_dir_atomic(path, lambda p: mlmodel.save(str(p)))
+    c = coreml_census(path)
+    fp32_size = None
+    if precision != "fp32":
+        ref = convert_coreml(source, "fp32", target=target)
+        fp32_size = _in_memory_size(ref)
+    checks = structure_checks(c, precision, source.input_specs(), image=image is not None, fp32_size=fp32_size,
+                              class_names=class_names)
+    numeric = numeric_validation(mlmodel, validation_inputs or {}, reference or [], labels,
+                                 [i.name for i in c.inputs]) if validation_inputs else \
+        {"run": False, "reason": "no validation data"}
+    section = {
+        "path": str(path), "precision": precision, "precision_meaning": MEANINGS[precision],
+        "deployment_target": target, "weight_threshold": WEIGHT_THRESHOLD, "fp32_ops": list(fp32_ops),
+        "image_input": image.to_dict() if image is not None else None, "class_labels": c.classifier_labels,
+        "layout": source.data_layout.value, "census": c.to_dict(), "fp32_bytes": fp32_size,
+        "ratio_to_fp32": c.size_bytes / fp32_size if fp32_size else 1.0,
+        "structure_checks": [ch.to_dict() for ch in checks], "numeric_validation": numeric,
+    }
+    artifact = {"target": "coreml", "path": str(path), "bytes": c.size_bytes,
+                "ratio_to_fp32": section["ratio_to_fp32"], "sha256": package_sha256(path)}
+    return CoreMLOutcome(path, section, checks, artifact)
+
+
+def _in_memory_size(mlmodel: Any) -> int:
+    import tempfile
+
+    from edgemp.backends.coreml_census import package_size
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "ref.mlpackage"
+        mlmodel.save(str(p))
+        return package_size(p)
