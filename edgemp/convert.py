@@ -21,7 +21,7 @@ from edgemp.backends.tflite_census import census
 from edgemp.calibration import CalibrationSet, load_calibration
 from edgemp.config import DelegateSpec, IODType, Layout, Precision, Preprocessing, RuntimeOptions, parse_enum
 from edgemp.errors import CalibrationError, InputError, MixedPrecisionError, PrecisionLabelError, QualityGateError
-from edgemp.backends.coreml_target import build_coreml, coreml_precision_for
+from edgemp.backends.coreml_target import build_coreml, coreml_precision_for, parity_section
 from edgemp.mixed.pipeline import run_mixed, write_files
 from edgemp.quantize import apply_recipe, calibrate, recipe_for
 from edgemp.quantize.engine import CALLS
@@ -225,6 +225,7 @@ def convert(
                               calibration=cal.samples if cal and coreml == "w8a8" else [],
                               validation_inputs=vdata.inputs, labels=vdata.labels,
                               reference=batched(source.predict, vdata.inputs) if can_predict() else None)
+            cm.section["parity"] = parity_section(source, artifact, cm, vdata.inputs, source.artifact_inputs)
         checks += cm.checks
     passed = all(c.passed for c in checks)
     overhead = _layout_overhead(source, art_census)

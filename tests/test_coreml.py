@@ -55,6 +55,14 @@ def test_keras_model_to_every_coreml_precision(model_path: Path, small_heldout, 
     if precision in SIZE_LIMITS:
         assert cm["ratio_to_fp32"] <= SIZE_LIMITS[precision]
     assert c["inputs"] == [{"name": "image", "kind": "multiArray", "shape": [1, 28, 28, 1], "dtype": "float32"}]
+    assert c["outputs"][0]["dtype"] == "float32"  # float32 outputs whatever the compute precision
+    p = cm["parity"]
+    assert p["coreml_column"] == ("real" if sys.platform == "darwin" else
+                                  "emulated-fp32" if precision == "fp32" else "emulated-fp16")
+    row = p["outputs"][0]
+    assert set(row) == {"output", "tflite_vs_source", "coreml_vs_source", "tflite_vs_coreml"}
+    assert row["coreml_vs_source"]["cosine"] > 0.999 and p["largest_disagreement"]["pair"] in row
+    assert "## Parity: source vs TFLite vs Core ML" in r.report.to_markdown()
     assert any(a["target"] == "coreml" and a["sha256"] for a in r.report["artifacts"])
 
 
@@ -107,6 +115,20 @@ def test_coreml_bad_inputs(model_path: Path, tmp_path: Path) -> None:
     with pytest.raises(errors.InputError, match="no Core ML counterpart"):
         edgemp.convert(model_path, "int16x8", CALIBRATION, output_dir=tmp_path, targets=("tflite", "coreml"))
     assert not any(tmp_path.iterdir())
+
+
+def test_op_coremltools_cannot_convert_is_named(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+
+    class Diff(torch.nn.Module):  # LiteRT lowers torch.diff; coremltools has no translation for it
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return torch.diff(x, dim=1)
+
+    with pytest.raises(errors.UnsupportedOpsError) as info:
+        edgemp.convert(Diff().eval(), "fp32", example_input=torch.rand(1, 8), output_dir=tmp_path,
+                       targets=("tflite", "coreml"), latency_runs=1, progress=False)
+    assert info.value.ops == ["diff"] and "coremltools cannot convert" in str(info.value)
+    assert not any(tmp_path.iterdir())  # the .tflite is not written either: one call, one outcome
 
 
 def test_existing_mlpackage_is_not_touched_without_force(model_path: Path, tmp_path: Path) -> None:

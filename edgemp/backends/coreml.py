@@ -280,7 +280,7 @@ def _coreml_error(exc: Exception, name: str) -> ConversionError:
     ops = sorted(set(re.findall(r"[Cc]onvert(?:ing)? op(?:eration)? '?\"?([\w.:]+)", text)
                      + re.findall(r"[Uu]nsupported op(?:s)?[: ]+'?([\w.:]+)", text)
                      + re.findall(r"PyTorch convert function for op '([\w.]+)' not implemented", text)))
-    first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    first = text.strip().splitlines()[0][:300].rstrip(".") if text.strip() else type(exc).__name__
     msg = f"coremltools cannot convert {name!r}: {first}"
     if ops:
         return UnsupportedOpsError(msg + f". Ops coremltools cannot convert: {', '.join(ops)}; replace them or "

@@ -24,6 +24,7 @@ class CoreMLOutcome:
     section: dict[str, Any]
     checks: list[Check]
     artifact: dict[str, Any]  # the report's artifacts[] entry
+    mlmodel: Any = None
 
 
 def coreml_precision_for(precision: str, coreml_precision: str | None) -> str:
@@ -62,7 +63,7 @@ def build_coreml(source: Any, precision: str, path: Path, *, fp32_ops: Sequence[
     }
     artifact = {"target": "coreml", "path": str(path), "bytes": c.size_bytes,
                 "ratio_to_fp32": section["ratio_to_fp32"], "sha256": package_sha256(path)}
-    return CoreMLOutcome(path, section, checks, artifact)
+    return CoreMLOutcome(path, section, checks, artifact, mlmodel)
 
 
 def _in_memory_size(mlmodel: Any) -> int:
@@ -74,3 +75,31 @@ def _in_memory_size(mlmodel: Any) -> int:
         p = Path(d) / "ref.mlpackage"
         mlmodel.save(str(p))
         return package_size(p)
+
+
+def parity_section(source: Any, tflite: bytes, cm: CoreMLOutcome, inputs: dict[str, np.ndarray], adapt: Any,
+                   max_samples: int = 256) -> dict[str, Any]:
+    """Source vs TFLite vs Core ML on the same samples (the Core ML column emulated where Core ML cannot run)."""
+    from edgemp.validate.coreml import can_predict, predict_coreml
+    from edgemp.validate.evaluate import batched
+    from edgemp.validate.parity import parity
+    from edgemp.validate.runtime import Runner
+
+    sub = {k: v[:max_samples] for k, v in inputs.items()}
+    reference = batched(source.predict, sub)
+    runner = Runner(tflite)
+    lite = runner.run(adapt(sub))
+    prec = cm.section["precision"]
+    if can_predict():
+        names = [i["name"] for i in cm.section["census"]["inputs"]]
+        coreml, kind, note = predict_coreml(cm.mlmodel, sub, names), "real", "Core ML predictions on this Mac."
+    elif prec == "fp32":
+        coreml, kind = batched(source.predict, sub), "emulated-fp32"
+        note = "Core ML cannot run on this OS; an fp32 Core ML model computes what the source does, so its column is the source."
+    else:
+        coreml, kind = batched(source.predict_fp16, sub), "emulated-fp16"
+        note = ("Core ML cannot run on this OS: its column is the source model run in float16 (weights and compute), "
+                f"which is what Core ML {prec} computes; " + ("weight compression is not emulated."
+                                                                if prec not in ("fp16", "mixed") else
+                                                                "ops kept in fp32 by 'mixed' are emulated in fp16."))
+    return parity(reference, lite, coreml, coreml_kind=kind, output_names=[d.name for d in runner.outputs], note=note)

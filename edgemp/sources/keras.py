@@ -119,6 +119,26 @@ class KerasSource:
     def num_parameters(self) -> int | None:
         return int(self.model.count_params())
 
+    def predict_fp16(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The model with float16 weights and compute (a clone under the float16 dtype policy): what an fp16 Core
+        ML model computes, emulated where Core ML cannot run."""
+        import keras
+
+        if getattr(self, "_fp16", None) is None:
+            def clone(layer: Any) -> Any:
+                cfg = layer.get_config()
+                cfg["dtype"] = "float16"
+                return layer.__class__.from_config(cfg)
+
+            m = keras.models.clone_model(self.model, clone_function=clone)
+            m.set_weights([w.astype(np.float16) if w.dtype.kind == "f" else w for w in self.model.get_weights()])
+            self._fp16 = m
+        names = [s.name for s in self.input_specs()]
+        args = [inputs[n].astype(np.float16) for n in names]
+        out = self._fp16(args[0] if len(args) == 1 else args, training=False)
+        outs = out if isinstance(out, list | tuple) else [out]
+        return [np.asarray(o).astype(np.float32) for o in outs]
+
     def layers(self) -> list[tuple[str, str]]:
         """(name, class) of every layer in model order, nested models flattened: what reports call layers."""
         def walk(m: Any) -> list[tuple[str, str]]:

@@ -230,6 +230,21 @@ class TorchSource:
     def num_parameters(self) -> int | None:
         return int(sum(p.numel() for p in self.module.parameters()))
 
+    def predict_fp16(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The module in float16 (weights and compute; NCHW outputs as the module gives them): what an fp16 Core
+        ML model computes, emulated where Core ML cannot run."""
+        import copy
+
+        import torch
+
+        if getattr(self, "_fp16", None) is None:
+            self._fp16 = copy.deepcopy(self.module).half()
+        args = [torch.from_numpy(np.ascontiguousarray(inputs[f"args_{i}"])).half() for i in range(len(self.example_args))]
+        with torch.no_grad():
+            out = self._fp16(*args)
+        outs = out if isinstance(out, tuple | list) else (out,)
+        return [o.float().cpu().numpy() for o in outs]
+
     def layers(self) -> list[tuple[str, str]]:
         """(module path, class) in definition order (`features.0.conv`): what per-layer reports call layers."""
         return [(n, type(m).__name__) for n, m in self.module.named_modules() if n]

@@ -68,18 +68,24 @@ def structure_checks(c: CoreMLCensus, precision: str, specs: Sequence[Any], *, i
     return checks
 
 
+def predict_coreml(mlmodel: Any, inputs: dict[str, np.ndarray], input_names: Sequence[str]) -> list[np.ndarray]:
+    """Sample-by-sample Core ML predictions (macOS), outputs in the model's output order, flattened per sample."""
+    n = len(next(iter(inputs.values())))
+    order = [o.name for o in mlmodel.get_spec().description.output]
+    outs: list[list[np.ndarray]] = []
+    for i in range(n):
+        pred = mlmodel.predict({name: inputs[key][i : i + 1] for name, key in zip(input_names, inputs, strict=True)})
+        outs.append([np.asarray(pred[k], np.float32).reshape(1, -1) for k in order if isinstance(pred.get(k), np.ndarray)])
+    return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+
+
 def numeric_validation(mlmodel: Any, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
                        labels: np.ndarray | None, input_names: Sequence[str], max_samples: int = 500) -> dict[str, Any]:
     """Run the Core ML model (macOS) sample by sample and compare with the float reference."""
     if not can_predict():
         return {"run": False, "reason": NOT_RUN_REASON}
     n = min(max_samples, len(next(iter(inputs.values()))))
-    outs: list[list[np.ndarray]] = []
-    for i in range(n):
-        pred = mlmodel.predict({name: inputs[key][i : i + 1] for name, key in zip(input_names, inputs, strict=True)})
-        outs.append([np.asarray(v, np.float32).reshape(1, -1) for _, v in sorted(pred.items())
-                     if isinstance(v, np.ndarray)])
-    out = [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+    out = predict_coreml(mlmodel, {k: v[:n] for k, v in inputs.items()}, input_names)
     metrics = [compare(np.asarray(r[:n], np.float32).reshape(n, -1), o) for r, o in zip(reference, out, strict=False)]
     result: dict[str, Any] = {"run": True, "samples": n, "outputs": metrics}
     if labels is not None:

@@ -1,0 +1,64 @@
+"""Cross-format parity: per output, the source model vs the TFLite artifact vs the Core ML artifact.
+
+The Core ML column is the real model on macOS; elsewhere Core ML cannot run, so it is the source model run in
+float16 (weights and compute: what Core ML fp16 computes), labelled "emulated" — weight compression
+(int8/palettized) and Core ML's own kernels are not emulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from edgemp.validate.metrics import compare
+
+Predict = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def parity(reference: list[np.ndarray], tflite: list[np.ndarray], coreml: list[np.ndarray] | None, *,
+           coreml_kind: str, output_names: list[str], note: str) -> dict[str, Any]:
+    """`coreml_kind`: "real" (macOS predictions) or "emulated-fp16"."""
+    rows = []
+    for i, name in enumerate(output_names):
+        r, t = _flat(reference[i]), _flat(tflite[i], reference[i])
+        pairs = {"tflite_vs_source": _pair(r, t)}
+        if coreml is not None:
+            c = _flat(coreml[i], reference[i])
+            pairs["coreml_vs_source"] = _pair(r, c)
+            pairs["tflite_vs_coreml"] = _pair(c, t)
+        rows.append({"output": name, **pairs})
+    worst = max(((row["output"], k, v) for row in rows for k, v in row.items() if k != "output"),
+                key=lambda x: x[2]["max_abs_error"], default=None)
+    return {"coreml_column": coreml_kind, "note": note, "samples": int(len(reference[0])), "outputs": rows,
+            "largest_disagreement": {"output": worst[0], "pair": worst[1], **worst[2]} if worst else None}
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    m = compare(a, b)
+    return {k: m[k] for k in ("max_abs_error", "mean_abs_error", "cosine", "sqnr_db", "top1_agreement")}
+
+
+def _flat(x: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    if like is not None and x.shape != np.shape(like) and x.ndim == 4 and x.size == np.size(like):
+        x = np.moveaxis(x, 1, -1)  # Core ML keeps PyTorch's NCHW where the TFLite artifact went channel-last
+    return x.reshape(len(x), -1)
+
+
+def to_markdown(p: dict[str, Any]) -> list[str]:
+    label = "Core ML" if p["coreml_column"] == "real" else "Core ML (**emulated**: source in float16)"
+    lines = ["", "## Parity: source vs TFLite vs Core ML", "", f"{p['samples']} samples; Core ML column: {label}. {p['note']}",
+             "", "| output | pair | max abs err | mean abs err | cosine | SQNR dB | top-1 agreement |",
+             "|---|---|---|---|---|---|---|"]
+    worst = p["largest_disagreement"] or {}
+    for row in p["outputs"]:
+        for k, v in row.items():
+            if k == "output":
+                continue
+            mark = " **(largest)**" if worst.get("output") == row["output"] and worst.get("pair") == k else ""
+            lines.append(f"| {row['output']} | {k.replace('_', ' ')}{mark} | {v['max_abs_error']:.5g} | "
+                         f"{v['mean_abs_error']:.5g} | {v['cosine']:.6f} | {v['sqnr_db']:.2f} | "
+                         f"{'' if v['top1_agreement'] is None else format(v['top1_agreement'], '.4f')} |")
+    return lines
