@@ -17,8 +17,11 @@ from edgemp.api import inspect_model, validate  # noqa: E402
 from edgemp.config import DelegateSpec, IODType, Precision, Preprocessing, RuntimeOptions  # noqa: E402
 from edgemp.convert import ConvertResult, convert  # noqa: E402
 from edgemp.analyze import AnalysisResult, analyze  # noqa: E402
+from edgemp.bench import BenchResult, benchmark  # noqa: E402
+from edgemp.bundle import Bundle, package, read_bundle, unpack_bundle  # noqa: E402
 
 __all__ = [
-    "AnalysisResult", "ConvertResult", "DelegateSpec", "IODType", "Precision", "Preprocessing", "RuntimeOptions",
-    "analyze", "convert", "errors", "inspect_model", "validate", "__version__",
+    "AnalysisResult", "BenchResult", "Bundle", "ConvertResult", "DelegateSpec", "IODType", "Precision", "Preprocessing", "RuntimeOptions",
+    "analyze", "benchmark", "convert", "errors", "inspect_model", "package", "read_bundle", "unpack_bundle", "validate",
+    "__version__",
 ]

@@ -346,3 +346,6 @@ def _print_report(report: Any, as_json: bool) -> None:
         click.echo(report.to_json())
     else:
         report.render()
+
+
+from edgemp import cli_device  # noqa: E402,F401  (registers package / verify / unpack / bench on `main`)

@@ -56,6 +56,26 @@ class NotATFLiteModelError(InputError):
     """A file given as a .tflite model is not a TFLite flatbuffer (or is truncated)."""
 
 
+class DeviceError(InputError):
+    """A device or tool needed to benchmark on it (adb, a phone, the benchmark binary) is missing or failed."""
+
+
+class BundleError(InputError):
+    """A device bundle that cannot be written or trusted."""
+
+
+class MissingArtifactError(BundleError):
+    """The result has no artifact in the format the device needs (e.g. ios without a Core ML target)."""
+
+
+class BundleIntegrityError(BundleError):
+    """A bundle whose files do not match the checksums and sizes in its manifest, or whose manifest is invalid."""
+
+
+class UnsafeBundleError(BundleError):
+    """A bundle archive that would write outside its folder (zip-slip), holds links, or is too large to unpack."""
+
+
 # -- conversion ------------------------------------------------------------------------------------------
 class ConversionError(EdgempError):
     """The converter or quantizer failed on a valid model."""

@@ -9,50 +9,22 @@ from typing import Any
 
 import numpy as np
 
+from edgemp.bench import harness
+from edgemp.bench.harness import delegated_nodes
 from edgemp.config import DelegateSpec, RuntimeOptions
 from edgemp.errors import DelegateError, NotATFLiteModelError
 
 
 def _litert() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        from ai_edge_litert import interpreter
-    except ImportError:  # devices with only the legacy runtime
-        from tflite_runtime import interpreter  # type: ignore[no-redef]
-    return interpreter
+    return harness.litert()[0]
 
 
 def load_delegates(specs: tuple[DelegateSpec, ...]) -> list[Any]:
     """Load external delegates; a failure is an error, never a silent CPU fallback."""
-    lib = _litert()
-    out = []
-    for spec in specs:
-        if not os.path.exists(spec.path):
-            raise DelegateError(f"delegate library {spec.path} does not exist; check the path.")
-        _check_delegate_library(spec.path)
-        try:
-            out.append(lib.load_delegate(spec.path, dict(spec.options) or None))
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise DelegateError(
-                f"delegate {spec.path} failed to load: {str(exc).strip().splitlines()[-1]}. "
-                "Check it is a TFLite external delegate built for this platform and its options are valid."
-            ) from exc
-    return out
-
-
-def _check_delegate_library(path: str) -> None:
-    """Refuse a library that is not an external delegate before LiteRT half-constructs one from it."""
-    import ctypes
-
     try:
-        lib = ctypes.CDLL(path)
-    except OSError as exc:
-        raise DelegateError(f"delegate {path} failed to load as a shared library: {exc}") from exc
-    if not hasattr(lib, "tflite_plugin_create_delegate"):
-        raise DelegateError(
-            f"delegate {path} failed to load: it is not a TFLite external delegate (no tflite_plugin_create_delegate "
-            "symbol). Pass the delegate's plugin library (e.g. libedgetpu.so.1, libQnnTFLiteDelegate.so)."
-        )
+        return [harness.load_delegate(spec.path, dict(spec.options)) for spec in specs]
+    except harness.HarnessError as exc:
+        raise DelegateError(f"{exc}.") from exc
 
 
 def make_interpreter(model: bytes, opts: RuntimeOptions, delegates: list[Any] | None = None,
@@ -67,24 +39,6 @@ def make_interpreter(model: bytes, opts: RuntimeOptions, delegates: list[Any] | 
     except ValueError as exc:
         raise NotATFLiteModelError(f"LiteRT cannot load the model: {str(exc).strip().splitlines()[-1]}") from exc
     return itp
-
-
-def delegated_nodes(itp: Any) -> tuple[int, int]:
-    """(nodes taken by delegates, original nodes): walk each DELEGATE node's partition back to its inputs."""
-    ops = itp._get_ops_details()
-    original = [o for o in ops if o["op_name"] != "DELEGATE"]
-    producer = {t: o["index"] for o in original for t in o["outputs"]}
-    taken: set[int] = set()
-    for d in (o for o in ops if o["op_name"] == "DELEGATE"):
-        boundary, stack, seen = set(d["inputs"]), list(d["outputs"]), set()
-        while stack:
-            t = stack.pop()
-            if t in boundary or t in seen or t not in producer:
-                continue
-            seen.add(t)
-            taken.add(producer[t])
-            stack.extend(i for i in ops[producer[t]]["inputs"] if i >= 0)
-    return len(taken), len(original)
 
 
 @dataclasses.dataclass(frozen=True)

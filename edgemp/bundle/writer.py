@@ -1,0 +1,266 @@
+"""edgemp.package: the converted artifacts, laid out for one device, with a manifest the app can trust.
+
+Layouts (paths relative to the bundle root, where manifest.json always is):
+- android:  <model>.tflite, labels.txt, manifest.json — the contents of an app's `assets/edgemp/` folder.
+- ios:      <model>.mlpackage/ (the package tree), labels.txt, manifest.json.
+- jetson, linux-arm64: <model>.tflite, labels.txt, harness.py, requirements.txt (pinned), run.sh, manifest.json.
+A zip is written deterministically (sorted entries, fixed timestamps): the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import stat
+import zipfile
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edgemp import __version__
+from edgemp._io import check_overwrite, prepare_output_dir, save_dir_atomic, write_atomic
+from edgemp.bundle.manifest import (SCHEMA_VERSION, app_preprocessing, calibration_summary, coreml_tensors,
+                                    tflite_tensors, validate_manifest, validation_summary)
+from edgemp.errors import BundleIntegrityError, InputError, MissingArtifactError, ModelLoadError
+
+DEVICES = ("android", "ios", "jetson", "linux-arm64")
+_FORMAT = {"android": "tflite", "ios": "coreml", "jetson": "tflite", "linux-arm64": "tflite"}
+_EXECUTABLE = {"run.sh", "harness.py"}
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_NOTES = {
+    "android": ["Unzip into app/src/main/assets/edgemp/ and keep .tflite uncompressed in the APK "
+                "(androidResources { noCompress += \"tflite\" }) so LiteRT can memory-map it.",
+                "Benchmark on the phone: edgemp bench MODEL.tflite --adb --benchmark-binary android_aarch64_benchmark_model"],
+    "ios": ["Drag the .mlpackage into Xcode; it compiles it to .mlmodelc and generates a Swift class.",
+            "Core ML numeric validation runs on macOS only: see validation in this manifest for what was checked on the host."],
+    "jetson": ["sh run.sh benchmarks on the CPU with LiteRT (XNNPACK). For stable numbers first: sudo nvpmodel -m 0 && "
+               "sudo jetson_clocks.", "JetPack 6 (Python 3.10) installs ai-edge-litert; JetPack 5 (Python 3.8) the "
+               "legacy tflite-runtime 2.13 (see requirements.txt)."],
+    "linux-arm64": ["sh run.sh benchmarks with LiteRT (XNNPACK). On a Raspberry Pi, watch for thermal throttling "
+                    "(vcgencmd measure_temp) and use --cpus to pin cores."],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """A written (or verified) bundle: its path (a .zip or a directory), device and manifest."""
+
+    path: Path
+    device: str
+    manifest: dict[str, Any]
+
+    @property
+    def default_model(self) -> dict[str, Any]:
+        return next(m for m in self.manifest["models"] if m["file"] == self.manifest["default_model"])
+
+
+def _report_of(result: Any) -> dict[str, Any]:
+    """A ConvertResult, a Report, a report dict or the path of a *.report.json."""
+    if hasattr(result, "report") and hasattr(result.report, "to_dict"):
+        return result.report.to_dict()
+    if hasattr(result, "to_dict"):
+        return result.to_dict()
+    if isinstance(result, dict):
+        return result
+    if isinstance(result, str | os.PathLike):
+        p = Path(result)
+        if not p.is_file():
+            raise ModelLoadError(f"report {p} does not exist; pass a ConvertResult or the *.report.json convert wrote")
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{p} is not a readable edgemp report ({exc}); pass the *.report.json convert wrote") from exc
+        if not isinstance(data, dict) or "artifacts" not in data:
+            raise InputError(f"{p} is not an edgemp conversion report (no 'artifacts'); pass the *.report.json convert wrote")
+        return data
+    raise InputError(f"package() takes a ConvertResult, a Report or a report JSON path, got {type(result).__name__}")
+
+
+def _tree_sha256(path: Path) -> str:
+    from edgemp.backends.coreml_census import package_sha256
+
+    return package_sha256(path)
+
+
+def _artifact(report: dict[str, Any], device: str) -> dict[str, Any]:
+    target = _FORMAT[device]
+    art = next((a for a in report["artifacts"] if a["target"] == target), None)
+    if art is None:
+        how = ("convert with targets=(\"tflite\", \"coreml\") (CLI: edgemp convert ... --coreml)" if target == "coreml"
+               else "convert the model to TFLite first (edgemp convert)")
+        raise MissingArtifactError(f"the {report['precision']} result of {report['model']['name']!r} has no "
+                                   f"{'Core ML' if target == 'coreml' else 'TFLite'} artifact for {device}: {how}")
+    path = Path(art["path"])
+    if not path.exists():
+        raise ModelLoadError(f"artifact {path} named in the report does not exist any more; convert again or fix the path")
+    digest = _tree_sha256(path) if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != art["sha256"]:
+        raise BundleIntegrityError(f"{path} changed after conversion (sha256 {digest[:12]}… is not the report's "
+                                   f"{art['sha256'][:12]}…); convert again so the manifest describes what ships")
+    return art
+
+
+def _model_entry(report: dict[str, Any], art: dict[str, Any]) -> dict[str, Any]:
+    path = Path(art["path"])
+    layout = (report.get("model") or {}).get("input_layout")
+    if art["target"] == "tflite":
+        from edgemp.backends.tflite_census import census
+
+        ins, outs = tflite_tensors(census(path.read_bytes()), layout)
+        precision, meaning, io_dtype = report["precision"], report["precision_meaning"], report.get("io_dtype")
+    else:
+        cm = report["coreml"]
+        ins, outs = coreml_tensors(cm["census"], cm.get("layout"))
+        precision, meaning, io_dtype, layout = cm["precision"], cm["precision_meaning"], None, cm.get("layout")
+    entry = {"file": path.name, "format": "tflite" if art["target"] == "tflite" else "mlpackage",
+             "precision": precision, "precision_meaning": meaning, "layout": layout or "NHWC",
+             "bytes": int(art["bytes"]), "sha256": art["sha256"], "ratio_to_fp32": art.get("ratio_to_fp32"),
+             "inputs": ins, "outputs": outs}
+    if io_dtype:
+        entry["io_dtype"] = io_dtype
+    if report.get("mixed"):
+        entry["float_layers"] = list(report["mixed"].get("float_layers", []))
+    return entry
+
+
+def _runtime(device: str, files: list[str]) -> dict[str, Any]:
+    if device == "ios":
+        return {"engine": "Core ML", "notes": _NOTES[device]}
+    out: dict[str, Any] = {"engine": "LiteRT (ai_edge_litert / org.tensorflow.lite)", "notes": _NOTES[device]}
+    if device in ("jetson", "linux-arm64"):
+        out |= {"harness": "harness.py", "requirements": "requirements.txt", "run": "sh run.sh"}
+    return out
+
+
+def _run_sh(models: Sequence[str]) -> str:
+    names = " ".join(models)
+    return f"""#!/bin/sh
+# Benchmark this bundle's model(s) on this device with edgemp's harness (numpy + LiteRT only).
+# First run: a virtual environment beside the bundle with the pinned runtime (requirements.txt).
+# HARNESS_PYTHON=/path/to/python uses an interpreter that already has the runtime instead.
+# Extra arguments go to the harness (python3 harness.py --help): e.g. sh run.sh --threads 4 --time-budget 20
+set -eu
+cd "$(dirname "$0")"
+if [ -n "${{HARNESS_PYTHON:-}}" ]; then
+    py="$HARNESS_PYTHON"
+else
+    if [ ! -x .venv/bin/python ]; then
+        "${{PYTHON:-python3}}" -m venv .venv
+        .venv/bin/python -m pip install --quiet -r requirements.txt
+    fi
+    py=.venv/bin/python
+fi
+exec "$py" harness.py {names} --threads "${{THREADS:-1}}" --json bench.json "$@"
+"""
+
+
+def _collect(device: str, reports: list[dict[str, Any]],
+             classes: Sequence[str] | None) -> tuple[dict[str, Path | bytes], list[dict[str, Any]]]:
+    """Bundle-relative path -> source file (or bytes), and the manifest's model entries."""
+    files: dict[str, Path | bytes] = {}
+    models = []
+    for rep in reports:
+        art = _artifact(rep, device)
+        entry = _model_entry(rep, art)
+        if entry["file"] in files:
+            raise InputError(f"two results would both ship as {entry['file']}; convert them with different --name")
+        src = Path(art["path"])
+        if src.is_dir():
+            for f in sorted(p for p in src.rglob("*") if p.is_file()):
+                files[f"{src.name}/{f.relative_to(src).as_posix()}"] = f
+        else:
+            files[src.name] = src
+        models.append(entry)
+    if classes:
+        files["labels.txt"] = ("\n".join(classes) + "\n").encode()
+    if device in ("jetson", "linux-arm64"):
+        bench = resources.files("edgemp.bench")
+        files["harness.py"] = bench.joinpath("harness.py").read_bytes()
+        files["requirements.txt"] = resources.files("edgemp.bundle").joinpath("device_requirements.txt").read_bytes()
+        files["run.sh"] = _run_sh([m["file"] for m in models]).encode()
+    return files, models
+
+
+def _digest(src: Path | bytes) -> tuple[str, int]:
+    data = src if isinstance(src, bytes) else src.read_bytes()
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def build_manifest(device: str, reports: list[dict[str, Any]], models: list[dict[str, Any]],
+                   files: dict[str, Path | bytes], classes: Sequence[str] | None) -> dict[str, Any]:
+    first = reports[0]
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "edgemp_version": __version__, "device": device,
+        "default_model": models[0]["file"], "models": models,
+        "preprocessing": app_preprocessing(first.get("preprocessing"), models[0]["inputs"][0]
+                                           if models[0]["inputs"][0]["kind"] == "tensor" else None),
+        "labels": {"file": "labels.txt", "classes": list(classes)} if classes else None,
+        "validation": validation_summary(first), "calibration": calibration_summary(first),
+        "versions": {k: str(v) for k, v in (first.get("versions") or {}).items()},
+        "runtime": _runtime(device, list(files)),
+        "files": [{"path": p, "sha256": d, "bytes": n} for p in sorted(files) for d, n in [_digest(files[p])]],
+    }
+    validate_manifest(manifest)
+    return manifest
+
+
+def package(results: Any, device: str, output_dir: str | Path = "dist/bundles", *, name: str | None = None,
+            class_names: Sequence[str] | None = None, as_zip: bool = True, force: bool = False) -> Bundle:
+    """Write one bundle for `device` from one or more conversion results (the first is the default model).
+
+    Example:
+        >>> r = edgemp.convert("model.keras", "int8", calibration="calibration_data/", output_dir="dist/")
+        >>> b = edgemp.package(r, device="android")    # dist/bundles/model_int8_android.zip
+        >>> b.manifest["models"][0]["inputs"][0]["quantization"]
+
+    `results`: a ConvertResult, a Report, a *.report.json path, or a list of them. ios needs a Core ML artifact
+    (convert with targets=("tflite", "coreml")); the others a .tflite. `class_names` (output order) default to the
+    ones the first result recorded; they become labels.txt.
+    """
+    if device not in DEVICES:
+        raise InputError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
+    items = list(results) if isinstance(results, list | tuple) else [results]
+    if not items:
+        raise InputError("package() needs at least one conversion result")
+    reports = [_report_of(r) for r in items]
+    classes = list(class_names) if class_names is not None else reports[0].get("class_names")
+    files, models = _collect(device, reports, classes)
+    manifest = build_manifest(device, reports, models, files, classes)
+    out_dir = prepare_output_dir(output_dir)
+    base = name or f"{Path(models[0]['file']).stem.removesuffix('.mlpackage')}_{device}"
+    path = out_dir / (f"{base}.zip" if as_zip else base)
+    check_overwrite([path], force)
+    if as_zip:
+        write_atomic(path, _zip_bytes(files, manifest))
+    else:
+        save_dir_atomic(path, lambda p: _write_dir(p, files, manifest))
+    return Bundle(path, device, manifest)
+
+
+def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+def _zip_bytes(files: dict[str, Path | bytes], manifest: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for rel, src in [("manifest.json", _manifest_bytes(manifest))] + sorted(files.items()):
+            info = zipfile.ZipInfo(rel, date_time=_ZIP_DATE)
+            info.external_attr = ((0o755 if rel in _EXECUTABLE else 0o644) | stat.S_IFREG) << 16
+            # models stay uncompressed: they are already dense, and Android memory-maps stored entries
+            info.compress_type = zipfile.ZIP_STORED if rel.endswith(".tflite") else zipfile.ZIP_DEFLATED
+            zf.writestr(info, src if isinstance(src, bytes) else src.read_bytes())
+    return buf.getvalue()
+
+
+def _write_dir(root: Path, files: dict[str, Path | bytes], manifest: dict[str, Any]) -> None:
+    root.mkdir(parents=True)
+    for rel, src in [("manifest.json", _manifest_bytes(manifest))] + sorted(files.items()):
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(src if isinstance(src, bytes) else src.read_bytes())
+        dest.chmod(0o755 if rel in _EXECUTABLE else 0o644)
