@@ -107,8 +107,35 @@ def main() -> None:
               "(ops of the float graph) in float. Q+DQ ops include the int8 I/O converters.",
               f"Latency: {args.rounds} interleaved rounds of 50 invokes, batch 1, 1 thread, XNNPACK; host: "
               f"{cpu_description()}."]
+    lines += verdict(rows)
     (OUT / "mixed_precision.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def verdict(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's target, checked on the rows: where full INT8 loses more than 1 point, mixed must be within
+    0.3 points of float with at most 10% of the layers (ops) in float."""
+    out = ["", "## Target", "", "Where full INT8 loses more than 1 point, mixed gets within 0.3 points of float with at "
+           "most 10% of the layers in float.", ""]
+    by = {(r["model"], r["precision"]): r for r in rows}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        i8, mx = by[(model, "int8")], by[(model, "mixed")]
+        if i8["drop_points"] <= 1.0:
+            out.append(f"- {model}: full INT8 loses {i8['drop_points']:.2f} points (within 1): the target does not "
+                       "apply; mixed rightly keeps nothing in float.")
+            continue
+        share = mx["float_ops"] / mx["ops"]
+        met = mx["drop_points"] <= 0.3 and share <= 0.10
+        out.append(f"- {model}: full INT8 loses {i8['drop_points']:.2f} points; mixed is {mx['drop_points']:+.2f} "
+                   f"points from float with {mx['float_ops']} of {mx['ops']} ops ({100 * share:.0f}%) in float: "
+                   f"**{'met' if met else 'MISSED'}**.")
+    out += ["", "How sensitive_cnn was made (edgemp.demo.build_sensitive_model): a CNN without batch norm trained honestly on "
+            "Fashion-MNIST given as raw 0..255 pixels for 3 epochs; its head L2-normalises the pooled 64-d features "
+            "(values 0..~0.8) and concatenates them with the raw mean brightness (8..160) before the logits. Nothing "
+            "is rigged after training: an int8 CONCATENATION has one scale for all its inputs, set by the brightness "
+            "range (~0.63 per step), so most of the embedding rounds to zero and full INT8 loses tens of points; "
+            "keeping the join and the logits layer in float restores it."]
+    return out
 
 
 if __name__ == "__main__":

@@ -11,18 +11,30 @@ from edgemp.errors import OutputExistsError, OutputNotWritableError
 
 
 def prepare_output_dir(path: str | os.PathLike[str]) -> Path:
+    """Check that the output directory can be written, without creating it: a run that fails on bad input
+    leaves nothing behind, not even an empty folder. Writers create it when they write (write_atomic)."""
     out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    if out.exists():
+        if not out.is_dir():
+            raise OutputNotWritableError(f"output path {out} exists and is not a directory; choose another one.")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise OutputNotWritableError(f"output directory {out} is not writable; choose a writable -o/--output-dir.")
+        return out
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise OutputNotWritableError(
-            f"cannot create output directory {out}: {exc.strerror}. Choose a writable -o/--output-dir."
-        ) from exc
-    if not out.is_dir():
-        raise OutputNotWritableError(f"output path {out} exists and is not a directory; choose another one.")
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputNotWritableError(f"output directory {out} is not writable; choose a writable -o/--output-dir.")
+            f"cannot create output directory {out}: {parent} is not a writable directory. Choose a writable -o/--output-dir."
+        )
     return out
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritableError(f"cannot create output directory {path.parent}: {exc.strerror}.") from exc
 
 
 def check_overwrite(paths: list[Path], force: bool) -> None:
@@ -37,6 +49,7 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
     """Write to a temp file in the same directory, fsync, then rename over the target."""
     payload = data.encode() if isinstance(data, str) else bytes(data)
     path = Path(path)
+    _make_parent(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -63,6 +76,7 @@ def save_dir_atomic(path: Path, save: Any) -> Path:
     import shutil
 
     path = Path(path)
+    _make_parent(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:

@@ -45,3 +45,30 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] \
 fi
 export EDGEMP_DATA_DIR="${EDGEMP_DATA_DIR:-$data}"
 export EDGEMP_CACHE="$cache"
+
+# Optional test tools, each skipped with a reason when unavailable (never a reason to fail set-up):
+# - kotlinc + Android's org.json (Debian kotlin, libandroid-json-java) run android_demo's plain-Kotlin code on the JVM;
+# - Python 3.8 + tflite-runtime 2.13 + numpy 1.24 is what a JetPack 5 device has: the harness must run there too.
+if ! command -v kotlinc >/dev/null 2>&1 || [ ! -f /usr/share/java/com.android.json.jar ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[edgemp] installing kotlin + libandroid-json-java (android_demo JVM tests)" >&2
+        { apt-get install -y -qq --no-install-recommends kotlin libandroid-json-java \
+          || { apt-get update -qq && apt-get install -y -qq --no-install-recommends kotlin libandroid-json-java; }; } \
+          >"$cache/apt-kotlin.log" 2>&1 || echo "[edgemp] kotlin not installed (see $cache/apt-kotlin.log); those tests skip" >&2
+    fi
+fi
+legacy="$cache/legacy-py38"
+py38=""
+for c in python3.8 "$HOME"/.pyenv/versions/3.8*/bin/python3.8 /usr/bin/python3.8; do
+    if "$c" --version >/dev/null 2>&1; then py38="$c"; break; fi
+done
+if [ ! -f "$legacy/.complete" ] && [ -n "$py38" ]; then
+    echo "[edgemp] creating $legacy (Python 3.8 + tflite-runtime, for the device harness tests)" >&2
+    rm -rf "$legacy"
+    { "$py38" -m venv "$legacy" && "$legacy/bin/python" -m pip install --quiet tflite-runtime==2.13.0 numpy==1.24.4 \
+      && touch "$legacy/.complete"; } >"$cache/legacy-py38.log" 2>&1 \
+      || echo "[edgemp] legacy runtime not set up (see $cache/legacy-py38.log); that test skips" >&2
+fi
+if [ -f "$legacy/.complete" ]; then
+    export EDGEMP_LEGACY_PYTHON="${EDGEMP_LEGACY_PYTHON:-$legacy/bin/python}"
+fi

@@ -20,8 +20,8 @@ def _no_outputs(d: Path) -> bool:
 
 def test_missing_model_path(tmp_path: Path) -> None:
     with pytest.raises(errors.ModelLoadError, match="does not exist"):
-        edgemp.convert(tmp_path / "nope.keras", "fp32", output_dir=tmp_path / "out")
-    assert _no_outputs(tmp_path / "out")
+        edgemp.convert(tmp_path / "nope.keras", "fp32", output_dir=tmp_path / "out" / "deep")
+    assert not (tmp_path / "out").exists()  # not even an empty folder is left behind
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files whatever their mode")
@@ -213,3 +213,18 @@ def test_not_a_tflite_file_for_inspect_and_validate(tmp_path: Path) -> None:
         edgemp.inspect_model(p)
     with pytest.raises(errors.NotATFLiteModelError):
         edgemp.validate(p)
+
+
+def test_int8_label_is_refused_when_an_op_stays_float(tmp_path: Path) -> None:
+    """The AI Edge Quantizer has no int8 SIN: it stays float between DEQUANTIZE and QUANTIZE, so "int8" would lie."""
+    import keras
+
+    inp = keras.Input((8,), name="x")
+    h = keras.layers.Lambda(lambda t: keras.ops.sin(t), name="sine")(keras.layers.Dense(16)(inp))
+    model = keras.Model(inp, keras.layers.Dense(4)(h), name="sine_model")
+    cal = np.random.default_rng(0).random((64, 8), dtype=np.float32)
+    with pytest.raises(errors.PrecisionLabelError, match=r"fully_integer: 3 op\(s\) still compute in float.*SIN"):
+        edgemp.convert(model, "int8", cal, output_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    r = edgemp.convert(model, "dynamic-int8", cal, output_dir=tmp_path / "out", latency_runs=1, progress=False)
+    assert r.passed  # the label the message suggests is honest for this model

@@ -82,3 +82,21 @@ def test_preprocessing_resize_color_and_normalisation(tmp_path: Path) -> None:
     assert np.allclose(boxed[0, :, 0], 0.0) and np.allclose(boxed[10, :, 0], 1.0)  # padded rows top/bottom
     nchw = load_image(tmp_path / "red.png", resolve(Preprocessing(layout="NCHW"), (None, 3, 20, 20)))
     assert nchw.shape == (3, 20, 20)
+
+
+@pytest.mark.parametrize("suffix,fmt", [(".jpg", "JPEG"), (".bmp", "BMP"), (".webp", "WEBP"), (".tiff", "TIFF")])
+def test_every_image_format_is_read(tmp_path: Path, suffix: str, fmt: str) -> None:
+    from PIL import Image
+
+    sources = sorted(CALIBRATION.glob("*.png"))[:12]
+    for p in sources:
+        with Image.open(p) as im:
+            im.save(tmp_path / (p.stem + suffix), fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    cal = load_calibration(tmp_path, GRAY, num_samples=100)
+    assert len(cal.samples) == 12 and cal.summary()["num_files_skipped"] == 0
+    png = load_calibration(CALIBRATION, GRAY, num_samples=200)
+    by_name = dict(zip([p.stem for p in sorted(CALIBRATION.glob("*.png"))], png.samples))
+    lossless = fmt in ("BMP", "TIFF")
+    for p, s in zip(sources, cal.samples):
+        diff = np.abs(s["image"] - by_name[p.stem]["image"]).max()
+        assert diff == 0 if lossless else diff < 0.2  # lossless formats decode to the same values

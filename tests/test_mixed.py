@@ -86,6 +86,9 @@ def test_keep_float_name_matching_nothing_lists_close_names(model_path: Path, sm
                        progress=False)
     assert "matches no layer" in str(info.value) and "block1_conv1" in str(info.value)
     assert not any(tmp_path.iterdir())
+    with pytest.raises(errors.InputError, match=r"'block1_conv\[' is not a valid regular expression"):
+        edgemp.convert(model_path, "mixed", CALIBRATION, small_heldout, tmp_path, never_float=["block1_conv["],
+                       progress=False)
 
 
 def test_keep_float_and_never_float_are_honoured(model_path: Path, small_heldout, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -132,3 +132,29 @@ def test_collapsed_outputs_fail_the_gate(model_path, small_heldout, tmp_path) ->
     assert names & {"accuracy_drop", "not_collapsed[output_0]"}
     with pytest.raises(edgemp.errors.QualityGateError):
         edgemp.convert(model_path, "int8", blank, small_heldout, tmp_path, latency_runs=1, force=True, strict=True)
+
+
+def test_accuracy_gate_alone_fails_threads_and_progress_are_reported(small_heldout, tmp_path, capfd) -> None:  # type: ignore[no-untyped-def]
+    """Full INT8 of the sensitive model loses tens of points but does not collapse: only the accuracy gate fails."""
+    from edgemp.demo import sensitive_model_path
+
+    x, y = small_heldout
+    r = edgemp.convert(sensitive_model_path(), "int8", CALIBRATION, (x[:500] * 255.0, y[:500]), tmp_path,
+                       preprocessing={"scale": 1.0}, max_accuracy_drop=0.01, num_threads=2, latency_runs=3,
+                       progress=True)
+    failed = {f.split(":")[0] for f in r.report.failures}
+    assert not r.passed and failed == {"accuracy_drop"}
+    acc = r.report["validation"]["accuracy"]
+    assert acc["drop"] > 0.1 and acc["max_accuracy_drop"] == 0.01
+    assert r.report["validation"]["runtime"]["threads"] == 2 and r.report["validation"]["latency"]["threads"] == 2
+    err = capfd.readouterr().err
+    assert "Calibrat" in err and "Validating artifact" in err  # progress bars on request, on stderr
+
+
+@pytest.mark.parametrize("precision", ["fp16", "dynamic-int8", "int8", "int16x8"])
+def test_quantized_artifacts_keep_weights_inside_the_flatbuffer(conversions, precision: str) -> None:
+    """Old device runtimes (tflite-runtime 2.13, JetPack 5) cannot read the quantizer's offset buffers."""
+    from edgemp.backends.tflite_compat import has_external_buffers, inline_buffers
+
+    data = conversions(precision).artifacts["tflite"].read_bytes()
+    assert not has_external_buffers(data) and inline_buffers(data) == data

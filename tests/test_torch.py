@@ -110,6 +110,17 @@ def test_mobilenet_v3_small_nhwc_has_no_transposes(precision: str, tmp_path: Pat
         assert not c.float_compute_ops(allow_io_boundaries=False) and out["cosine"] >= 0.95
 
 
+def test_resnet18_nhwc_has_no_transposes(tmp_path: Path) -> None:
+    model = _warmed("resnet18")
+    data = torch.rand(8, 3, 224, 224, generator=torch.Generator().manual_seed(2)).numpy()
+    r = edgemp.convert(model, "fp16", None, data, tmp_path, example_input=torch.rand(1, 3, 224, 224),
+                       input_layout="NHWC", latency_runs=2)
+    assert r.passed, r.report.failures
+    c = edgemp.inspect_model(r.artifacts["tflite"])
+    assert c.transpose_count == 0 and c.inputs[0].shape == (1, 224, 224, 3)
+    assert r.report["validation"]["outputs"][0]["cosine"] >= 0.99
+
+
 def test_spatial_mean_is_rewritten_to_remove_the_transpose(tmp_path: Path) -> None:
     class MeanHead(torch.nn.Module):
         def __init__(self) -> None:

@@ -119,7 +119,11 @@ class LayerGraph:
         """Layers (output tensors) matching names or regexes; a pattern matching nothing is an error with hints."""
         picked: list[str] = []
         for pat in patterns:
-            rx = re.compile(pat)
+            try:
+                rx = re.compile(pat)
+            except re.error as exc:
+                raise InputError(f"{what} {pat!r} is not a valid regular expression ({exc}); escape special "
+                                 "characters or pass the exact layer name.") from None
             hit = [lay.tensor for lay in self.layers
                    if lay.name == pat or rx.fullmatch(lay.name) or any(f == pat for f in lay.fused)]
             if not hit:

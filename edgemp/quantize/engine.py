@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edgemp.calibration.data import Sample
+from edgemp.backends.tflite_compat import inline_buffers
 from edgemp.errors import ConversionError
 from edgemp.quantize.recipes import Recipe
 
@@ -84,7 +85,8 @@ def apply_recipe(float_tflite: bytes, recipe: Recipe, statistics: Statistics | N
         raise ConversionError(f"quantization failed: {type(exc).__name__}: {exc}") from exc
     if result.quantized_model is None:
         raise ConversionError("the quantizer returned no model")
-    return bytes(result.quantized_model)
+    # constant data back inside the flatbuffer: older device runtimes cannot read the quantizer's offset buffers
+    return inline_buffers(bytes(result.quantized_model))
 
 
 def _quiet_quantizer() -> None:
