@@ -156,7 +156,8 @@ def main(verbose: int) -> None:
 @click.option("--coreml", "with_coreml", is_flag=True, help="Also write a Core ML .mlpackage.")
 @click.option("--coreml-precision", type=click.Choice(["fp32", "fp16", "mixed", "int8-weights", "w8a8", "palettize6",
                                                        "palettize4"]), help="Default: the counterpart of --precision.")
-@click.option("--coreml-fp32-op", "coreml_fp32_ops", multiple=True, help="Core ML mixed: op type or layer name kept fp32.")
+@click.option("--coreml-fp32-op", "coreml_fp32_ops", multiple=True,
+              help="Core ML mixed: a layer name kept fp32, or type:OP for every Core ML op of that type.")
 @click.option("--coreml-image-input", is_flag=True, help="Core ML input as an image with the preprocessing folded in.")
 @click.option("--deployment-target", default="iOS16", show_default=True, help="Core ML minimum deployment target.")
 @preprocessing_options

@@ -118,9 +118,9 @@ def convert(
 
     `targets=("tflite", "coreml")` also writes an .mlpackage: `coreml_precision` defaults to the counterpart of
     `precision` (fp32, fp16, dynamic-int8/int8 -> int8-weights, mixed -> mixed with the layers the TFLite search
-    kept in float); `coreml_fp32_ops` (op types or layer names) for Core ML `mixed`; `coreml_image_input` makes
-    the input an ImageType with the calibration preprocessing folded in. On Linux Core ML is validated
-    structurally; numeric validation runs on macOS only and the report says so.
+    kept in float); `coreml_fp32_ops` (layer names, or 'type:<op>' for a Core ML op type) for Core ML `mixed`;
+    `coreml_image_input` makes the input an ImageType with the calibration preprocessing folded in. On Linux
+    Core ML is validated structurally; numeric validation runs on macOS only and the report says so.
     """
     timer = _Timer()
     prec = parse_enum(Precision, precision, "precision")

@@ -10,6 +10,7 @@ What the Core ML labels mean (they are not TFLite's): `fp16`/`fp32` are the comp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import re
@@ -22,6 +23,7 @@ import numpy as np
 from edgemp._compat import prepare_torch_import
 from edgemp.config import ColorMode, Preprocessing
 from edgemp.errors import ConversionError, InputError, UnsupportedOpsError
+from edgemp.sources.base import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,22 @@ MEANINGS = {
 # TFLite precision -> the Core ML precision made beside it when targets include "coreml"
 FROM_TFLITE = {"fp32": "fp32", "fp16": "fp16", "dynamic-int8": "int8-weights", "int8": "int8-weights",
                "mixed": "mixed"}
-WEIGHT_THRESHOLD = 512  # weights with at least this many elements are compressed (int8/palettized); smaller stay fp16
+WEIGHT_THRESHOLD = 512  # coremltools compresses weights with MORE than this many elements (rank >= 2); others stay fp16
 DEFAULT_TARGET = "iOS16"
+W8A8_TARGET = "iOS17"  # int8 activations (quantize/dequantize on activations) are ML Program ops of iOS17+
+
+
+@dataclasses.dataclass
+class CoreMLConversion:
+    """A converted model and how it was made: what the report must say beside the artifact."""
+
+    mlmodel: Any
+    deployment_target: str  # the target actually used (may be above the requested one)
+    requested_target: str
+    target_note: str | None  # why the target was raised, None when it was not
+    conversion_path: str  # "keras" | "torch.export" | "torch.jit.trace"
+    fp32_kept: tuple[str, ...] = ()  # mixed: names of the compute ops the selector kept in float32
+    fp32_unmatched: tuple[str, ...] = ()  # mixed: requests that selected no compute op
 
 
 def import_coremltools() -> Any:
@@ -64,9 +80,10 @@ def parse_target(name: str) -> Any:
 
 def convert_coreml(source: Any, precision: str, *, fp32_ops: Sequence[str] = (), image: Preprocessing | None = None,
                    class_names: Sequence[str] | None = None, target: str = DEFAULT_TARGET,
-                   calibration: Sequence[dict[str, np.ndarray]] = ()) -> Any:
-    """An MLModel for `source` in `precision`. `fp32_ops`: op types (`conv`) or source layer names/regexes kept in
-    float32 for `mixed`. `image`: make the input an ImageType with this preprocessing folded into scale/bias."""
+                   calibration: Sequence[dict[str, np.ndarray]] = ()) -> CoreMLConversion:
+    """`source` as a Core ML model in `precision`. `fp32_ops` (for `mixed`): source layer names (Keras layer names,
+    PyTorch module paths) or `type:<op>` for every Core ML op of a type (`type:concat`), see coreml_select. `image`:
+    make the input an ImageType with this preprocessing folded into scale/bias. I/O are named as the source's."""
     if precision not in COREML_PRECISIONS:
         raise InputError(f"unknown Core ML precision {precision!r}; valid: {', '.join(COREML_PRECISIONS)}")
     if precision == "w8a8" and source.kind != "pytorch":
@@ -74,25 +91,31 @@ def convert_coreml(source: Any, precision: str, *, fp32_ops: Sequence[str] = (),
                          "(coremltools.optimize.torch), which Keras models cannot go through. Use 'int8-weights' "
                          "(int8 weight storage) for Keras models.")
     if precision == "mixed" and not fp32_ops:
-        raise InputError("Core ML 'mixed' needs the ops to keep in float32: coreml_fp32_ops=[op types or layer names], "
-                         "or precision='mixed' with a TFLite search, whose float layers are used.")
+        raise InputError("Core ML 'mixed' needs the ops to keep in float32: coreml_fp32_ops=[layer names or "
+                         "'type:<op>'], or precision='mixed' with a TFLite search, whose float layers are used.")
     if source.kind == "saved_model":
         raise InputError("Core ML conversion needs the Keras model (a .keras/.h5 file or a keras.Model), not a "
                          "SavedModel export: coremltools does not convert Keras 3 SavedModel exports.")
     ct = import_coremltools()
     deployment = parse_target(target)
-    if precision == "w8a8" and deployment.value < ct.target.iOS17.value:
-        deployment = ct.target.iOS17  # int8 activations need iOS17 ops
+    note = None
+    if precision == "w8a8" and deployment.value < ct.target[W8A8_TARGET].value:
+        note = (f"raised from {deployment.name} to {W8A8_TARGET}: w8a8's int8 activations need the quantize/"
+                f"dequantize ops of {W8A8_TARGET} ML Programs")
+        deployment = ct.target[W8A8_TARGET]
     compute = {"fp32": ct.precision.FLOAT32}.get(precision, ct.precision.FLOAT16)
+    selector = None
     if precision == "mixed":
-        keep = _op_matcher(source, fp32_ops)
-        compute = ct.transform.FP16ComputePrecision(op_selector=lambda op: not keep(op))
+        from edgemp.backends.coreml_select import Fp32Selector
+
+        selector = Fp32Selector(source, fp32_ops, [o.name for o in output_specs(source)])
+        compute = ct.transform.FP16ComputePrecision(op_selector=selector.fp16)
     kwargs: dict[str, Any] = {"convert_to": "mlprogram", "compute_precision": compute,
                               "minimum_deployment_target": deployment}
     if class_names:
         kwargs["classifier_config"] = ct.ClassifierConfig(list(class_names))
     model = _module_for_w8a8(source, calibration) if precision == "w8a8" else None
-    mlmodel = _convert(source, kwargs, image, model)
+    mlmodel, renames, path = _convert(source, kwargs, image, model)
     if precision == "int8-weights" or precision == "w8a8":
         import coremltools.optimize.coreml as cto
 
@@ -105,10 +128,34 @@ def convert_coreml(source: Any, precision: str, *, fp32_ops: Sequence[str] = (),
         cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(
             mode="kmeans", nbits=int(precision[-1]), weight_threshold=WEIGHT_THRESHOLD))
         mlmodel = _quiet(lambda: cto.palettize_weights(mlmodel, cfg))
-    return mlmodel
+    return CoreMLConversion(mlmodel, deployment.name, parse_target(target).name, note, path,
+                            tuple(sorted(renames.get(n, n) for n in selector.kept)) if selector else (),
+                            tuple(selector.unmatched) if selector else ())
 
 
-def _convert(source: Any, kwargs: dict[str, Any], image: Preprocessing | None, module: Any = None) -> Any:
+def output_specs(source: Any) -> list[TensorSpec]:
+    """The source's outputs at batch 1, named as the Core ML model names them: Keras output layer names, PyTorch
+    `output_<i>` (a module's outputs have no names)."""
+    if source.kind == "pytorch":
+        import torch
+
+        with torch.no_grad():
+            out = source.module(*[a[:1] for a in source.example_args])
+        outs = out if isinstance(out, tuple | list) else (out,)
+        return [TensorSpec(f"output_{i}", tuple(o.shape), str(o.dtype).removeprefix("torch."))
+                for i, o in enumerate(outs)]
+    model = source.model
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != len(model.outputs):  # Sequential models: the layer producing each output
+        names = [t._keras_history[0].name if getattr(t, "_keras_history", None) else f"output_{i}"
+                 for i, t in enumerate(model.outputs)]
+    return [TensorSpec(re.sub(r"[^A-Za-z0-9_]", "_", n), (1, *t.shape[1:]), str(getattr(t.dtype, "name", t.dtype)))
+            for n, t in zip(names, model.outputs, strict=True)]
+
+
+def _convert(source: Any, kwargs: dict[str, Any], image: Preprocessing | None,
+             module: Any = None) -> tuple[Any, dict[str, str], str]:
+    """The MLModel with the source's input and output names, the outputs renamed (old -> new), the path taken."""
     import coremltools as ct
 
     specs = source.input_specs()
@@ -116,15 +163,17 @@ def _convert(source: Any, kwargs: dict[str, Any], image: Preprocessing | None, m
     if image is not None and len(specs) != 1:
         raise InputError("an image input (coreml_image_input=True) needs a model with exactly one input")
     inputs = [_image_type(specs[0].name, shapes[0], image, source.kind == "pytorch")] if image is not None else \
-        [ct.TensorType(name=s.name if source.kind != "pytorch" else None, shape=shp, dtype=np.float32)
-         for s, shp in zip(specs, shapes, strict=True)]
+        [ct.TensorType(name=s.name, shape=shp, dtype=np.float32) for s, shp in zip(specs, shapes, strict=True)]
     # float32 outputs: apps read float32 as from the TFLite artifact, and an fp16 output would let coremltools fold
-    # the final cast into an op kept in fp32 by `mixed`
-    n_out = len(source.model.outputs) if source.kind != "pytorch" else _torch_output_count(source)
-    outputs = [ct.TensorType(dtype=np.float32) for _ in range(n_out)] if n_out and not kwargs.get("classifier_config") else None
+    # the final cast into an op kept in fp32 by `mixed`. TF graphs name their outputs Identity*: renamed below.
+    out_names = [o.name for o in output_specs(source)]
+    torch_names = source.kind == "pytorch" and not kwargs.get("classifier_config")
+    outputs = None if kwargs.get("classifier_config") else \
+        [ct.TensorType(name=n if torch_names else None, dtype=np.float32) for n in out_names]
     kwargs = kwargs | {"inputs": inputs} | ({"outputs": outputs} if outputs else {})
     if source.kind == "pytorch":
-        return _convert_torch(source, kwargs, module)
+        mlmodel, path = _convert_torch(source, kwargs, module)
+        return (*_rename_outputs(mlmodel, out_names), path)
     from edgemp.sources.keras import _with_batch
 
     import keras
@@ -134,36 +183,44 @@ def _convert(source: Any, kwargs: dict[str, Any], image: Preprocessing | None, m
         inp = keras.Input(batch_shape=shapes[0], name=specs[0].name)
         model = keras.Model(inp, model(inp))
     try:
-        return _quiet(lambda: ct.convert(model, source="tensorflow", **kwargs))
+        mlmodel = _quiet(lambda: ct.convert(model, source="tensorflow", **kwargs))
     except Exception as exc:
         raise _coreml_error(exc, source.name) from exc
+    return (*_rename_outputs(mlmodel, out_names), "keras")
 
 
-def _torch_output_count(source: Any) -> int:
-    import torch
+def _rename_outputs(mlmodel: Any, names: Sequence[str]) -> tuple[Any, dict[str, str]]:
+    """Name the outputs as the source's (a classifier's probability dictionary takes the first name; its predicted
+    label keeps coremltools' `classLabel`). Also returns old -> new: the ops producing outputs are renamed too."""
+    import coremltools as ct
 
-    with torch.no_grad():
-        out = source.module(*[a[:1] for a in source.example_args])
-    return len(out) if isinstance(out, tuple | list) else 1
+    spec = mlmodel.get_spec()
+    desc = spec.description
+    current = [desc.predictedProbabilitiesName] if desc.predictedFeatureName else [o.name for o in desc.output]
+    renames = {old: new for old, new in zip(current, names, strict=False) if old and old != new}
+    if not renames:
+        return mlmodel, {}
+    for old, new in renames.items():
+        ct.utils.rename_feature(spec, old, new)
+    return ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir), renames
 
 
-def _convert_torch(source: Any, kwargs: dict[str, Any], module: Any) -> Any:
-    """torch.export first (the path coremltools recommends); tracing when export or its conversion fails."""
+def _convert_torch(source: Any, kwargs: dict[str, Any], module: Any) -> tuple[Any, str]:
+    """torch.export first (the path coremltools recommends); tracing when export or its conversion fails (export
+    rejects data-dependent Python control flow, for one; a trace records the branch the example input takes)."""
     import coremltools as ct
     import torch
 
     module = module if module is not None else source.module
     args = tuple(a[:1] for a in source.example_args)
     try:
-        program = torch.export.export(module, args).run_decompositions({})
-        return _quiet(lambda: ct.convert(program, **kwargs))
+        program = _quiet(lambda: torch.export.export(module, args).run_decompositions({}))
+        return _quiet(lambda: ct.convert(program, **kwargs)), "torch.export"
     except Exception as first:
         log.info("Core ML from torch.export failed (%s); trying torch.jit.trace", first)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                traced = torch.jit.trace(module, args)
-            return _quiet(lambda: ct.convert(traced, **kwargs))
+            traced = _quiet(lambda: torch.jit.trace(module, args))
+            return _quiet(lambda: ct.convert(traced, **kwargs)), "torch.jit.trace"
         except Exception as exc:
             raise _coreml_error(exc, source.name) from first
 
@@ -197,74 +254,30 @@ def _module_for_w8a8(source: Any, calibration: Sequence[dict[str, np.ndarray]]) 
         return quantizer.finalize(inplace=False).eval()
 
 
-def _image_type(name: str, shape: tuple[int, ...], pre: Preprocessing, channel_first: bool) -> Any:
-    """value = (pixel * scale - mean) / std  ==  pixel * (scale / std) + (-mean / std): Core ML's scale is one
-    number, so std must be the same for every channel."""
-    import coremltools as ct
-
-    std = set(pre.std)
-    if len(std) != 1:
+def image_scale_bias(pre: Preprocessing, channels: int) -> tuple[float, list[float]]:
+    """value = (pixel * scale - mean) / std  ==  pixel * (scale / std) + (-mean / std): Core ML's ImageType has one
+    scale for all channels, so std must be the same for every channel; the bias is per channel (model order)."""
+    if len(set(pre.std)) != 1:
         raise InputError(f"a Core ML image input has one scale for all channels, but std={pre.std} differs per "
                          "channel: fold the normalisation into the model, or use a tensor input.")
-    s = pre.scale / next(iter(std))
+    if len(pre.mean) not in (1, channels):
+        raise InputError(f"preprocessing mean {pre.mean} has {len(pre.mean)} values for a {channels}-channel input")
+    std = pre.std[0]
+    mean = list(pre.mean) * channels if len(pre.mean) == 1 else list(pre.mean)
+    return pre.scale / std, [-m / std for m in mean]
+
+
+def _image_type(name: str, shape: tuple[int, ...], pre: Preprocessing, channel_first: bool) -> Any:
+    """An ImageType applying the calibration preprocessing, so apps pass camera pixels and never normalise twice."""
+    import coremltools as ct
+
     channels = shape[1] if channel_first else shape[-1]
-    mean = list(pre.mean) * (channels // len(pre.mean)) if len(pre.mean) in (1, channels) else list(pre.mean)
-    bias = [-m / next(iter(std)) for m in mean]
+    scale, bias = image_scale_bias(pre, channels)
     gray = channels == 1
-    layout = ct.colorlayout.GRAYSCALE if gray else (ct.colorlayout.BGR if pre.color is ColorMode.BGR else ct.colorlayout.RGB)
-    return ct.ImageType(name=name if not channel_first else None, shape=shape, scale=s,
-                        bias=bias[0] if gray else bias, color_layout=layout, channel_first=channel_first)
-
-
-def _op_matcher(source: Any, names: Sequence[str]) -> Any:
-    """Keep an op in fp32 when its type is listed, or it comes from a listed source layer. Keras: op names are TF
-    scope paths carrying the layer name ('/' or '_' separated), weights carry it too, and an output layer's op is
-    named after the output tensor (Identity). PyTorch: op names are torch.export node names, mapped to module
-    paths through the exported graph's nn_module_stack."""
-    types = {n for n in names if re.fullmatch(r"[a-z_0-9]+", n) and "_" not in n[:1]}
-    layer_rx = [re.compile(rf"(^|[_/]){re.escape(n)}(_\d+)?([_/]|$)") for n in names]
-    torch_nodes = _torch_nodes_of(source, names) if source.kind == "pytorch" else _keras_output_ops(source, names)
-
-    def const_names(op: Any) -> list[str]:
-        """Weights carry the layer's name even when the op is named after a graph output ('Identity')."""
-        names = []
-        for v in op.inputs.values():
-            for var in v if isinstance(v, list | tuple) else (v,):
-                src = getattr(var, "op", None)
-                if src is not None and src.op_type == "const":
-                    names.append(var.name)
-        return names
-
-    def keep(op: Any) -> bool:
-        if op.op_type in types or op.name in torch_nodes:
-            return True
-        return any(rx.search(n) for rx in layer_rx for n in (op.name, *const_names(op)))
-
-    return keep
-
-
-def _keras_output_ops(source: Any, names: Sequence[str]) -> set[str]:
-    """A layer producing model output k becomes the op named after TF's output tensor: Identity, Identity_1, ..."""
-    found = set()
-    for k, t in enumerate(getattr(source.model, "outputs", [])):
-        history = getattr(t, "_keras_history", None)
-        layer = history[0] if history else None
-        if layer is not None and layer.name in names:
-            found.add("Identity" if k == 0 else f"Identity_{k}")
-    return found
-
-
-def _torch_nodes_of(source: Any, names: Sequence[str]) -> set[str]:
-    import torch
-
-    program = torch.export.export(source.module, tuple(a[:1] for a in source.example_args)).run_decompositions({})
-    found = set()
-    for node in program.graph.nodes:
-        stack = list((node.meta.get("nn_module_stack") or {}).values())
-        path = stack[-1][0] if stack else ""
-        if any(path == n or path.startswith(n + ".") for n in names):
-            found.add(node.name)
-    return found
+    rgb = ct.colorlayout.BGR if pre.color is ColorMode.BGR else ct.colorlayout.RGB
+    layout = ct.colorlayout.GRAYSCALE if gray else rgb
+    return ct.ImageType(name=name, shape=shape, scale=scale, bias=bias[0] if gray else bias, color_layout=layout,
+                        channel_first=channel_first)
 
 
 def _quiet(fn: Any) -> Any:

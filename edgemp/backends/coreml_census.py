@@ -47,6 +47,7 @@ class CoreMLCensus:
     ops: tuple[CoreMLOp, ...]
     weights: tuple[tuple[str, str], ...]  # (weighted op name, storage dtype)
     classifier_labels: int
+    image_preprocessing: tuple[tuple[str, float, tuple[float, ...]], ...] = ()  # (image input, scale, bias per channel)
 
     @property
     def op_counts(self) -> dict[str, int]:
@@ -65,6 +66,7 @@ class CoreMLCensus:
                 "compute_counts": self.compute_counts, "weight_dtypes": self.weight_dtypes,
                 "inputs": [i.to_dict() for i in self.inputs], "outputs": [o.to_dict() for o in self.outputs],
                 "classifier_labels": self.classifier_labels,
+                "image_preprocessing": {n: {"scale": sc, "bias": list(b)} for n, sc, b in self.image_preprocessing},
                 "ops": [{"name": o.name, "type": o.type, "compute": o.compute} for o in self.ops]}
 
 
@@ -130,7 +132,29 @@ def coreml_census(model: Any) -> CoreMLCensus:
             else:
                 t = _tensor_type(op, "classes", producers)
                 labels = int(t.dimensions[0].constant.size) if t is not None and t.dimensions else 0
-    return CoreMLCensus(size, int(spec.specificationVersion), inputs, outputs, tuple(ops), tuple(weights), labels)
+    return CoreMLCensus(size, int(spec.specificationVersion), inputs, outputs, tuple(ops), tuple(weights), labels,
+                        _image_preprocessing(block, producers, [i.name for i in inputs if i.kind == "image"]))
+
+
+def _image_preprocessing(block: Any, producers: dict[str, Any], images: list[str]) -> tuple[Any, ...]:
+    """The scale and per-channel bias Core ML applies to each image input: the consts of the `<input>__scaled__`
+    (mul) and `<input>__biased__` (add) ops coremltools puts first in the program."""
+    import numpy as np
+
+    found = []
+    for name in images:
+        values: dict[str, list[float]] = {"scaled": [1.0], "biased": [0.0]}
+        for op in block.operations:
+            for kind in values:
+                if op.outputs and op.outputs[0].name == f"{name}__{kind}__" and "y" in op.inputs:
+                    src = producers.get(op.inputs["y"].arguments[0].name)
+                    t = src.attributes["val"].immediateValue.tensor if src is not None and "val" in src.attributes else None
+                    if t is not None:
+                        vals = list(t.floats.values) or list(t.doubles.values) or \
+                            np.frombuffer(t.bytes.values, np.float16).astype(float).tolist()
+                        values[kind] = [float(v) for v in vals]
+        found.append((name, values["scaled"][0], tuple(values["biased"])))
+    return tuple(found)
 
 
 def _compute(dtype: str) -> str:

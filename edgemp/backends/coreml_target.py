@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from edgemp._io import save_dir_atomic
-from edgemp.backends.coreml import FROM_TFLITE, MEANINGS, WEIGHT_THRESHOLD, convert_coreml
+from edgemp.backends.coreml import FROM_TFLITE, MEANINGS, WEIGHT_THRESHOLD, convert_coreml, output_specs
 from edgemp.backends.coreml_census import coreml_census, package_sha256
-from edgemp.config import Preprocessing
+from edgemp.config import Layout, Preprocessing
 from edgemp.errors import InputError
 from edgemp.validate.checks import Check
 from edgemp.validate.coreml import numeric_validation, structure_checks
@@ -25,6 +25,8 @@ class CoreMLOutcome:
     checks: list[Check]
     artifact: dict[str, Any]  # the report's artifacts[] entry
     mlmodel: Any = None
+    image: Preprocessing | None = None  # the preprocessing folded into an image input
+    class_names: Sequence[str] | None = None  # classifier labels, in the source's output order
 
 
 def coreml_precision_for(precision: str, coreml_precision: str | None) -> str:
@@ -40,22 +42,28 @@ def build_coreml(source: Any, precision: str, path: Path, *, fp32_ops: Sequence[
                  class_names: Sequence[str] | None, target: str, calibration: Sequence[dict[str, np.ndarray]],
                  validation_inputs: dict[str, np.ndarray] | None, reference: list[np.ndarray] | None,
                  labels: np.ndarray | None) -> CoreMLOutcome:
-    mlmodel = convert_coreml(source, precision, fp32_ops=fp32_ops, image=image, class_names=class_names,
-                             target=target, calibration=calibration)
+    conv = convert_coreml(source, precision, fp32_ops=fp32_ops, image=image, class_names=class_names,
+                          target=target, calibration=calibration)
+    mlmodel = conv.mlmodel
     save_dir_atomic(path, lambda p: mlmodel.save(str(p)))
     c = coreml_census(path)
     fp32_size = None
     if precision != "fp32":
         ref = convert_coreml(source, "fp32", target=target)
-        fp32_size = _in_memory_size(ref)
-    checks = structure_checks(c, precision, source.input_specs(), image=image is not None, fp32_size=fp32_size,
-                              class_names=class_names)
-    numeric = numeric_validation(mlmodel, validation_inputs or {}, reference or [], labels,
-                                 [i.name for i in c.inputs]) if validation_inputs else \
+        fp32_size = _in_memory_size(ref.mlmodel)
+    channel_first = source.kind == "pytorch"  # Core ML keeps PyTorch's NCHW
+    checks = structure_checks(c, precision, source.input_specs(), output_specs(source), image=image,
+                              channel_first=channel_first, fp32_size=fp32_size, class_names=class_names,
+                              fp32_kept=conv.fp32_kept, fp32_unmatched=conv.fp32_unmatched)
+    numeric = numeric_validation(mlmodel, validation_inputs or {}, reference or [], labels, image=image,
+                                 channel_first=channel_first, class_names=class_names,
+                                 nchw_to_nhwc=_nhwc_reference(source)) if validation_inputs else \
         {"run": False, "reason": "no validation data"}
     section = {
         "path": str(path), "precision": precision, "precision_meaning": MEANINGS[precision],
-        "deployment_target": target, "weight_threshold": WEIGHT_THRESHOLD, "fp32_ops": list(fp32_ops),
+        "deployment_target": conv.deployment_target, "requested_deployment_target": conv.requested_target,
+        "deployment_target_note": conv.target_note, "conversion_path": conv.conversion_path,
+        "weight_threshold": WEIGHT_THRESHOLD, "fp32_ops": list(fp32_ops), "fp32_kept_ops": list(conv.fp32_kept),
         "image_input": image.to_dict() if image is not None else None, "class_labels": c.classifier_labels,
         "layout": source.data_layout.value, "census": c.to_dict(), "fp32_bytes": fp32_size,
         "ratio_to_fp32": c.size_bytes / fp32_size if fp32_size else 1.0,
@@ -63,7 +71,7 @@ def build_coreml(source: Any, precision: str, path: Path, *, fp32_ops: Sequence[
     }
     artifact = {"target": "coreml", "path": str(path), "bytes": c.size_bytes,
                 "ratio_to_fp32": section["ratio_to_fp32"], "sha256": package_sha256(path)}
-    return CoreMLOutcome(path, section, checks, artifact, mlmodel)
+    return CoreMLOutcome(path, section, checks, artifact, mlmodel, image, class_names)
 
 
 def _in_memory_size(mlmodel: Any) -> int:
@@ -91,8 +99,9 @@ def parity_section(source: Any, tflite: bytes, cm: CoreMLOutcome, inputs: dict[s
     lite = runner.run(adapt(sub))
     prec = cm.section["precision"]
     if can_predict():
-        names = [i["name"] for i in cm.section["census"]["inputs"]]
-        coreml, kind, note = predict_coreml(cm.mlmodel, sub, names), "real", "Core ML predictions on this Mac."
+        coreml = predict_coreml(cm.mlmodel, sub, image=cm.image, channel_first=source.kind == "pytorch",
+                                class_names=cm.class_names)
+        kind, note = "real", "Core ML predictions on this Mac."
     elif prec == "fp32":
         coreml, kind = batched(source.predict, sub), "emulated-fp32"
         note = "Core ML cannot run on this OS; an fp32 Core ML model computes what the source does, so its column is the source."
@@ -102,4 +111,12 @@ def parity_section(source: Any, tflite: bytes, cm: CoreMLOutcome, inputs: dict[s
                 f"which is what Core ML {prec} computes; " + ("weight compression is not emulated."
                                                                 if prec not in ("fp16", "mixed") else
                                                                 "ops kept in fp32 by 'mixed' are emulated in fp16."))
-    return parity(reference, lite, coreml, coreml_kind=kind, output_names=[d.name for d in runner.outputs], note=note)
+    nchw = [i for i, o in enumerate(coreml) if np.ndim(o) == 4] if _nhwc_reference(source) and \
+        kind != "emulated-fp32" else []
+    return parity(reference, lite, coreml, coreml_kind=kind, output_names=[d.name for d in runner.outputs], note=note,
+                  coreml_nchw=nchw)
+
+
+def _nhwc_reference(source: Any) -> bool:
+    """PyTorch sources with an NHWC artifact give 4-D outputs channel-last (as the artifact); Core ML keeps NCHW."""
+    return source.kind == "pytorch" and source.artifact_layout is Layout.NHWC

@@ -7,7 +7,7 @@ float16 (weights and compute: what Core ML fp16 computes), labelled "emulated" â
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -18,14 +18,16 @@ Predict = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 def parity(reference: list[np.ndarray], tflite: list[np.ndarray], coreml: list[np.ndarray] | None, *,
-           coreml_kind: str, output_names: list[str], note: str) -> dict[str, Any]:
-    """`coreml_kind`: "real" (macOS predictions) or "emulated-fp16"."""
+           coreml_kind: str, output_names: list[str], note: str, coreml_nchw: Collection[int] = ()) -> dict[str, Any]:
+    """`coreml_kind`: "real" (macOS predictions), "emulated-fp16" or "emulated-fp32". `coreml_nchw`: outputs the
+    Core ML column gives in NCHW while the reference and the TFLite artifact give them channel-last (PyTorch
+    sources with an NHWC artifact: Core ML keeps PyTorch's layout)."""
     rows = []
     for i, name in enumerate(output_names):
-        r, t = _flat(reference[i]), _flat(tflite[i], reference[i])
+        r, t = flat(reference[i]), flat(tflite[i])
         pairs = {"tflite_vs_source": _pair(r, t)}
         if coreml is not None:
-            c = _flat(coreml[i], reference[i])
+            c = flat(coreml[i], channels_last=i in coreml_nchw)
             pairs["coreml_vs_source"] = _pair(r, c)
             pairs["tflite_vs_coreml"] = _pair(c, t)
         rows.append({"output": name, **pairs})
@@ -40,10 +42,12 @@ def _pair(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     return {k: m[k] for k in ("max_abs_error", "mean_abs_error", "cosine", "sqnr_db", "top1_agreement")}
 
 
-def _flat(x: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
+def flat(x: np.ndarray, channels_last: bool = False) -> np.ndarray:
+    """(n, ...) -> (n, k) for element-wise comparison; `channels_last` first moves an NCHW batch to NHWC. Said
+    explicitly, not guessed from shapes: an (n, 8, 8, 8) output looks the same in both layouts."""
     x = np.asarray(x, np.float32)
-    if like is not None and x.shape != np.shape(like) and x.ndim == 4 and x.size == np.size(like):
-        x = np.moveaxis(x, 1, -1)  # Core ML keeps PyTorch's NCHW where the TFLite artifact went channel-last
+    if channels_last and x.ndim == 4:
+        x = np.moveaxis(x, 1, -1)
     return x.reshape(len(x), -1)
 
 
