@@ -148,7 +148,7 @@ def main(verbose: int) -> None:
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
 @click.option("--max-float-layers", default="0.1", show_default=True,
-              help="mixed: cap on layers kept in float, a count (3) or a fraction of the quantizable layers (0.1).")
+              help="mixed: cap on layers kept in float, a count (3) or a fraction of the model's ops (0.1).")
 @click.option("--keep-float", multiple=True, help="mixed: a layer name or regex always kept in float (repeatable).")
 @click.option("--never-float", multiple=True, help="mixed: a layer name or regex never kept in float (repeatable).")
 @click.option("--min-sqnr-db", type=float, help="mixed: output-fidelity budget (without labels), e.g. 30.")

@@ -112,7 +112,7 @@ def convert(
 
     `precision="mixed"`: INT8 with the fewest, most sensitive layers kept in float until the budget holds —
     `max_accuracy_drop` with labelled validation data, else `min_sqnr_db` / `min_cosine` (output fidelity);
-    `max_float_layers` caps them (a count, or a fraction of the quantizable layers); `keep_float` /
+    `max_float_layers` caps them (a count, or a fraction of the model's ops); `keep_float` /
     `never_float` force layers (names as `edgemp analyze` shows them, or regexes). A budget the search cannot
     meet under the cap raises MixedPrecisionError (after writing the best artifact and its report).
 
