@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +27,24 @@ def test_missing_model_path(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()  # not even an empty folder is left behind
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_model_path(tmp_path: Path) -> None:
     p = tmp_path / "m.keras"
     p.write_bytes(b"x")
     p.chmod(0)
-    with pytest.raises(errors.ModelLoadError, match="not readable"):
-        edgemp.convert(p, "fp32", output_dir=tmp_path / "out")
+    if os.geteuid() != 0:
+        with pytest.raises(errors.ModelLoadError, match="not readable"):
+            edgemp.convert(p, "fp32", output_dir=tmp_path / "out")
+        return
+    # root reads any file: drop the capabilities that let it (as an unprivileged user would be), then use the CLI
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without util-linux setpriv: cannot make a file unreadable")
+    code = ("import sys, edgemp\ntry:\n    edgemp.convert(sys.argv[1], 'fp32', output_dir=sys.argv[2])\n"
+            "except edgemp.errors.ModelLoadError as exc:\n    sys.exit(f'ModelLoadError: {exc}')")
+    proc = subprocess.run([setpriv, "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", code, str(p),
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "ModelLoadError" in proc.stderr and "not readable (permissions)" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_directory_that_is_not_a_savedmodel(tmp_path: Path) -> None:
