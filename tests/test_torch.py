@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import edgemp
+from edgemp.sources.torch_errors import UNLOWERABLE_HINT
 from edgemp import errors
 
 from .conftest import CALIBRATION
@@ -208,6 +209,7 @@ def test_op_without_lowering_is_named_with_its_module_path(tmp_path: Path) -> No
     with pytest.raises(errors.UnsupportedOpsError) as info:
         edgemp.convert(model, "fp32", example_input=torch.rand(1, 1, 6, 6), output_dir=tmp_path)
     assert "aten.linalg_inv_ex.default in 1 (Inverse)" in str(info.value)
+    assert UNLOWERABLE_HINT in str(info.value)  # and what to change
     assert info.value.ops == ["aten.linalg_inv_ex.default"] and not any(tmp_path.iterdir())
 
 
