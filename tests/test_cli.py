@@ -83,3 +83,19 @@ def test_exit_code_4_when_the_converter_cannot_lower(tmp_path: Path) -> None:
     keras.Model(inp, Inverse()(inp)).save(tmp_path / "inv.keras")
     r = CliRunner().invoke(main, ["convert", str(tmp_path / "inv.keras"), "-p", "fp32", "-o", str(tmp_path / "o")])
     assert r.exit_code == 4 and "tf.MatrixInverse" in r.output
+
+
+def test_analyze_and_mixed_from_the_cli(model_path: Path, tmp_path: Path) -> None:
+    p = _run("analyze", str(model_path), "-c", str(CALIBRATION), "--validation", str(VALIDATION_FOLDER),
+             "--max-validation-samples", "200", "--tensor-samples", "8", "-o", str(tmp_path), "--top", "5")
+    assert p.returncode == 0, p.stderr
+    table = [ln for ln in p.stdout.splitlines() if ln.startswith("| ")]
+    assert len(table) == 5 + 1 and "block1_conv1" in p.stdout  # header + the 5 most sensitive layers, by name
+    for suffix in ("json", "md", "png", "html"):
+        assert len(list(tmp_path.glob(f"*sensitivity.{suffix}"))) == 1
+    p = _run("convert", str(model_path), "-p", "mixed", "-c", str(CALIBRATION), "--validation", str(VALIDATION_FOLDER),
+             "--max-validation-samples", "300", "--max-accuracy-drop", "0.01", "--max-float-layers", "2",
+             "-o", str(tmp_path / "mixed"), "--latency-runs", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["mixed"]["met"] and report["mixed"]["max_float_layers"] == 2 and report["precision"] == "mixed"
