@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -127,11 +126,10 @@ def bench(models: tuple[str, ...], threads: int, warmup: int, runs: int | None, 
     if json_path == "-":
         click.echo(result.to_json())
         return
-    d = result.data["device"]
-    click.echo(f"{d.get('board') or d.get('cpu_model')} ({d.get('machine')}, {d.get('cores')} cores, int8 dot product: "
-               f"{d.get('int8_dot_product')}); {threads} thread(s), tool: {result.data.get('tool')}")
+    from edgemp.bench.harness import headline
+
+    click.echo(headline(result.data))
     click.echo(result.table())
     if json_path:
         result.to_json(Path(json_path))
         click.echo(f"wrote {json_path}")
-    sys.exit(0)

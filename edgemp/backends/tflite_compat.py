@@ -10,6 +10,7 @@ the flatbuffer, as the TFLite converter itself writes models, aligned to 16 byte
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -52,6 +53,13 @@ def inline_buffers(model: bytes) -> bytes:
 
 
 def _aligned(schema: Any, buffer: Any) -> Any:
+    out = _aligned_buffer_class(schema)()
+    out.data, out.offset, out.size = buffer.data, buffer.offset, buffer.size
+    return out
+
+
+@functools.cache
+def _aligned_buffer_class(schema: Any) -> type:
     """A BufferT whose data vector is packed with 16-byte alignment (the generated Pack uses 1)."""
 
     class AlignedBufferT(schema.BufferT):  # type: ignore[misc, name-defined]
@@ -71,6 +79,4 @@ def _aligned(schema: Any, buffer: Any) -> Any:
             schema.BufferAddSize(builder, self.size or 0)
             return schema.BufferEnd(builder)
 
-    out = AlignedBufferT()
-    out.data, out.offset, out.size = buffer.data, buffer.offset, buffer.size
-    return out
+    return AlignedBufferT

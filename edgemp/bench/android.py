@@ -124,10 +124,11 @@ class Adb:
             raise DeviceError(f"adb not found ({adb!r} is not on PATH): install Android platform-tools and put adb on "
                               "PATH, or pass --adb-path")
         self.exe, self.timeout = exe, timeout
+        self.serial: str | None = None  # `adb devices` runs without one
         self.serial = serial or self._only_device()
 
     def __call__(self, *args: str, timeout: float | None = None, check: bool = True) -> str:
-        cmd = [self.exe, *(["-s", self.serial] if getattr(self, "serial", None) else []), *args]
+        cmd = [self.exe, *(["-s", self.serial] if self.serial else []), *args]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or self.timeout,
                                   stdin=subprocess.DEVNULL)

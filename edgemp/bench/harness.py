@@ -352,6 +352,15 @@ def device_facts() -> dict[str, Any]:
 
 
 # -- output ----------------------------------------------------------------------------------------------------
+def headline(out: dict[str, Any]) -> str:
+    """One line above the table: the device and how it was run (harness and adb results alike)."""
+    d, o = out["device"], out["options"]
+    runtime = d.get("runtime") or {}
+    return (f"{d.get('board') or d.get('cpu_model')} ({d.get('machine')}, {d.get('cores')} cores, int8 dot product: "
+            f"{d.get('int8_dot_product')}), {out.get('tool')} {runtime.get('name', '')} {runtime.get('version', '')}"
+            f"".rstrip() + f", {o['threads']} thread(s), XNNPACK {'on' if o['xnnpack'] else 'off'}")
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """Plain-text comparison table (the harness stays dependency-free); ratio is p50 against the first model."""
     head = ["model", "size KB", "init ms", "first ms", "p50 ms", "p90 ms", "p99 ms", "mean±std ms", "peak RSS MB",
@@ -450,10 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_path == "-":
         print(text)
     else:
-        d = out["device"]
-        print(f"{d['cpu_model']} ({d['machine']}, {d['cores']} cores, int8 dot product: {d['int8_dot_product']}), "
-              f"{d['runtime']['name']} {d['runtime']['version']}, {args.threads} thread(s), "
-              f"XNNPACK {'off' if args.no_xnnpack else 'on'}")
+        print(headline(out))
         print(table(out["results"]))
         if args.json_path:
             tmp = args.json_path + ".tmp"

@@ -86,7 +86,8 @@ def _tree_sha256(path: Path) -> str:
     return package_sha256(path)
 
 
-def _artifact(report: dict[str, Any], device: str) -> dict[str, Any]:
+def _artifact(report: dict[str, Any], device: str) -> tuple[dict[str, Any], bytes | None]:
+    """The report's artifact for the device, checked against its sha256; a file's bytes are read once, here."""
     target = _FORMAT[device]
     art = next((a for a in report["artifacts"] if a["target"] == target), None)
     if art is None:
@@ -97,20 +98,21 @@ def _artifact(report: dict[str, Any], device: str) -> dict[str, Any]:
     path = Path(art["path"])
     if not path.exists():
         raise ModelLoadError(f"artifact {path} named in the report does not exist any more; convert again or fix the path")
-    digest = _tree_sha256(path) if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    data = None if path.is_dir() else path.read_bytes()
+    digest = _tree_sha256(path) if data is None else hashlib.sha256(data).hexdigest()
     if digest != art["sha256"]:
         raise BundleIntegrityError(f"{path} changed after conversion (sha256 {digest[:12]}… is not the report's "
                                    f"{art['sha256'][:12]}…); convert again so the manifest describes what ships")
-    return art
+    return art, data
 
 
-def _model_entry(report: dict[str, Any], art: dict[str, Any]) -> dict[str, Any]:
+def _model_entry(report: dict[str, Any], art: dict[str, Any], data: bytes | None) -> dict[str, Any]:
     path = Path(art["path"])
     layout = (report.get("model") or {}).get("input_layout")
     if art["target"] == "tflite":
         from edgemp.backends.tflite_census import census
 
-        ins, outs = tflite_tensors(census(path.read_bytes()), layout)
+        ins, outs = tflite_tensors(census(data if data is not None else path.read_bytes()), layout)
         precision, meaning, io_dtype = report["precision"], report["precision_meaning"], report.get("io_dtype")
     else:
         cm = report["coreml"]
@@ -164,16 +166,16 @@ def _collect(device: str, reports: list[dict[str, Any]],
     files: dict[str, Path | bytes] = {}
     models = []
     for rep in reports:
-        art = _artifact(rep, device)
-        entry = _model_entry(rep, art)
+        art, data = _artifact(rep, device)
+        entry = _model_entry(rep, art, data)
         if entry["file"] in files:
             raise InputError(f"two results would both ship as {entry['file']}; convert them with different --name")
         src = Path(art["path"])
-        if src.is_dir():
+        if data is None:  # an .mlpackage directory
             for f in sorted(p for p in src.rglob("*") if p.is_file()):
                 files[f"{src.name}/{f.relative_to(src).as_posix()}"] = f
         else:
-            files[src.name] = src
+            files[src.name] = data
         models.append(entry)
     if classes:
         files["labels.txt"] = ("\n".join(classes) + "\n").encode()
