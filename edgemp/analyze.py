@@ -97,7 +97,8 @@ def analyze(
     title = f"{source.name}: per-layer INT8 sensitivity"
     int8 = summary["int8"]
     notes = [f"Full INT8 on {summary['validation_samples']} samples: "
-             + (f"top-1 {int8['top1']:.4f} vs float {summary['float_top1']:.4f}, " if int8["top1"] is not None else "")
+             + (f"{summary['metric']} {int8['accuracy']:.4f} vs float {summary['float_accuracy']:.4f}, "
+                if int8["accuracy"] is not None else "")
              + f"output SQNR {int8['sqnr_db']:.1f} dB.", *([note] if note else [])]
     md = to_markdown(rows, title, notes)
     png = plot_png(rows, title)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy as np
 from edgemp import __version__
 from edgemp._versions import versions
 from edgemp.backends.tflite_census import Census, census
-from edgemp.config import DelegateSpec, Preprocessing, RuntimeOptions
+from edgemp.config import DelegateSpec, GateOptions, Precision, Preprocessing, RuntimeOptions
 from edgemp.errors import ModelLoadError, NotATFLiteModelError
 from edgemp.sources import load_source
 from edgemp.sources.base import TensorSpec
@@ -67,57 +67,68 @@ def validate(
     delegates: Sequence[str | DelegateSpec | Mapping[str, Any]] = (),
     latency_runs: int = 50,
     progress: bool | None = None,
+    min_sqnr_db: float | None = None,
+    min_cosine: float | None = None,
+    metric: Callable[..., float] | None = None,
+    output_tasks: Mapping[str, str] | None = None,
+    label_output: str | None = None,
 ) -> Report:
     """Validate an existing .tflite on the host against a reference (Keras model/path or another .tflite).
+
+    Judged as convert() judges (labels, `metric`, or the fidelity floor of the precision the census finds).
 
     Example:
         >>> report = edgemp.validate("dist/m_int8.tflite", reference="m.keras", data="val/"); report.passed
     """
     t0 = time.perf_counter()
+    gate = GateOptions(max_accuracy_drop, min_sqnr_db, min_cosine, metric, output_tasks or {}, label_output)
     artifact, path = read_tflite(model)
     c = census(artifact)
+    precision = Precision(_precision_of(c))
     specs = [TensorSpec(s.name, tuple(None if d < 0 else d for d in s.shape), "float32") for s in c.inputs]
     pre = Preprocessing.from_dict(preprocessing) if isinstance(preprocessing, Mapping) else preprocessing
     opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, delegates=tuple(delegates),  # type: ignore[arg-type]
                           latency_runs=latency_runs)
-    predict, ref_name = _reference(reference)
+    predict, ref_name, ref_outputs = _reference(reference)
     if data is None:
         rng = np.random.default_rng(0)
         vdata = ValidationData({s.name: rng.random((32, *[d or 1 for d in s.shape[1:]]), dtype=np.float32) for s in specs},
                                None, None, "random inputs in [0, 1)", [])
     else:
-        vdata = load_validation(data, specs, pre, max_samples, progress, list(class_names) if class_names else None)
-    section, checks = evaluate(artifact, predict, vdata, opts,
-                               max_accuracy_drop=max_accuracy_drop if vdata.labels is not None else None,
-                               progress=progress)
+        vdata = load_validation(data, specs, pre, max_samples, progress, list(class_names) if class_names else None,
+                                opaque_labels=metric is not None)
+    section, checks = evaluate(artifact, predict, vdata, opts, gate, precision=precision, progress=progress,
+                               class_names=class_names, output_names=ref_outputs)
     return Report({
         "edgemp_version": __version__,
         "passed": all(ch.passed for ch in checks),
         "model": {"name": Path(path).stem if path else "model", "source": "tflite", "path": path,
                   "reference": ref_name, "inputs": [s.to_dict() for s in specs]},
-        "precision": _precision_of(c),
+        "precision": precision.value,
         "precision_meaning": "inferred from the op census",
         "io_dtype": ",".join(sorted({s.dtype for s in c.inputs})),
         "artifacts": [{"target": "tflite", "path": path or "<bytes>", "bytes": len(artifact), "ratio_to_fp32": None,
                        "sha256": hashlib.sha256(artifact).hexdigest()}],
         "census": {k: v for k, v in c.to_dict().items()},
         "validation": section,
+        "gate": gate.to_dict(),
         "checks": [ch.to_dict() for ch in checks],
         "timings_s": {"validate": round(time.perf_counter() - t0, 4)},
         "versions": versions(),
     })
 
 
-def _reference(reference: Any) -> tuple[Any, str | None]:
+def _reference(reference: Any) -> tuple[Any, str | None, list[str] | None]:
+    """(predict, name, output names in predict's order) of the reference."""
     if reference is None:
-        return None, None
+        return None, None, None
     if isinstance(reference, str | os.PathLike | bytes) and (isinstance(reference, bytes) or
                                                               str(reference).lower().endswith(".tflite")):
         data, path = read_tflite(reference)
         runner = Runner(data, RuntimeOptions())
-        return runner.run, path or "<bytes>"
+        return runner.run, path or "<bytes>", [d.name for d in runner.outputs]
     source = load_source(reference)
-    return source.predict, source.path or source.name
+    return source.predict, source.path or source.name, source.output_names()
 
 
 def _precision_of(c: Census) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from edgemp.errors import InputError, UnknownPrecisionError
@@ -181,3 +182,68 @@ def _delegate_from(d: Any) -> DelegateSpec:
     if isinstance(d, Mapping):
         return DelegateSpec(str(d["path"]), {str(k): str(v) for k, v in dict(d.get("options", {})).items()})
     raise InputError(f"a delegate is a path or {{'path': ..., 'options': {{...}}}}, got {d!r}")
+
+
+# Output fidelity an artifact must keep when nothing task-level judges it (no labels, no metric): worst output's
+# SQNR (dB) and mean per-sample cosine against the float model. Chosen from the study in
+# benchmarks/fidelity_gate.py (benchmarks/results/fidelity_gate.md): every artifact within one point of float
+# accuracy passes, every artifact that lost more than five points fails.
+FIDELITY_FLOOR: dict[Precision, tuple[float, float]] = {
+    Precision.FP32: (40.0, 0.9999),
+    Precision.FP16: (30.0, 0.999),
+    Precision.DYNAMIC_INT8: (15.0, 0.98),
+    Precision.INT8: (12.0, 0.97),
+    Precision.INT16X8: (20.0, 0.99),
+    Precision.MIXED: (12.0, 0.97),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GateOptions(_Config):
+    """How an artifact is judged against the float model.
+
+    With a `metric` (a callable `metric(outputs: dict[str, ndarray], labels) -> float`, higher is better), the gate
+    is its drop; with labels, the top-1 (classifiers) or mIoU (label maps) drop of the labelled output; the other
+    outputs, and every output without labels, must keep the fidelity floor (`min_sqnr_db` / `min_cosine`, by
+    default FIDELITY_FLOOR of the precision). `max_accuracy_drop` is absolute (0.01 = one point; metric units
+    with a metric); None turns the accuracy gate off. Collapse checks always run.
+    """
+
+    max_accuracy_drop: float | None = 0.01
+    min_sqnr_db: float | None = None
+    min_cosine: float | None = None
+    metric: Callable[..., float] | None = None
+    output_tasks: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    label_output: str | None = None
+
+    def __post_init__(self) -> None:
+        d = self.max_accuracy_drop
+        if d is not None and (not _real(d) or not 0 <= d <= 1e6):
+            raise InputError(f"max_accuracy_drop must be a number >= 0 (0.01 = one point), got {d!r}")
+        if self.min_sqnr_db is not None and (not _real(self.min_sqnr_db) or math.isnan(self.min_sqnr_db)):
+            raise InputError(f"min_sqnr_db must be a number of dB (e.g. 20), got {self.min_sqnr_db!r}")
+        if self.min_cosine is not None and (not _real(self.min_cosine) or not -1 <= self.min_cosine <= 1):
+            raise InputError(f"min_cosine must be a number in [-1, 1] (e.g. 0.99), got {self.min_cosine!r}")
+        if self.metric is not None and not callable(self.metric):
+            raise InputError(f"metric must be a callable metric(outputs: dict, labels) -> float, got {self.metric!r}")
+        if not isinstance(self.output_tasks, Mapping):
+            raise InputError(f"output_tasks must map output names to 'classification'/'regression', got {self.output_tasks!r}")
+        object.__setattr__(self, "output_tasks", {str(k): str(v) for k, v in self.output_tasks.items()})
+
+    def floor(self, precision: Precision | None) -> tuple[float, float, str]:
+        """(min SQNR dB, min cosine, where they come from) for the fidelity gate."""
+        sq, cos = FIDELITY_FLOOR.get(precision, FIDELITY_FLOOR[Precision.INT8]) if precision else FIDELITY_FLOOR[Precision.INT8]
+        given = self.min_sqnr_db is not None or self.min_cosine is not None
+        origin = "given" if given else f"default for {precision.value if precision else 'int8'}"
+        return (self.min_sqnr_db if self.min_sqnr_db is not None else (-math.inf if given else sq),
+                self.min_cosine if self.min_cosine is not None else (-1.0 if given else cos), origin)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["metric"] = getattr(self.metric, "__name__", repr(self.metric)) if self.metric is not None else None
+        d["output_tasks"] = dict(self.output_tasks)
+        return d
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)

@@ -7,7 +7,7 @@ import hashlib
 import warnings
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from edgemp._io import check_overwrite, prepare_output_dir, write_atomic
 from edgemp._versions import versions
 from edgemp.backends.tflite_census import census
 from edgemp.calibration import CalibrationSet, load_calibration
-from edgemp.config import DelegateSpec, IODType, Layout, Precision, Preprocessing, RuntimeOptions, parse_enum
+from edgemp.config import DelegateSpec, GateOptions, IODType, Layout, Precision, Preprocessing, RuntimeOptions, parse_enum
 from edgemp.errors import CalibrationError, InputError, MixedPrecisionError, PrecisionLabelError, QualityGateError
 from edgemp.backends.coreml_target import build_coreml, coreml_precision_for, parity_section
 from edgemp.mixed.pipeline import run_mixed, write_files
@@ -85,6 +85,9 @@ def convert(
     never_float: Sequence[str] = (),
     min_sqnr_db: float | None = None,
     min_cosine: float | None = None,
+    metric: Callable[..., float] | None = None,
+    output_tasks: Mapping[str, str] | None = None,
+    label_output: str | None = None,
     targets: Sequence[str] = ("tflite",),
     coreml_precision: str | None = None,
     coreml_fp32_ops: Sequence[str] = (),
@@ -116,6 +119,14 @@ def convert(
     `never_float` force layers (names as `edgemp analyze` shows them, or regexes). A budget the search cannot
     meet under the cap raises MixedPrecisionError (after writing the best artifact and its report).
 
+    Judging: with labels, the top-1 of the classification output (class ids) or the mIoU of the dense output (label
+    maps (N, H, W)) must not drop more than `max_accuracy_drop`; `metric(outputs: dict[str, ndarray], labels) ->
+    float` (higher is better) replaces that score for tasks edgemp cannot know (detection mAP, regression error), in
+    the gate and in the mixed search. Every output no label or metric judges must keep a fidelity floor (SQNR and
+    cosine against the float model, by default per precision: config.FIDELITY_FLOOR; or `min_sqnr_db` /
+    `min_cosine`). `output_tasks` ({"boxes": "regression", "scores": "classification"}) overrides how outputs
+    are read (inferred from names and shapes); `label_output` names the output labels judge.
+
     `targets=("tflite", "coreml")` also writes an .mlpackage: `coreml_precision` defaults to the counterpart of
     `precision` (fp32, fp16, dynamic-int8/int8 -> int8-weights, mixed -> mixed with the layers the TFLite search
     kept in float); `coreml_fp32_ops` (layer names, or 'type:<op>' for a Core ML op type) for Core ML `mixed`;
@@ -128,7 +139,8 @@ def convert(
     pre = Preprocessing.from_dict(preprocessing) if isinstance(preprocessing, Mapping) else preprocessing
     opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, delegates=tuple(delegates),  # type: ignore[arg-type]
                           latency_runs=latency_runs)
-    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
+    gate = GateOptions(max_accuracy_drop, min_sqnr_db, min_cosine, metric, output_tasks or {}, label_output)
+    if metric is None and max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
         raise InputError(f"max_accuracy_drop is a fraction in [0, 1] (0.01 = one point), got {max_accuracy_drop}")
     if prec.needs_calibration and calibration is None:
         raise CalibrationError(f"precision {prec.value!r} needs calibration data: pass calibration= "
@@ -165,16 +177,15 @@ def convert(
     if prec is Precision.MIXED:
         assert cal is not None
         vdata, note = _validation_data(validation, specs, pre or cal.preprocessing, cal, max_validation_samples, seed,
-                                       progress, class_names)
+                                       progress, class_names, opaque_labels=metric is not None)
         calls = CALLS["calibrate"]
         with timer.stage("calibrate"):
             stats = calibrate(float_tflite, [source.artifact_inputs(s) for s in cal.samples], num_threads=num_threads,
                               progress=progress)
         with timer.stage("mixed_search"):
-            mixed = run_mixed(source, float_tflite, stats, vdata, opts, float_io=io is IODType.FLOAT,
-                              max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, min_cosine=min_cosine,
+            mixed = run_mixed(source, float_tflite, stats, vdata, opts, float_io=io is IODType.FLOAT, gate=gate,
                               max_float_layers=max_float_layers, keep_float=keep_float, never_float=never_float,
-                              tensor_samples=32, title=base, progress=progress)
+                              tensor_samples=32, title=base, progress=progress, class_names=class_names)
         mixed.section["calibration_runs"] = CALLS["calibrate"] - calls
         artifact, recipe = mixed.artifact, mixed.recipe
     elif (recipe := recipe_for(prec, io)) is None:
@@ -205,12 +216,13 @@ def convert(
 
     if vdata is None:
         vdata, note = _validation_data(validation, specs, pre or (cal.preprocessing if cal else None), cal,
-                                       max_validation_samples, seed, progress, class_names)
+                                       max_validation_samples, seed, progress, class_names,
+                                       opaque_labels=metric is not None)
     with timer.stage("validate"):
-        vsection, qchecks = evaluate(artifact, source.predict, vdata, opts,
-                                     max_accuracy_drop=max_accuracy_drop if vdata.labels is not None else None,
+        vsection, qchecks = evaluate(artifact, source.predict, vdata, opts, gate, precision=prec,
                                      fp32_artifact=float_tflite, progress=progress, data_note=note,
-                                     adapt=source.artifact_inputs)
+                                     adapt=source.artifact_inputs, channels_first=source.output_channels_first(),
+                                     class_names=class_names, output_names=source.output_names())
     checks += qchecks
     if mixed is not None:
         checks.append(Check("mixed_budget", mixed.met, mixed.message))
@@ -225,7 +237,8 @@ def convert(
                               calibration=cal.samples if cal and coreml == "w8a8" else [],
                               validation_inputs=vdata.inputs, labels=vdata.labels,
                               reference=batched(source.predict, vdata.inputs) if can_predict() else None)
-            cm.section["parity"] = parity_section(source, artifact, cm, vdata.inputs, source.artifact_inputs)
+            cm.section["parity"] = parity_section(source, artifact, cm, vdata.inputs, source.artifact_inputs,
+                                                  output_tasks=gate.output_tasks)
         checks += cm.checks
     passed = all(c.passed for c in checks)
     overhead = _layout_overhead(source, art_census)
@@ -250,6 +263,7 @@ def convert(
         "preprocessing": _app_preprocessing(cal, source.artifact_layout),
         "class_names": list(class_names) if class_names is not None else vdata.class_names,
         "calibration": cal.summary() if cal else None,
+        "gate": gate.to_dict(),
         "validation": vsection,
         "mixed": mixed.section if mixed is not None else None,
         "coreml": cm.section if cm is not None else None,
@@ -320,11 +334,11 @@ def _io_label(prec: Precision, io: IODType) -> str:
 
 def _validation_data(validation: Any, specs: list[Any], pre: Preprocessing | None, cal: CalibrationSet | None,
                      max_samples: int | None, seed: int, progress: bool | None,
-                     class_names: Sequence[str] | None) -> tuple[ValidationData, str | None]:
+                     class_names: Sequence[str] | None, opaque_labels: bool = False) -> tuple[ValidationData, str | None]:
     """The given validation data, else the calibration samples, else seeded random inputs — labelled as such."""
     if validation is not None:
         names = list(class_names) if class_names is not None else None
-        return load_validation(validation, specs, pre, max_samples, progress, names), None
+        return load_validation(validation, specs, pre, max_samples, progress, names, opaque_labels), None
     if cal is not None:
         inputs = {k: np.concatenate([s[k] for s in cal.samples]) for k in cal.samples[0]}
         return (ValidationData(inputs, None, None, "calibration samples", []),

@@ -86,7 +86,7 @@ def _in_memory_size(mlmodel: Any) -> int:
 
 
 def parity_section(source: Any, tflite: bytes, cm: CoreMLOutcome, inputs: dict[str, np.ndarray], adapt: Any,
-                   max_samples: int = 256) -> dict[str, Any]:
+                   max_samples: int = 256, output_tasks: Any = None) -> dict[str, Any]:
     """Source vs TFLite vs Core ML on the same samples (the Core ML column emulated where Core ML cannot run)."""
     from edgemp.validate.coreml import can_predict, predict_coreml
     from edgemp.validate.evaluate import batched
@@ -95,7 +95,7 @@ def parity_section(source: Any, tflite: bytes, cm: CoreMLOutcome, inputs: dict[s
 
     sub = {k: v[:max_samples] for k, v in inputs.items()}
     reference = batched(source.predict, sub)
-    runner = Runner(tflite)
+    runner = Runner(tflite, output_order=source.output_names())
     lite = runner.run(adapt(sub))
     prec = cm.section["precision"]
     if can_predict():
@@ -113,8 +113,12 @@ def parity_section(source: Any, tflite: bytes, cm: CoreMLOutcome, inputs: dict[s
                                                                 "ops kept in fp32 by 'mixed' are emulated in fp16."))
     nchw = [i for i, o in enumerate(coreml) if np.ndim(o) == 4] if _nhwc_reference(source) and \
         kind != "emulated-fp32" else []
-    return parity(reference, lite, coreml, coreml_kind=kind, output_names=[d.name for d in runner.outputs], note=note,
-                  coreml_nchw=nchw)
+    from edgemp.validate.tasks import infer_tasks
+
+    names = [d.name for d in runner.outputs]
+    tasks = infer_tasks(names, [o.shape for o in lite], source.output_channels_first(), output_tasks or {})
+    return parity(reference, lite, coreml, coreml_kind=kind, output_names=names, note=note,
+                  coreml_nchw=nchw, class_axes=[t.class_axis for t in tasks])
 
 
 def _nhwc_reference(source: Any) -> bool:

@@ -89,11 +89,16 @@ class Census:
         return dict(sorted(collections.Counter(o.compute for o in self.ops).items()))
 
     def weights(self) -> list[tuple[OpInfo, TensorInfo]]:
-        """The weight (filter) tensor of every weighted op."""
+        """The weight (filter) tensor of every weighted op. A weight is a constant buffer, or a float tensor
+        DEQUANTIZEd from one (fp16 weights): never an activation, such as both operands of the BATCH_MATMULs of
+        attention (Q·Kᵀ, scores·V) or a FULLY_CONNECTED fed by another op."""
+        dequantized = {(o.subgraph, o.outputs[0].name) for o in self.ops if o.compute == "weight-dequantize" and o.outputs}
         out = []
         for o in self.ops:
-            if o.op in WEIGHTED_OPS and len(o.inputs) > 1 and _is_weight(o.inputs[1], o):
-                out.append((o, o.inputs[1]))
+            if o.op in WEIGHTED_OPS and len(o.inputs) > 1:
+                w = o.inputs[1]
+                if w.constant or (o.subgraph, w.name) in dequantized:
+                    out.append((o, w))
         return out
 
     @property
@@ -234,10 +239,6 @@ def _io(m: Any, typenames: dict[int, str]) -> tuple[tuple[IOSpec, ...], tuple[IO
     ins = tuple(spec((sg.tensors[i].name or b"").decode(), i) for i in sg.inputs)
     outs = tuple(spec((sg.tensors[i].name or b"").decode(), i) for i in sg.outputs)
     return ins, outs
-
-
-def _is_weight(t: TensorInfo, op: OpInfo) -> bool:
-    return t.constant or t.dtype in ("int8", "int4", "float16") or op.op != "BATCH_MATMUL"
 
 
 def _weight_dtype(op: OpInfo, w: TensorInfo, c: Census) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from edgemp.backends.tflite_census import WEIGHTED_OPS, Census, OpInfo
@@ -43,10 +43,13 @@ class Layer:
 
 
 class LayerGraph:
-    def __init__(self, float_census: Census, source_layers: Sequence[tuple[str, str]] = (), float_io: bool = False) -> None:
+    def __init__(self, float_census: Census, source_layers: Sequence[tuple[str, str]] = (), float_io: bool = False,
+                 aliases: Mapping[str, Sequence[tuple[str | None, str]]] | None = None) -> None:
         """`source_layers`: (name, class name) of the source model's layers in model order (may be empty);
-        `float_io`: the artifact keeps float32 I/O (else its I/O is int8, and a float op at the edge is a boundary)."""
+        `float_io`: the artifact keeps float32 I/O (else its I/O is int8, and a float op at the edge is a boundary);
+        `aliases`: scope components -> layer names (Source.scope_aliases)."""
         self.float_io = float_io
+        self.aliases = dict(aliases or {})
         ops = [o for o in float_census.ops if o.subgraph == 0 and o.outputs]
         self.ops = ops
         order = {n: i for i, (n, _) in enumerate(source_layers)}
@@ -54,7 +57,7 @@ class LayerGraph:
         used: set[str] = set()
         layers = []
         for o in ops:
-            names = _layer_names(o, order, kinds)
+            names = _layer_names(o, order, kinds, self.aliases)
             used.update(names)
             layers.append([o, names])
         outputs = {s.tensor for s in float_census.outputs}
@@ -138,13 +141,14 @@ class LayerGraph:
 _WEIGHTED_CLASS = re.compile(r"conv|linear|dense|embedding", re.I)
 
 
-def _layer_names(o: OpInfo, order: dict[str, int], kinds: dict[str, str]) -> list[str]:
+def _layer_names(o: OpInfo, order: dict[str, int], kinds: dict[str, str],
+                 aliases: Mapping[str, Sequence[tuple[str | None, str]]]) -> list[str]:
     """[own layer, fused layers...] for an op. Converters write several layers into one tensor name (the op's
     own, fused batch norm/activation, and often its producers), so producers' names are subtracted and a
     weighted op is named after the conv/linear layer its filter comes from."""
-    out = set(_mentions([o.outputs[0].name], order))
-    producers = set(_mentions([t.name for t in o.inputs if not t.constant], order))
-    filt = set(_mentions([t.name for t in o.inputs if t.constant][:1], order))
+    out = set(_mentions([o.outputs[0].name], order, aliases))
+    producers = set(_mentions([t.name for t in o.inputs if not t.constant], order, aliases))
+    filt = set(_mentions([t.name for t in o.inputs if t.constant][:1], order, aliases))
     weighted = [n for n in filt if _WEIGHTED_CLASS.search(kinds.get(n, "")) and "norm" not in kinds.get(n, "").lower()]
     if weighted:
         fresh = [n for n in weighted if n not in producers] or weighted
@@ -158,16 +162,25 @@ def _layer_names(o: OpInfo, order: dict[str, int], kinds: dict[str, str]) -> lis
     return [primary, *fused]
 
 
-def _mentions(tensor_names: Iterable[str], order: dict[str, int]) -> list[str]:
-    """Source layer names a converter wrote into tensor names (Keras: scope paths with `_N` suffixes;
-    litert-torch: `pkg.Class_attr` components of the module path)."""
+def _mentions(tensor_names: Iterable[str], order: dict[str, int],
+              aliases: Mapping[str, Sequence[tuple[str | None, str]]] | None = None) -> list[str]:
+    """Source layer names a converter wrote into tensor names (Keras: scope paths, mapped through the scope
+    aliases when the source gives them, else read with `_N` suffixes stripped; litert-torch: `pkg.Class_attr`
+    components of the module path)."""
     found: list[str] = []
+    nested = {parent for entries in (aliases or {}).values() for parent, _ in entries if parent}
     for full in tensor_names:
         for part in full.split(";"):
             if "/" not in part:  # converter suffixes such as ";1"
                 continue
             comps = [c for c in part.split("/") if c]
-            for c in comps:
+            for j, c in enumerate(comps):
+                if aliases:
+                    entries = aliases.get(c, [])
+                    parent = comps[j - 1] if j and comps[j - 1] in nested else None
+                    hit = [n for p, n in entries if p == parent] or ([entries[0][1]] if len(entries) == 1 else [])
+                    found += [n for n in hit[:1] if n in order]
+                    continue
                 for cand in (c, re.sub(r"_\d+$", "", c)):
                     if cand in order:
                         found.append(cand)

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from edgemp._io import write_atomic
-from edgemp.config import RuntimeOptions
-from edgemp.errors import InputError
+from edgemp.config import GateOptions, RuntimeOptions
+from edgemp.errors import ConversionError, InputError
 from edgemp.mixed.graph import describe
 from edgemp.mixed.report import plot_png, ranked_rows, to_html, to_markdown
-from edgemp.mixed.scoring import Budget
+from edgemp.mixed.scoring import Budget, FailedCandidate
 from edgemp.backends.tflite_census import census
 from edgemp.mixed.graph import LayerGraph
 from edgemp.mixed.search import SearchResult, format_score, resolve_cap, search, verify_region
@@ -36,19 +36,21 @@ class MixedOutcome:
 
 
 def run_mixed(source: Any, float_tflite: bytes, stats: Statistics, vdata: ValidationData, opts: RuntimeOptions, *,
-              float_io: bool, max_accuracy_drop: float | None, min_sqnr_db: float | None, min_cosine: float | None,
-              max_float_layers: int | float, keep_float: Sequence[str], never_float: Sequence[str],
-              tensor_samples: int, title: str, progress: bool | None) -> MixedOutcome:
+              float_io: bool, gate: GateOptions, max_float_layers: int | float, keep_float: Sequence[str],
+              never_float: Sequence[str], tensor_samples: int, title: str, progress: bool | None,
+              class_names: Sequence[str] | None = None) -> MixedOutcome:
     # Check the cheap things first: a bad name or budget must fail before the float reference runs.
-    budget = Budget.resolve(max_accuracy_drop, min_sqnr_db, min_cosine, vdata.labels is not None)
-    graph = LayerGraph(census(float_tflite), source.layers(), float_io=float_io)
+    budget = Budget.resolve(gate.max_accuracy_drop, gate.min_sqnr_db, gate.min_cosine,
+                            gate.metric is not None or vdata.labels is not None, metric_name(gate, vdata))
+    graph = LayerGraph(census(float_tflite), source.layers(), float_io=float_io, aliases=source.scope_aliases())
     keep = graph.select(keep_float, "keep_float")
     never = graph.select(never_float, "never_float")
     if set(keep) & set(never):
         raise InputError("a layer is both in keep_float and never_float: "
                          + ", ".join(describe(graph.by_tensor[t]) for t in set(keep) & set(never)))
     cap = resolve_cap(max_float_layers, len(graph.layers))
-    session = MixedSession(source, float_tflite, stats, vdata, opts, float_io=float_io, progress=progress, graph=graph)
+    session = MixedSession(source, float_tflite, stats, vdata, opts, float_io=float_io, progress=progress, graph=graph,
+                           gate=gate, class_names=class_names)
     sr = search(session.make, graph, session.scorer, budget, cap=cap, keep=keep, never=never,
                 latency=session.latency_ms, progress=progress)
     sens = tensor_errors(float_tflite, session.make(graph.close(keep)), session.samples(tensor_samples), graph)
@@ -61,6 +63,8 @@ def run_mixed(source: Any, float_tflite: bytes, stats: Statistics, vdata: Valida
                                      "sensitivity.html": to_html(md, png, f"{title}: mixed precision",
                                                                  section["steps"])}
     message = _message(sr, budget, session)
+    if isinstance(sr.artifact, FailedCandidate) or sr.score.error is not None:
+        raise ConversionError(f"mixed precision found no candidate the quantizer and LiteRT accept: {sr.score.error}")
     return MixedOutcome(sr.artifact, graph.recipe(sr.region, float_io=float_io), section, files, sr.met, message,
                         verify_region(sr.artifact, graph, sr.region))
 
@@ -70,13 +74,14 @@ def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | 
     graph = session.graph
     int8 = session.make(frozenset())
     base = session.scorer(int8)
-    budget = Budget(max_accuracy_drop=0.0) if session.scorer.labels is not None else Budget(min_sqnr_db=0.0)
+    budget = Budget(max_accuracy_drop=0.0, metric=session.scorer.judge.name) if session.scorer.labelled \
+        else Budget(min_sqnr_db=0.0)
     all_float, damage = int8_alone_effects(session.make, graph, session.scorer, budget, graph.ranked, progress)
     gain = float_alone_effects(session.make, graph, session.scorer, budget, base, graph.ranked, progress=progress)
     sens = tensor_errors(session.float_tflite, int8, session.samples(tensor_samples), graph)
     _attach_effects(sens, damage, graph, "int8_alone")
     _attach_effects(sens, gain, graph, "float_alone")
-    summary = {"float_top1": session.scorer.float_top1, "int8": base.to_dict(), "all_float_ops": all_float.to_dict(),
+    summary = {"metric": session.scorer.judge.name or None, "float_accuracy": session.scorer.float_accuracy, "int8": base.to_dict(), "all_float_ops": all_float.to_dict(),
                "num_layers": len(graph.layers),
                "num_ranked_layers": len(graph.ranked), "validation_samples": len(next(iter(session.inputs.values()))),
                "tensor_samples": min(tensor_samples, len(next(iter(session.inputs.values())))),
@@ -122,7 +127,8 @@ def _section(sr: SearchResult, budget: Budget, session: MixedSession, rows: list
         "float_ops": [g.by_tensor[t].to_dict() for t in sorted(sr.region, key=lambda t: g.by_tensor[t].index)],
         "boundaries": g.boundaries(sr.region),
         "score": sr.score.to_dict(),
-        "float_top1": session.scorer.float_top1,
+        "metric": session.scorer.judge.name or None,
+        "float_accuracy": session.scorer.float_accuracy,
         "steps": [s.to_dict() for s in sr.steps],
         "would_take": sr.would_take,
         "quantize_runs": session.quantize_runs,
@@ -135,10 +141,18 @@ def _message(sr: SearchResult, budget: Budget, session: MixedSession) -> str:
     names = ", ".join(_names_short(sr, session)) or "none"
     head = (f"mixed precision {'met' if sr.met else 'could not meet'} the budget ({budget.describe()}) "
             f"with {sum(1 for t in sr.region if session.graph.by_tensor[t].ranked)} of {len(session.graph.ranked)} "
-            f"layers in float (max {sr.cap}): {names}; {format_score(sr.score, session.scorer.float_top1)}")
+            f"layers in float (max {sr.cap}): {names}; {format_score(sr.score, session.scorer.float_accuracy, budget.metric)}")
     return head + (f". {sr.would_take[0].upper()}{sr.would_take[1:]}." if sr.would_take else ".")
 
 
 def _names_short(sr: SearchResult, session: MixedSession) -> list[str]:
     g = session.graph
     return [g.by_tensor[t].name for t in sorted(sr.region, key=lambda t: g.by_tensor[t].index) if g.by_tensor[t].ranked]
+
+
+def metric_name(gate: GateOptions, vdata: ValidationData) -> str:
+    """What an accuracy budget is a drop of, known before anything runs."""
+    if gate.metric is not None:
+        return getattr(gate.metric, "__name__", "metric")
+    labels = vdata.labels
+    return "mIoU" if labels is not None and getattr(labels, "ndim", 1) > 1 else "top-1"

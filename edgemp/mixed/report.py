@@ -48,8 +48,9 @@ def to_markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str]
             f"| {_f(r['rank'], 'd')} | {r['label']} | {r['op']} | {_f(r['rmse'])} | {_f(r['rmse_over_scale'], '.2f')} | "
             f"{_f(r['sqnr_db'], '.1f')} | {_f(r['cosine'], '.5f')} | {_score(r['int8_alone'])} | {_delta(r['damage'], r['int8_alone'])} | "
             f"{_score(r['float_alone'])} | {_delta(r['gain'], r['float_alone'])} | {'**yes**' if r['kept_float'] else ''} |")
-    lines += ["", "Scores are top-1 / output SQNR dB (SQNR only without labels); damage = all-float score minus the "
-              "score with only this layer int8; gain = score with only this layer float minus full int8 (top-1 points, dB).",
+    lines += ["", "Scores are accuracy (top-1, mIoU or the metric) / output SQNR dB (SQNR only without labels or a "
+              "metric); damage = all-float score minus the score with only this layer int8; gain = score with only "
+              "this layer float minus full int8 (accuracy x100, dB).",
               "", "RMSE/scale ≈ 0.29 is pure rounding noise (1/√12 of a quantization step); far above it means "
               "clipping or a badly chosen range. Tensor metrics compare the int8 model's tensor with the float "
               "model's tensor of the same layer (errors accumulated up to that point)."]
@@ -59,20 +60,22 @@ def to_markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str]
 def _score(s: dict[str, Any] | None) -> str:
     if not s:
         return "–"
-    return (f"{s['top1']:.4f} / " if s.get("top1") is not None else "") + _f(s["sqnr_db"], ".1f")
+    if s.get("error"):
+        return "infeasible"
+    return (f"{s['accuracy']:.4f} / " if s.get("accuracy") is not None else "") + _f(s["sqnr_db"], ".1f")
 
 
 def _delta(d: Sequence[float] | None, s: dict[str, Any] | None) -> str:
     if d is None or s is None:
         return "–"
-    return f"{100 * d[0]:+.2f} / {d[1]:+.1f}" if s.get("top1") is not None else f"{d[0]:+.1f}"
+    return f"{100 * d[0]:+.2f} / {d[1]:+.1f}" if s.get("accuracy") is not None else f"{d[0]:+.1f}"
 
 
 def _sqnr_delta(r: dict[str, Any], key: str) -> float:
     d, s = r[key], r[key.replace("damage", "int8_alone").replace("gain", "float_alone")]
     if d is None:
         return 0.0
-    return d[1] if s and s.get("top1") is not None else d[0]
+    return d[1] if s and s.get("accuracy") is not None else d[0]
 
 
 def plot_png(rows: Sequence[dict[str, Any]], title: str) -> bytes:
@@ -123,11 +126,11 @@ def to_html(markdown_table: str, png: bytes, title: str, steps: Sequence[dict[st
 
     step_rows = "".join(
         f"<tr><td>{s['step']}</td><td>{html.escape(s['action'])}</td><td>{len(s['float_layers'])}</td>"
-        f"<td>{s['boundaries']}</td><td>{_f(s['score'].get('top1'), '.4f')}</td><td>{_f(s['score']['sqnr_db'], '.1f')}</td>"
+        f"<td>{s['boundaries']}</td><td>{_f(s['score'].get('accuracy'), '.4f')}</td><td>{_f(s['score']['sqnr_db'], '.1f')}</td>"
         f"<td>{_f(s.get('bytes'), ',')}</td><td>{_f(s.get('latency_ms'), '.4f')}</td><td>{'yes' if s['met'] else ''}</td></tr>"
         for s in steps)
     steps_html = ("<h2>Search steps</h2><table><tr><th>step</th><th>action</th><th>float layers</th><th>boundaries</th>"
-                  "<th>top-1</th><th>SQNR dB</th><th>bytes</th><th>latency ms</th><th>budget met</th></tr>"
+                  "<th>accuracy</th><th>SQNR dB</th><th>bytes</th><th>latency ms</th><th>budget met</th></tr>"
                   f"{step_rows}</table>") if steps else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"

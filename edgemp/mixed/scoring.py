@@ -12,20 +12,38 @@ from typing import Any
 import numpy as np
 
 from edgemp.config import RuntimeOptions
-from edgemp.errors import InputError
-from edgemp.validate.metrics import compare, topk
+from edgemp.errors import EdgempError, InputError
+from edgemp.validate.judge import TaskJudge
+from edgemp.validate.metrics import compare
 from edgemp.validate.runtime import Runner
 
 
 @dataclasses.dataclass(frozen=True)
 class Score:
-    top1: float | None  # with labels
+    accuracy: float | None  # the task score (top-1, mIoU or the user's metric) with labels or a metric
     sqnr_db: float  # worst output
     cosine: float  # worst output
     top1_agreement: float | None
+    error: str | None = None  # the candidate could not be built or run: infeasible, never chosen
+
+    @classmethod
+    def infeasible(cls, error: str) -> Score:
+        return cls(None, float("-inf"), -1.0, None, error)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+class FailedCandidate(bytes):
+    """A candidate the quantizer could not produce: scored as infeasible instead of stopping the search."""
+
+    error: str = ""
+
+    @classmethod
+    def of(cls, error: str) -> FailedCandidate:
+        c = cls(b"")
+        c.error = error
+        return c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,26 +53,35 @@ class Budget:
     max_accuracy_drop: float | None = None
     min_sqnr_db: float | None = None
     min_cosine: float | None = None
+    metric: str = "top-1"  # what max_accuracy_drop is a drop of: top-1, mIoU, or the user metric's name
 
     @classmethod
     def resolve(cls, max_accuracy_drop: float | None, min_sqnr_db: float | None, min_cosine: float | None,
-                labelled: bool) -> Budget:
+                labelled: bool, metric: str = "top-1") -> Budget:
         if min_sqnr_db is not None or min_cosine is not None:
             return cls(None, min_sqnr_db, min_cosine)
         if max_accuracy_drop is not None and not labelled:
             raise InputError(
                 "an accuracy budget (max_accuracy_drop) needs labelled validation data (class sub-folders, (x, y) "
-                "arrays or .npz with y). Without labels, give an output-fidelity target instead: min_sqnr_db= "
-                "(e.g. 30) or min_cosine= (e.g. 0.999), which compare the artifact's outputs with the float model's."
+                "arrays or .npz with y) or a metric=. Without them, give an output-fidelity target instead: "
+                "min_sqnr_db= (e.g. 30) or min_cosine= (e.g. 0.999), which compare the artifact's outputs with the "
+                "float model's."
             )
         if max_accuracy_drop is None:
-            raise InputError("precision 'mixed' needs a budget: max_accuracy_drop= (with labels), or min_sqnr_db= / "
-                             "min_cosine= (output fidelity).")
-        return cls(max_accuracy_drop, None, None)
+            raise InputError("precision 'mixed' needs a budget: max_accuracy_drop= (with labels or a metric), or "
+                             "min_sqnr_db= / min_cosine= (output fidelity).")
+        return cls(max_accuracy_drop, None, None, metric)
 
-    def met(self, s: Score, float_top1: float | None) -> bool:
+    @property
+    def in_points(self) -> bool:
+        return self.metric in ("top-1", "mIoU")
+
+    def met(self, s: Score, float_accuracy: float | None) -> bool:
+        if s.error is not None:
+            return False
         if self.max_accuracy_drop is not None:
-            return s.top1 is not None and float_top1 is not None and float_top1 - s.top1 <= self.max_accuracy_drop + 1e-9
+            return (s.accuracy is not None and float_accuracy is not None
+                    and float_accuracy - s.accuracy <= self.max_accuracy_drop + 1e-9)
         ok = True
         if self.min_sqnr_db is not None:
             ok &= s.sqnr_db >= self.min_sqnr_db
@@ -65,8 +92,10 @@ class Budget:
     def objective(self, s: Score) -> tuple[float, float]:
         """Higher is better; ties on the budgeted metric are broken by SQNR (continuous, less noisy)."""
         sq = s.sqnr_db if math.isfinite(s.sqnr_db) else (1e9 if s.sqnr_db > 0 else -1e9)
+        if s.error is not None:
+            return (-math.inf, -math.inf)
         if self.max_accuracy_drop is not None:
-            return (s.top1 or 0.0, sq)
+            return (s.accuracy if s.accuracy is not None else -math.inf, sq)
         if self.min_cosine is not None and self.min_sqnr_db is None:
             return (s.cosine, sq)
         return (sq, s.cosine)
@@ -80,7 +109,9 @@ class Budget:
 
     def describe(self) -> str:
         if self.max_accuracy_drop is not None:
-            return f"top-1 drop <= {100 * self.max_accuracy_drop:.2f} points"
+            if self.in_points:
+                return f"{self.metric} drop <= {100 * self.max_accuracy_drop:.2f} points"
+            return f"{self.metric} drop <= {self.max_accuracy_drop:g}"
         parts = ([f"SQNR >= {self.min_sqnr_db} dB"] if self.min_sqnr_db is not None else []) + \
                 ([f"cosine >= {self.min_cosine}"] if self.min_cosine is not None else [])
         return " and ".join(parts)
@@ -90,21 +121,34 @@ class Budget:
 
 
 class Scorer:
-    """Runs candidate artifacts on fixed samples (artifact layout) against precomputed float outputs."""
+    """Runs candidate artifacts on fixed samples (artifact layout) against precomputed float outputs; the task score
+    comes from the same TaskJudge as the accuracy gate."""
 
-    def __init__(self, inputs: dict[str, np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None,
+    def __init__(self, inputs: dict[str, np.ndarray], reference: list[np.ndarray], judge: TaskJudge,
                  opts: RuntimeOptions) -> None:
-        self.inputs, self.reference, self.labels, self.opts = inputs, reference, labels, opts
+        self.inputs, self.reference, self.judge, self.opts = inputs, reference, judge, opts
+        self.output_order = list(judge.names)
         self.runs = 0
-        self.float_top1 = topk(reference[0], labels, 1) if labels is not None else None
+        self.class_axes = [t.class_axis for t in judge.tasks]
+        self.float_accuracy = judge(reference)
+
+    @property
+    def labelled(self) -> bool:
+        return self.judge.kind is not None
 
     def __call__(self, artifact: bytes) -> Score:
+        if isinstance(artifact, FailedCandidate):
+            return Score.infeasible(artifact.error)
         self.runs += 1
-        out = Runner(artifact, self.opts).run(self.inputs)
-        ms = [compare(np.asarray(r, np.float32).reshape(o.shape), o) for r, o in zip(self.reference, out, strict=True)]
+        try:
+            out = Runner(artifact, self.opts, self.output_order).run(self.inputs)
+        except (EdgempError, RuntimeError, ValueError) as exc:  # e.g. "DEPTHWISE_CONV_2D failed to prepare"
+            return Score.infeasible(f"LiteRT refused the candidate: {str(exc).strip().splitlines()[-1][:300]}")
+        ms = [compare(np.asarray(r, np.float32).reshape(o.shape), o, axis)
+              for r, o, axis in zip(self.reference, out, self.class_axes, strict=True)]
         return Score(
-            top1=topk(out[0], self.labels, 1) if self.labels is not None else None,
+            accuracy=self.judge(out),
             sqnr_db=min(m["sqnr_db"] for m in ms),
             cosine=min(m["cosine"] if math.isfinite(m["cosine"]) else -1.0 for m in ms),
-            top1_agreement=ms[0]["top1_agreement"],
+            top1_agreement=next((m["top1_agreement"] for m in ms if m["top1_agreement"] is not None), None),
         )

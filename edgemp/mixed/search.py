@@ -66,8 +66,10 @@ def search(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: S
     steps: list[Step] = []
 
     def record(action: str, region: frozenset[str], art: bytes, s: Score, accepted: bool) -> None:
+        if s.error is not None:
+            action = f"infeasible, skipped: {action.removeprefix('no gain, undone: ')} — {s.error}"
         steps.append(Step(len(steps), action, _names(graph, region), len(region), graph.boundaries(region), s,
-                          budget.met(s, scorer.float_top1), accepted, len(art),
+                          budget.met(s, scorer.float_accuracy), accepted, len(art) or None,
                           latency(art) if latency and accepted else None))
 
     region = graph.close(keep)
@@ -75,7 +77,7 @@ def search(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: S
     cur = scorer(art)
     record("full int8" if not keep else f"int8 with keep_float ({len(region)} ops)", region, art, cur, True)
     best = (region, art, cur)
-    if budget.met(cur, scorer.float_top1):
+    if budget.met(cur, scorer.float_accuracy):
         return SearchResult(region, art, cur, True, steps, {}, cap)
 
     blocked = set(never) | set(region)
@@ -116,7 +118,7 @@ def search(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: S
                 break
             record(f"no gain, undone: {added}", new, a, s, False)
         if accepted:
-            if budget.met(cur, scorer.float_top1):
+            if budget.met(cur, scorer.float_accuracy):
                 met = True
                 break
             continue
@@ -152,19 +154,29 @@ def _what_it_would_take(make: Callable[[frozenset[str]], bytes], graph: LayerGra
     for lay in order[:limit]:
         r = graph.close(r | {lay.tensor})
         s = scorer(make(r))
-        if budget.met(s, scorer.float_top1):
+        if budget.met(s, scorer.float_accuracy):
             return (f"the budget is met with {_ranked_count(graph, r)} layers in float (max_float_layers={cap}): "
                     f"raise max_float_layers to {_ranked_count(graph, r)}")
     s_all = scorer(make(graph.close({lay.tensor for lay in graph.ranked})))
-    what = (f"even with every quantizable layer in float the score is {format_score(s_all, scorer.float_top1)}"
-            if not budget.met(s_all, scorer.float_top1) else
-            f"more than {_ranked_count(graph, r)} layers in float would be needed")
+    if budget.met(s_all, scorer.float_accuracy):
+        return (f"more than {_ranked_count(graph, r)} layers in float would be needed; relax the budget or "
+                "retrain/quantization-aware-train the sensitive layers")
+    what = (f"even with every quantizable layer in float the score is "
+            f"{format_score(s_all, scorer.float_accuracy, scorer.judge.name or 'top-1')}")
+    if not graph.float_io:
+        return (what + ": what is left quantized is the model's int8 inputs/outputs, so the loss is in the I/O "
+                "quantization (e.g. one output holding values of very different ranges). Ask for io_dtype='float' "
+                "(float32 I/O; the graph stays int8 inside), or split such an output in the model")
     return what + "; relax the budget or retrain/quantization-aware-train the sensitive layers"
 
 
-def format_score(s: Score, float_top1: float | None) -> str:
-    if s.top1 is not None and float_top1 is not None:
-        return f"top-1 {s.top1:.4f} (drop {100 * (float_top1 - s.top1):.2f} points), SQNR {s.sqnr_db:.1f} dB"
+def format_score(s: Score, float_accuracy: float | None, metric: str = "top-1") -> str:
+    if s.error is not None:
+        return f"infeasible ({s.error})"
+    if s.accuracy is not None and float_accuracy is not None:
+        drop = float_accuracy - s.accuracy
+        drop_text = f"{100 * drop:.2f} points" if metric in ("top-1", "mIoU") else f"{drop:.4g}"
+        return f"{metric} {s.accuracy:.4f} (drop {drop_text}), SQNR {s.sqnr_db:.1f} dB"
     return f"SQNR {s.sqnr_db:.1f} dB, cosine {s.cosine:.5f}"
 
 

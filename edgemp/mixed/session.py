@@ -7,13 +7,18 @@ from typing import Any
 import numpy as np
 
 from edgemp.backends.tflite_census import census
-from edgemp.config import RuntimeOptions
+from collections.abc import Sequence
+
+from edgemp.config import GateOptions, RuntimeOptions
+from edgemp.errors import ConversionError
 from edgemp.mixed.graph import LayerGraph
-from edgemp.mixed.scoring import Scorer
+from edgemp.mixed.scoring import FailedCandidate, Scorer
 from edgemp.quantize import Statistics, apply_recipe
 from edgemp.validate.data import ValidationData
 from edgemp.validate.evaluate import batched
+from edgemp.validate.judge import TaskJudge
 from edgemp.validate.runtime import Runner
+from edgemp.validate.tasks import infer_tasks
 
 
 class MixedSession:
@@ -21,13 +26,18 @@ class MixedSession:
 
     def __init__(self, source: Any, float_tflite: bytes, statistics: Statistics, vdata: ValidationData,
                  opts: RuntimeOptions, float_io: bool = False, progress: bool | None = None,
-                 graph: LayerGraph | None = None) -> None:
+                 graph: LayerGraph | None = None, gate: GateOptions | None = None,
+                 class_names: Sequence[str] | None = None) -> None:
         self.source, self.float_tflite, self.statistics = source, float_tflite, statistics
         self.float_io = float_io
-        self.graph = graph or LayerGraph(census(float_tflite), source.layers())
+        self.graph = graph or LayerGraph(census(float_tflite), source.layers(), aliases=source.scope_aliases())
         self.inputs = {k: v for k, v in source.artifact_inputs(vdata.inputs).items()}
         reference = batched(source.predict, vdata.inputs, progress=progress, label="Running float reference")
-        self.scorer = Scorer(self.inputs, reference, vdata.labels, _search_opts(opts))
+        names = [d.name for d in Runner(float_tflite, RuntimeOptions(latency_runs=0), source.output_names()).outputs]
+        gate = gate or GateOptions()
+        tasks = infer_tasks(names, [r.shape for r in reference], source.output_channels_first(), gate.output_tasks)
+        judge = TaskJudge(tasks, vdata.labels, gate, class_names)
+        self.scorer = Scorer(self.inputs, reference, judge, _search_opts(opts))
         self.opts = opts
         self._cache: dict[frozenset[str], bytes] = {}
         self.quantize_runs = 0
@@ -36,8 +46,11 @@ class MixedSession:
         region = frozenset(region)
         if region not in self._cache:
             self.quantize_runs += 1
-            self._cache[region] = apply_recipe(self.float_tflite, self.graph.recipe(region, float_io=self.float_io),
-                                               self.statistics)
+            try:
+                self._cache[region] = apply_recipe(self.float_tflite, self.graph.recipe(region, float_io=self.float_io),
+                                                   self.statistics)
+            except ConversionError as exc:  # one candidate the quantizer refuses is infeasible, not the end
+                self._cache[region] = FailedCandidate.of(f"the quantizer refused it: {exc}")
         return self._cache[region]
 
     def latency_ms(self, artifact: bytes, runs: int = 30) -> float:
@@ -56,3 +69,4 @@ def _search_opts(opts: RuntimeOptions) -> RuntimeOptions:
     # The search scores dozens of candidates on the host: XNNPACK and the threads as asked, no delegates
     # (an external delegate is validated once on the final artifact).
     return RuntimeOptions(num_threads=opts.num_threads, xnnpack=opts.xnnpack, latency_runs=0)
+

@@ -43,8 +43,21 @@ class Source(Protocol):
 
     def num_parameters(self) -> int | None: ...
 
+    def output_names(self) -> list[str]:
+        """The artifact's output names in the source's order (predict() gives outputs in this order)."""
+        ...
+
+    def output_channels_first(self) -> list[bool]:
+        """Per output, in order: True when its channels (classes) are on axis 1 (NCHW), not the last axis."""
+        ...
+
     def layers(self) -> list[tuple[str, str]]:
         """(name, class name) of the source's layers in model order (may be empty): reports map ops to these."""
+        ...
+
+    def scope_aliases(self) -> dict[str, list[tuple[str | None, str]]]:
+        """Scope components the converter writes into tensor names -> [(enclosing scope or None, layer name)]:
+        how per-layer reports find the user's layer names when scopes are not names (may be empty)."""
         ...
 
     def framework_versions(self) -> dict[str, str]: ...

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgemp.config import Layout
-from edgemp.errors import ConversionError, ModelLoadError, UnsupportedOpsError
+from edgemp.errors import ConversionError, ModelLoadError, UnsupportedModelError, UnsupportedOpsError
 from edgemp.sources.base import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,14 @@ class KerasSource:
         self.model = model
         self.path = path
         self.name = _safe_name(Path(path).stem if path else getattr(model, "name", "model"))
+        out = model.output
+        values = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, list | tuple) else [out]
+        nested = [i for i, v in enumerate(values) if isinstance(v, dict | list | tuple)]
+        if nested:
+            raise UnsupportedModelError(
+                f"Keras model {self.name!r} returns a nested structure (output {nested[0]} is a "
+                f"{type(values[nested[0]]).__name__}); Keras' export, and so TFLite, takes a tensor, a list or a flat dict "
+                "of tensors. Return a flat dict, e.g. {'det_boxes': boxes, 'det_scores': scores, 'seg': seg}.")
 
     def input_specs(self) -> list[TensorSpec]:
         return [
@@ -110,14 +118,21 @@ class KerasSource:
     def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         names = [s.name for s in self.input_specs()]
         args: Any = inputs[names[0]] if len(names) == 1 else [inputs[n] for n in names]
-        out = self.model(args, training=False)
-        outs = out if isinstance(out, list | tuple) else [out]
-        if isinstance(out, dict):
-            outs = list(out.values())
-        return [np.asarray(o) for o in outs]
+        return [np.asarray(o) for o in _flat(self.model(args, training=False))]
 
     def num_parameters(self) -> int | None:
         return int(self.model.count_params())
+
+    def output_names(self) -> list[str]:
+        """What the TFLite converter names the outputs: a dict output's keys (in the model's order; the signature
+        lists them sorted), else output_<i> by list position (layer names are not used)."""
+        out = self.model.output
+        if isinstance(out, dict):
+            return [str(k) for k in out]
+        return [f"output_{i}" for i in range(len(self.model.outputs))]
+
+    def output_channels_first(self) -> list[bool]:
+        return [False] * len(self.model.outputs)
 
     def predict_fp16(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The model with float16 weights and compute (a clone under the float16 dtype policy): what an fp16 Core
@@ -136,8 +151,7 @@ class KerasSource:
         names = [s.name for s in self.input_specs()]
         args = [inputs[n].astype(np.float16) for n in names]
         out = self._fp16(args[0] if len(args) == 1 else args, training=False)
-        outs = out if isinstance(out, list | tuple) else [out]
-        return [np.asarray(o).astype(np.float32) for o in outs]
+        return [np.asarray(o).astype(np.float32) for o in _flat(out)]
 
     def layers(self) -> list[tuple[str, str]]:
         """(name, class) of every layer in model order, nested models flattened: what reports call layers."""
@@ -146,10 +160,51 @@ class KerasSource:
 
         return walk(self.model)
 
+    def scope_aliases(self) -> dict[str, list[tuple[str | None, str]]]:
+        return scope_aliases(self.model)
+
     def framework_versions(self) -> dict[str, str]:
         import keras
 
         return {"tensorflow": import_tf().__version__, "keras": keras.__version__}
+
+
+def scope_aliases(model: Any) -> dict[str, list[tuple[str | None, str]]]:
+    """TF name scope of each layer call, as the converter writes it into tensor names -> [(scope of the enclosing
+    model or None at the top, layer name)].
+
+    Each layer takes its name in TF's uniquifying scope twice (build, then call) in model order, so the scopes are
+    `conv2d` -> `conv2d_1`, and a layer *named* `conv2d_1` -> `conv2d_1_2`: scope names collide with other layers'
+    names (keras.Sequential and cloned models), so they are never read as layer names directly.
+    """
+    aliases: dict[str, list[tuple[str | None, str]]] = {}
+
+    def walk(m: Any, parent: str | None) -> None:
+        used: dict[str, int] = {}
+
+        def claim(name: str) -> str:
+            key = name.lower()
+            i = used.get(key, 0)
+            used[key] = i + 1
+            if i == 0:
+                return name
+            while f"{key}_{i}" in used:
+                i += 1
+            used[f"{key}_{i}"] = 1
+            return f"{name}_{i}"
+
+        for layer in getattr(m, "layers", []):
+            if type(layer).__name__ == "InputLayer":
+                continue
+            claim(layer.name)
+            scope = claim(layer.name)
+            if getattr(layer, "layers", None):
+                walk(layer, scope)  # a nested model is a scope, not a layer of any op
+            else:
+                aliases.setdefault(scope, []).append((parent, layer.name))
+
+    walk(model, None)
+    return aliases
 
 
 class SavedModelSource:
@@ -195,11 +250,26 @@ class SavedModelSource:
     def num_parameters(self) -> int | None:
         return int(sum(np.prod(v.shape) for v in getattr(self._loaded, "variables", [])))
 
+    def output_names(self) -> list[str]:
+        return sorted(self._fn.structured_outputs, key=_output_sort_key)
+
+    def output_channels_first(self) -> list[bool]:
+        return [False] * len(self._fn.structured_outputs)
+
     def layers(self) -> list[tuple[str, str]]:
         return []  # a SavedModel keeps no layer list: per-layer reports show op names
 
+    def scope_aliases(self) -> dict[str, list[tuple[str | None, str]]]:
+        return {}
+
     def framework_versions(self) -> dict[str, str]:
         return {"tensorflow": import_tf().__version__}
+
+
+def _flat(out: Any) -> list[Any]:
+    if isinstance(out, dict):
+        return list(out.values())
+    return list(out) if isinstance(out, list | tuple) else [out]
 
 
 def _with_batch(model: Any, batch_size: int) -> Any:

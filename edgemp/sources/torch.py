@@ -9,6 +9,7 @@ TRANSPOSE ops around every conv. Data given by the user stays in PyTorch's layou
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -130,6 +131,55 @@ def _example_from_program(program: Any) -> tuple[Any, ...] | None:
     return None
 
 
+@functools.cache
+def _named_flat_outputs() -> type:
+    import torch
+
+    class NamedFlatOutputs(torch.nn.Module):
+        """forward(*args) -> {name: tensor} in flatten order, the leaves at `channel_last` moved (N, C, ...) ->
+        (N, ..., C): litert-torch names a top-level dict's outputs by its keys (to_channel_last_io only permutes
+        members of a top-level tuple, and refuses a dict)."""
+
+        def __init__(self, module: Any, names: list[str], channel_last: list[int] | None = None) -> None:
+            super().__init__()
+            self.module, self.names, self.channel_last = module, list(names), set(channel_last or ())
+
+        def forward(self, *args: Any) -> dict[str, Any]:
+            leaves, _ = flatten_outputs(self.module(*args))
+            return {n: (t.permute(0, *range(2, t.dim()), 1) if i in self.channel_last else t)
+                    for i, (n, t) in enumerate(zip(self.names, leaves, strict=True))}
+
+    return NamedFlatOutputs
+
+
+def named_flat_outputs(module: Any, names: list[str], channel_last: list[int] | None = None) -> Any:
+    return _named_flat_outputs()(module, names, channel_last)
+
+
+def flatten_outputs(out: Any) -> tuple[list[Any], list[str]]:
+    """The tensors of a forward's output (tensor, tuple, list, dict, nested) in torch.export's flatten order, and
+    a name for each: dict keys ("out", "aux"; nested "det_boxes"), "output_<i>" for positions ("output_1_0")."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    leaves, _ = pytree.tree_flatten_with_path(out)
+    tensors, names = [], []
+    for path, leaf in leaves:
+        parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+        if not isinstance(leaf, torch.Tensor):
+            raise InputError(f"the model's output {'/'.join(parts) or 'value'} is a {type(leaf).__name__}, not a tensor; "
+                             "return tensors only (in a tensor, tuple, list or dict).")
+        named = bool(path) and isinstance(path[0], pytree.MappingKey)
+        name = "_".join(parts) if named else "output_" + ("_".join(parts) if parts else "0")
+        tensors.append(leaf)
+        names.append(re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
+    if not tensors:
+        raise InputError("the model returns no tensor; return a tensor, or a tuple/list/dict of tensors.")
+    if len(set(names)) != len(names):
+        names = [f"{n}_{i}" for i, n in enumerate(names)]
+    return tensors, names
+
+
 class TorchSource:
     kind: ClassVar[str] = "pytorch"
     data_layout: ClassVar[Layout] = Layout.NCHW  # what users hand us: shaped like example_input
@@ -157,8 +207,13 @@ class TorchSource:
             raise InputError(f"the model rejects example_input of shape(s) {shapes} / dtype(s) "
                              f"{[str(a.dtype) for a in example_args]}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
                              "Give an example shaped like one real batch.") from exc
-        outs = out if isinstance(out, tuple | list) else (out,)
+        outs, self.output_names_ = flatten_outputs(out)
+        # a tensor or a flat tuple/list keeps litert-torch's own naming (output_<i>); any other structure is
+        # exported through a wrapper that returns {name: tensor}, which litert-torch names by its keys
+        self._structured = not (isinstance(out, torch.Tensor)
+                                or (isinstance(out, tuple | list) and all(isinstance(o, torch.Tensor) for o in out)))
         self._out_channel_last = [i for i, o in enumerate(outs) if self._channel_last and o.dim() == 4]
+        self._out_dims = [o.dim() for o in outs]
         self.rewrites = []
         self._per_sample = False
 
@@ -193,10 +248,14 @@ class TorchSource:
                 module, self.rewrites = rewrite_spatial_means(module, args)
             except Exception as exc:
                 raise conversion_error(exc, self.name, module, args) from exc
+            if self._structured:
+                module = named_flat_outputs(module, self.output_names_, self._out_channel_last)
             module = litert_torch.to_channel_last_io(module, args=self._channel_last,
-                                                     outputs=self._out_channel_last or None)
+                                                     outputs=None if self._structured else self._out_channel_last or None)
             module.training = False  # not .eval(): exported graph modules refuse train()/eval() calls
             args = tuple(a.permute(0, 2, 3, 1).contiguous() if i in self._channel_last else a for i, a in enumerate(args))
+        elif self._structured:
+            module = named_flat_outputs(module, self.output_names_)
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
                     warnings.catch_warnings():
@@ -223,12 +282,19 @@ class TorchSource:
                 raise
             self._per_sample = True
             return self.predict(inputs)
-        outs = out if isinstance(out, tuple | list) else (out,)
+        outs, _ = flatten_outputs(out)
         res = [o.detach().cpu().numpy() for o in outs]
         return [np.moveaxis(r, 1, -1) if i in self._out_channel_last else r for i, r in enumerate(res)]
 
     def num_parameters(self) -> int | None:
         return int(sum(p.numel() for p in self.module.parameters()))
+
+    def output_names(self) -> list[str]:
+        return list(self.output_names_)
+
+    def output_channels_first(self) -> list[bool]:
+        """4-D outputs the artifact keeps in PyTorch's NCHW (an NCHW artifact, or outputs not moved channel-last)."""
+        return [d == 4 and i not in self._out_channel_last for i, d in enumerate(self._out_dims)]
 
     def predict_fp16(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The module in float16 (weights and compute; NCHW outputs as the module gives them): what an fp16 Core
@@ -242,12 +308,15 @@ class TorchSource:
         args = [torch.from_numpy(np.ascontiguousarray(inputs[f"args_{i}"])).half() for i in range(len(self.example_args))]
         with torch.no_grad():
             out = self._fp16(*args)
-        outs = out if isinstance(out, tuple | list) else (out,)
+        outs, _ = flatten_outputs(out)
         return [o.float().cpu().numpy() for o in outs]
 
     def layers(self) -> list[tuple[str, str]]:
         """(module path, class) in definition order (`features.0.conv`): what per-layer reports call layers."""
         return [(n, type(m).__name__) for n, m in self.module.named_modules() if n]
+
+    def scope_aliases(self) -> dict[str, list[tuple[str | None, str]]]:
+        return {}  # litert-torch writes module paths (`pkg.Class_attr`), read directly
 
     def framework_versions(self) -> dict[str, str]:
         import litert_torch

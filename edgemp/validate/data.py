@@ -23,7 +23,7 @@ _WHAT = "validation"
 @dataclasses.dataclass(frozen=True)
 class ValidationData:
     inputs: dict[str, np.ndarray]  # name -> (N, ...)
-    labels: np.ndarray | None
+    labels: Any  # class ids (N,) or label maps (N, H, W) as int64; as given when a user metric reads them
     class_names: list[str] | None
     source: str
     skipped: list[tuple[str, str]]
@@ -39,9 +39,12 @@ class ValidationData:
 
 def load_validation(data: Any, specs: list[TensorSpec], preprocessing: Preprocessing | None = None,
                     max_samples: int | None = None, progress: bool | None = None,
-                    class_names: list[str] | None = None) -> ValidationData:
+                    class_names: list[str] | None = None, opaque_labels: bool = False) -> ValidationData:
     """`class_names` (model output order) maps class sub-folders to label indices; without it folders are
-    sorted naturally, so '0_cat', '1_dog', ..., '10_eel' give 0, 1, ..., 10."""
+    sorted naturally, so '0_cat', '1_dog', ..., '10_eel' give 0, 1, ..., 10.
+
+    Labels are class ids (N,) or label maps (N, H, W); with `opaque_labels` (a user metric judges the outputs)
+    they are passed to the metric as given: any sequence with one entry per sample (e.g. boxes per image)."""
     if isinstance(data, ValidationData):
         return data
     labels: Any = None
@@ -60,30 +63,61 @@ def load_validation(data: Any, specs: list[TensorSpec], preprocessing: Preproces
     elif isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tuple):
         data, labels = data
         source = "(x, y) arrays"
+        if labels is None:
+            raise DataError("validation (x, y) has y=None; pass x alone for unlabelled data.")
     elif isinstance(data, np.ndarray | Mapping):
         source = "array"
     elif isinstance(data, Iterable):
         xs, ys = [], []
         for item in data:
             if isinstance(item, tuple) and len(item) == 2:
-                xs.extend(split_samples(item[0], specs, DataError, _WHAT))
-                ys.extend(np.asarray(item[1]).reshape(-1).tolist())
+                got = split_samples(item[0], specs, DataError, _WHAT)
+                xs.extend(got)
+                ys.extend(_item_labels(item[1], len(got), opaque_labels))
             else:
                 xs.extend(split_samples(item, specs, DataError, _WHAT))
             if max_samples and len(xs) >= max_samples:
                 break
         if ys and len(ys) != len(xs):
             raise DataError(f"validation iterable gave {len(xs)} samples but {len(ys)} labels; give (x, y) for every item.")
-        return _pack(xs, np.asarray(ys) if ys else None, None, f"iterable ({type(data).__name__})", [], max_samples)
+        y_all: Any = (ys if opaque_labels else np.stack([np.asarray(v) for v in ys])) if ys else None
+        return _pack(xs, y_all, None, f"iterable ({type(data).__name__})", [], max_samples, opaque_labels)
     else:
         raise DataError(f"unsupported validation data of type {type(data).__name__}.")
     samples = split_samples(data, specs, DataError, _WHAT)
-    y = None
+    y: Any = None
     if labels is not None:
-        y = np.asarray(labels).reshape(-1)
+        y = labels if opaque_labels else _label_array(labels, len(samples))
         if len(y) != len(samples):
             raise DataError(f"validation has {len(samples)} inputs but {len(y)} labels; they must match one to one.")
-    return _pack(samples, y, None, source, [], max_samples)
+    return _pack(samples, y, None, source, [], max_samples, opaque_labels)
+
+
+def _label_array(labels: Any, n: int) -> np.ndarray:
+    """Class ids (N,) or label maps (N, H, W); (N, 1) columns are flattened."""
+    try:
+        y = np.asarray(labels)
+    except ValueError as exc:
+        raise DataError(f"labels are not a regular array ({exc}); for ragged targets (e.g. boxes per image) pass a "
+                        "metric= that reads them.") from None
+    if y.dtype.kind not in "iubf":
+        raise DataError(f"labels must be integer class ids or label maps, got dtype {y.dtype}; for other targets pass "
+                        "a metric= that reads them.")
+    if y.ndim == 0:
+        y = y.reshape(1)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    return y
+
+
+def _item_labels(y: Any, count: int, opaque: bool) -> list[Any]:
+    """The labels of one iterable item holding `count` samples, one entry per sample."""
+    if opaque:
+        return [y] if count == 1 else list(y)
+    a = _label_array(y, count)
+    if count == 1:
+        return [a[0] if len(a) == 1 else a]  # a batched label of one sample, or one sample's label map
+    return list(a)
 
 
 def _npz_with_labels(path: Path) -> tuple[Any, Any] | None:
@@ -155,14 +189,19 @@ def _natural(name: str) -> tuple[Any, ...]:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
 
 
-def _pack(samples: list[dict[str, np.ndarray]], labels: np.ndarray | None, classes: list[str] | None, source: str,
-          skipped: list[tuple[str, str]], max_samples: int | None) -> ValidationData:
+def _pack(samples: list[dict[str, np.ndarray]], labels: Any, classes: list[str] | None, source: str,
+          skipped: list[tuple[str, str]], max_samples: int | None, opaque: bool = False) -> ValidationData:
     if not samples:
         raise DataError("the validation data has no samples.")
     if max_samples:
         samples = samples[:max_samples]
         labels = labels[:max_samples] if labels is not None else None
     inputs = {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
-    if labels is not None:
+    if labels is not None and not opaque:
+        labels = np.asarray(labels)
+        if labels.dtype.kind == "f":
+            if not np.isfinite(labels).all() or not np.all(np.mod(labels, 1) == 0):
+                raise DataError("labels must be integer class ids (or label maps of them); got non-integer values. "
+                                "For other targets pass a metric= that reads them.")
         labels = labels.astype(np.int64)
     return ValidationData(inputs, labels, classes, source, skipped)

@@ -1,19 +1,24 @@
-"""Host validation of one artifact against its float reference: per-output error, accuracy, collapse, latency."""
+"""Host validation of one artifact against its float reference: per-output error with the right metric for each
+output, task accuracy or a user metric, the fidelity gate, collapse checks, latency."""
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from edgemp._progress import track
-from edgemp.config import RuntimeOptions
+from edgemp.config import GateOptions, Precision, RuntimeOptions
+from edgemp.errors import DataError
 from edgemp.validate.checks import Check
 from edgemp.validate.data import ValidationData
-from edgemp.validate.metrics import collapse_reasons, compare, topk
+from edgemp.validate.judge import TaskJudge, accuracy_detail
+from edgemp.validate.metrics import collapse_reasons, compare
 from edgemp.validate.runtime import Runner
+from edgemp.validate.tasks import infer_tasks
 
 Predict = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -26,63 +31,80 @@ def batched(predict: Predict, inputs: dict[str, np.ndarray], batch: int = 64, pr
     return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
 
 
-def evaluate(artifact: bytes, reference: Predict | None, data: ValidationData, opts: RuntimeOptions, *,
-             max_accuracy_drop: float | None = 0.01, reference_outputs: list[np.ndarray] | None = None,
-             fp32_artifact: bytes | None = None, progress: bool | None = None,
-             data_note: str | None = None,
+def evaluate(artifact: bytes, reference: Predict | None, data: ValidationData, opts: RuntimeOptions,
+             gate: GateOptions | None = None, *, precision: Precision | None = None,
+             reference_outputs: list[np.ndarray] | None = None, fp32_artifact: bytes | None = None,
+             progress: bool | None = None, data_note: str | None = None,
              adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
-             ) -> tuple[dict[str, Any], list[Check]]:
-    """Return the report's "validation" section and the quality checks (collapse, accuracy gate).
+             channels_first: Sequence[bool] = (), class_names: Sequence[str] | None = None,
+             output_names: Sequence[str] | None = None) -> tuple[dict[str, Any], list[Check]]:
+    """Return the report's "validation" section and the quality checks (collapse, accuracy or metric, fidelity).
 
     `data` is in the reference's layout; `adapt` lays a batch out for the artifact (e.g. NCHW -> NHWC).
+    `channels_first[i]`: output i is NCHW (its class axis is 1). `class_names`: given by the user (checked
+    against the class count of the labelled output). `output_names`: the reference's output names in its order.
     """
+    gate = gate or GateOptions()
     t0 = time.perf_counter()
     adapt = adapt or (lambda batch: batch)
-    runner = Runner(artifact, opts)
+    runner = Runner(artifact, opts, list(output_names) if output_names is not None else None)
     out = batched(lambda b: runner.run(adapt(b)), data.inputs, progress=progress, label="Validating artifact")
     ref = reference_outputs
     if ref is None and reference is not None:
         ref = batched(reference, data.inputs, progress=progress, label="Running float reference")
+    names = [d.name for d in runner.outputs]
+    if ref is not None and len(ref) != len(out):
+        raise DataError(f"the reference gives {len(ref)} outputs but the artifact {len(out)} ({names}); validate the "
+                        "artifact against the model it was converted from.")
+    if ref is not None:
+        ref = [np.asarray(r, np.float32).reshape(o.shape) if np.size(r) == np.size(o) else np.asarray(r, np.float32)
+               for r, o in zip(ref, out, strict=True)]
+    tasks = infer_tasks(names, [o.shape for o in out], channels_first, gate.output_tasks)
     checks: list[Check] = []
     section: dict[str, Any] = {"data": data.summary() | ({"note": data_note} if data_note else {}),
                                "runtime": {"interpreter": "ai_edge_litert", "threads": opts.num_threads,
                                            "xnnpack": opts.xnnpack, "delegates": runner.delegate_report()},
-                               "outputs": [], "accuracy": None}
-    if ref is not None:
-        if len(ref) != len(out):
-            raise ValueError(f"the reference gives {len(ref)} outputs but the artifact {len(out)}")
-        for detail, r, o in zip(runner.outputs, ref, out, strict=True):
-            r = np.asarray(r, np.float32).reshape(o.shape) if np.size(r) == np.size(o) else np.asarray(r, np.float32)
-            m = compare(r, o)
-            reasons = collapse_reasons(r, o, m)
-            section["outputs"].append({"name": detail.name, "shape": list(o.shape[1:])} | m)
-            checks.append(Check(f"not_collapsed[{detail.name}]", not reasons,
-                                "; ".join(reasons) if reasons else "outputs vary, are finite and agree above chance"))
-    else:
-        for detail, o in zip(runner.outputs, out, strict=True):
-            finite = bool(np.isfinite(o).all())
-            checks.append(Check(f"not_collapsed[{detail.name}]", finite, "finite" if finite else "NaN/Inf in the outputs"))
-    if data.labels is not None:
-        logits = out[0].reshape(len(out[0]), -1)
-        acc: dict[str, Any] = {"top1": topk(logits, data.labels, 1), "num_classes": int(logits.shape[1])}
-        if ref is not None:
-            ref_logits = np.asarray(ref[0]).reshape(len(ref[0]), -1)
-            acc["float_top1"] = topk(ref_logits, data.labels, 1)
-            acc["drop"] = acc["float_top1"] - acc["top1"]
-        if logits.shape[1] > 5:
-            acc["top5"] = topk(logits, data.labels, 5)
-            if ref is not None:
-                acc["float_top5"] = topk(np.asarray(ref[0]).reshape(len(ref[0]), -1), data.labels, 5)
-        acc["max_accuracy_drop"] = max_accuracy_drop
+                               "outputs": [], "accuracy": None, "fidelity_gate": None}
+    metrics: dict[str, dict[str, Any]] = {}
+    for t, o, r in zip(tasks, out, ref or [None] * len(out), strict=True):
+        row: dict[str, Any] = {"name": t.name, "shape": list(o.shape[1:]), "task": t.task.value,
+                               "class_axis": t.class_axis, "num_classes": t.num_classes, "task_reason": t.reason}
+        if r is not None:
+            m = compare(r, o, t.class_axis)
+            metrics[t.name] = m
+            row |= m
+            reasons = collapse_reasons(r, o, m, t.class_axis)
+            detail = "; ".join(reasons) if reasons else "outputs vary, are finite and agree above chance"
+        else:
+            reasons = [] if np.isfinite(o).all() else ["NaN/Inf in the outputs"]
+            detail = reasons[0] if reasons else "finite"
+        section["outputs"].append(row)
+        checks.append(Check(f"not_collapsed[{t.name}]", not reasons, detail))
+    judge = TaskJudge(tasks, data.labels, gate, class_names)
+    if judge.kind is not None:
+        acc = judge.details(out, ref, gate.max_accuracy_drop)
         section["accuracy"] = acc
-        if max_accuracy_drop is not None and "drop" in acc:
-            ok = acc["drop"] <= max_accuracy_drop + 1e-9
-            checks.append(Check("accuracy_drop", ok, f"top-1 {acc['float_top1']:.4f} -> {acc['top1']:.4f} "
-                                f"(drop {100 * acc['drop']:.2f} points, budget {100 * max_accuracy_drop:.2f})"))
+        if gate.max_accuracy_drop is not None and acc.get("drop") is not None:
+            ok = acc["drop"] <= gate.max_accuracy_drop + 1e-9
+            checks.append(Check("accuracy_drop", ok, accuracy_detail(acc, gate.max_accuracy_drop)))
+    judged = judge.judged
+    free = [t.name for t in tasks if t.name not in judged and t.name in metrics]
+    if free:
+        min_sqnr, min_cos, origin = gate.floor(precision)
+        section["fidelity_gate"] = {"min_sqnr_db": min_sqnr, "min_cosine": min_cos, "origin": origin, "outputs": free}
+        for name in free:
+            m = metrics[name]
+            ok = m["sqnr_db"] >= min_sqnr and (m["cosine"] >= min_cos if math.isfinite(m["cosine"]) else False)
+            checks.append(Check(f"fidelity[{name}]", ok,
+                                f"SQNR {m['sqnr_db']:.2f} dB (min {min_sqnr:g}), cosine {m['cosine']:.5f} "
+                                f"(min {min_cos:g}), {origin}"
+                                + ("" if ok else "; the artifact's outputs are far from the float model's: give "
+                                   "labelled validation data or a metric= to judge the task, try precision 'mixed', "
+                                   "or pass lower min_sqnr_db/min_cosine if this fidelity is enough")))
     section["wall_time_s"] = time.perf_counter() - t0
     sample = adapt({k: v[:1] for k, v in data.inputs.items()})
     lat = runner.latency(sample)
-    if fp32_artifact is not None and fp32_artifact != artifact:
+    if fp32_artifact is not None and fp32_artifact != artifact and opts.latency_runs:
         base = Runner(fp32_artifact, RuntimeOptions(num_threads=opts.num_threads, xnnpack=opts.xnnpack,
                                                     latency_runs=opts.latency_runs, warmup_runs=opts.warmup_runs))
         lat["fp32_median_ms"] = base.latency(sample)["median_ms"]

@@ -7,7 +7,7 @@ float16 (weights and compute: what Core ML fp16 computes), labelled "emulated" â
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,18 +18,22 @@ Predict = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 def parity(reference: list[np.ndarray], tflite: list[np.ndarray], coreml: list[np.ndarray] | None, *,
-           coreml_kind: str, output_names: list[str], note: str, coreml_nchw: Collection[int] = ()) -> dict[str, Any]:
+           coreml_kind: str, output_names: list[str], note: str, coreml_nchw: Collection[int] = (),
+           class_axes: Sequence[int | None] = ()) -> dict[str, Any]:
     """`coreml_kind`: "real" (macOS predictions), "emulated-fp16" or "emulated-fp32". `coreml_nchw`: outputs the
     Core ML column gives in NCHW while the reference and the TFLite artifact give them channel-last (PyTorch
-    sources with an NHWC artifact: Core ML keeps PyTorch's layout)."""
+    sources with an NHWC artifact: Core ML keeps PyTorch's layout). `class_axes[i]`: the class axis of output i
+    as the artifact gives it (agreement is counted along it: per sample, per pixel), None for regression."""
     rows = []
     for i, name in enumerate(output_names):
-        r, t = flat(reference[i]), flat(tflite[i])
-        pairs = {"tflite_vs_source": _pair(r, t)}
+        axis = class_axes[i] if i < len(class_axes) else -1
+        r, t = _batch(reference[i]), _batch(tflite[i])
+        pairs = {"tflite_vs_source": _pair(r, t.reshape(r.shape) if t.size == r.size else t, axis)}
         if coreml is not None:
-            c = flat(coreml[i], channels_last=i in coreml_nchw)
-            pairs["coreml_vs_source"] = _pair(r, c)
-            pairs["tflite_vs_coreml"] = _pair(c, t)
+            c = _batch(coreml[i], channels_last=i in coreml_nchw)
+            c = c.reshape(r.shape) if c.size == r.size else c
+            pairs["coreml_vs_source"] = _pair(r, c, axis)
+            pairs["tflite_vs_coreml"] = _pair(c, t.reshape(c.shape) if t.size == c.size else t, axis)
         rows.append({"output": name, **pairs})
     worst = max(((row["output"], k, v) for row in rows for k, v in row.items() if k != "output"),
                 key=lambda x: x[2]["max_abs_error"], default=None)
@@ -37,9 +41,14 @@ def parity(reference: list[np.ndarray], tflite: list[np.ndarray], coreml: list[n
             "largest_disagreement": {"output": worst[0], "pair": worst[1], **worst[2]} if worst else None}
 
 
-def _pair(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-    m = compare(a, b)
+def _pair(a: np.ndarray, b: np.ndarray, class_axis: int | None = -1) -> dict[str, Any]:
+    m = compare(a, b, class_axis if a.shape == b.shape else None)
     return {k: m[k] for k in ("max_abs_error", "mean_abs_error", "cosine", "sqnr_db", "top1_agreement")}
+
+
+def _batch(x: np.ndarray, channels_last: bool = False) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return np.moveaxis(x, 1, -1) if channels_last and x.ndim == 4 else x
 
 
 def flat(x: np.ndarray, channels_last: bool = False) -> np.ndarray:

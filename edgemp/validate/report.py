@@ -64,18 +64,19 @@ class Report:
             lines += ["", "## Validation on the host", "", f"Data: {v['data']['source']} ({v['data']['num_samples']} samples)"
                       + (f" — {v['data']['note']}" if v["data"].get("note") else ""), ""]
             if v["outputs"]:
-                lines += ["| output | max abs err | mean abs err | RMSE | cosine | SQNR dB | top-1 agreement |",
-                          "|---|---|---|---|---|---|---|"]
+                lines += ["| output | task | max abs err | mean abs err | RMSE | cosine | SQNR dB | top-1 agreement |",
+                          "|---|---|---|---|---|---|---|---|"]
                 for o in v["outputs"]:
-                    lines.append(f"| {o['name']} | {_f(o['max_abs_error'], 5)} | {_f(o['mean_abs_error'], 5)} | "
-                                 f"{_f(o['rmse'], 5)} | {_f(o['cosine'], 6)} | {_f(o['sqnr_db'], 2)} | "
-                                 f"{_f(o['top1_agreement'], 4)} |")
+                    lines.append(f"| {o['name']} | {_task(o)} | {_f(o.get('max_abs_error'), 5)} | "
+                                 f"{_f(o.get('mean_abs_error'), 5)} | {_f(o.get('rmse'), 5)} | {_f(o.get('cosine'), 6)} | "
+                                 f"{_f(o.get('sqnr_db'), 2)} | {_f(o.get('top1_agreement'), 4)} |")
             a = v.get("accuracy")
             if a:
-                lines += ["", f"Accuracy: float top-1 {_f(a.get('float_top1'), 4)}, artifact top-1 {_f(a['top1'], 4)}, "
-                          f"drop {_f(100 * a['drop'], 2) if 'drop' in a else 'n/a'} points "
-                          f"(budget {_f(100 * a['max_accuracy_drop'], 2) if a.get('max_accuracy_drop') is not None else 'none'})"
-                          + (f"; top-5 {_f(a.get('float_top5'), 4)} -> {_f(a['top5'], 4)}" if "top5" in a else "")]
+                lines += ["", "Accuracy: " + accuracy_line(a)]
+            fg = v.get("fidelity_gate")
+            if fg:
+                lines += ["", f"Fidelity gate ({fg['origin']}): SQNR >= {fg['min_sqnr_db']:g} dB and cosine >= "
+                          f"{fg['min_cosine']:g} for {', '.join(fg['outputs'])} (outputs no label or metric judges)."]
             lat = v["latency"]
             lines += ["", f"Host latency (batch 1, {lat['threads']} thread(s), XNNPACK {'on' if lat['xnnpack'] else 'off'}, "
                       f"median of {lat['runs']}): {_f(lat['median_ms'], 4)} ms"
@@ -116,28 +117,28 @@ class Report:
         v = d.get("validation")
         if v:
             t = Table(title=f"Validation on the host — {v['data']['source']} ({v['data']['num_samples']} samples)")
-            for col in ("output", "max abs err", "RMSE", "cosine", "SQNR dB", "top-1 agree"):
+            for col in ("output", "task", "max abs err", "RMSE", "cosine", "SQNR dB", "top-1 agree"):
                 t.add_column(col, justify="right")
             for o in v["outputs"]:
-                t.add_row(o["name"], _f(o["max_abs_error"], 5), _f(o["rmse"], 5), _f(o["cosine"], 6), _f(o["sqnr_db"], 2),
-                          _f(o["top1_agreement"], 4))
+                t.add_row(o["name"], _task(o), _f(o.get("max_abs_error"), 5), _f(o.get("rmse"), 5),
+                          _f(o.get("cosine"), 6), _f(o.get("sqnr_db"), 2), _f(o.get("top1_agreement"), 4))
             console.print(t)
             a = v.get("accuracy")
             if a:
-                console.print(f"top-1: float {_f(a.get('float_top1'), 4)} -> artifact {_f(a['top1'], 4)} "
-                              f"(drop {_f(100 * a['drop'], 2) if 'drop' in a else 'n/a'} points)")
+                console.print(accuracy_line(a))
             lat = v["latency"]
             console.print(f"latency: {_f(lat['median_ms'], 4)} ms median ({lat['threads']} thread(s))"
                           + (f", fp32 {_f(lat['fp32_median_ms'], 4)} ms" if "fp32_median_ms" in lat else ""))
         m = d.get("mixed")
         if m:
             t = Table(title=f"Mixed-precision search — budget: {m['budget']['description']}")
-            for col in ("step", "action", "float layers", "boundaries", "top-1", "SQNR dB", "bytes", "ms", "met"):
+            for col in ("step", "action", "float layers", "boundaries", m.get("metric") or "accuracy", "SQNR dB", "bytes",
+                        "ms", "met"):
                 t.add_column(col)
             for st in m["steps"]:
                 sc = st["score"]
                 t.add_row(str(st["step"]), st["action"], str(len(st["float_layers"])), str(st["boundaries"]),
-                          _f(sc.get("top1"), 4), _f(sc["sqnr_db"], 1), f"{st['bytes']:,}" if st.get("bytes") else "",
+                          _f(sc.get("accuracy"), 4), _f(sc["sqnr_db"], 1), f"{st['bytes']:,}" if st.get("bytes") else "",
                           _f(st.get("latency_ms"), 4), "yes" if st["met"] else "")
             console.print(t)
             console.print(f"kept in float: {', '.join(m['float_layers']) or 'none'} ({m['boundaries']} boundaries)")
@@ -151,6 +152,27 @@ class Report:
         for ch in d["checks"]:
             if not ch["passed"]:
                 console.print(f"[red]FAIL[/] {ch['name']}: {ch['detail']}")
+
+
+def _task(o: dict[str, Any]) -> str:
+    if o.get("task") == "classification":
+        return f"classification ({o.get('num_classes')} classes)"
+    return str(o.get("task", ""))
+
+
+def accuracy_line(a: dict[str, Any]) -> str:
+    """One line for validation.accuracy, whatever judged it (top-1, mIoU or the user's metric)."""
+    budget = a.get("max_accuracy_drop")
+    if a.get("task") == "metric":
+        return (f"metric {a['metric']}: float {_f(a.get('float'), 4)} -> artifact {_f(a['artifact'], 4)}, drop "
+                f"{_f(a.get('drop'), 4)} (budget {_f(budget, 4) if budget is not None else 'none'})")
+    pts = f"(budget {_f(100 * budget, 2)} points)" if budget is not None else "(no budget)"
+    drop = f"{_f(100 * a['drop'], 2)} points" if a.get("drop") is not None else "n/a"
+    if a.get("task") == "segmentation":
+        return (f"{a['output']}: mIoU float {_f(a.get('float_miou'), 4)} -> artifact {_f(a['miou'], 4)}, drop {drop} "
+                f"{pts}; pixel accuracy {_f(a.get('float_pixel_accuracy'), 4)} -> {_f(a['pixel_accuracy'], 4)}")
+    return (f"{a.get('output', 'output')}: top-1 float {_f(a.get('float_top1'), 4)} -> artifact {_f(a['top1'], 4)}, "
+            f"drop {drop} {pts}" + (f"; top-5 {_f(a.get('float_top5'), 4)} -> {_f(a['top5'], 4)}" if "top5" in a else ""))
 
 
 def _coreml_markdown(cm: dict[str, Any] | None) -> list[str]:
@@ -182,12 +204,12 @@ def _mixed_markdown(m: dict[str, Any] | None) -> list[str]:
              f"{m['num_ranked_layers']}; calibration runs: {m['calibration_runs']}, candidate artifacts quantized: "
              f"{m['quantize_runs']}, scored: {m['scored_artifacts']}.", "",
              f"Kept in float: {', '.join(m['float_layers']) or 'none'} ({m['boundaries']} float/int8 boundaries).", "",
-             "| step | action | float layers | boundaries | top-1 | SQNR dB | bytes | latency ms | met |",
+             f"| step | action | float layers | boundaries | {m.get('metric') or 'accuracy'} | SQNR dB | bytes | latency ms | met |",
              "|---|---|---|---|---|---|---|---|---|"]
     for st in m["steps"]:
         sc = st["score"]
         lines.append(f"| {st['step']} | {st['action']} | {len(st['float_layers'])} | {st['boundaries']} | "
-                     f"{_f(sc.get('top1'), 4)} | {_f(sc['sqnr_db'], 1)} | {st['bytes'] or ''} | "
+                     f"{_f(sc.get('accuracy'), 4)} | {_f(sc['sqnr_db'], 1)} | {st['bytes'] or ''} | "
                      f"{_f(st.get('latency_ms'), 4)} | {'yes' if st['met'] else ''} |")
     if m.get("would_take"):
         lines += ["", f"What meeting the budget would take: {m['would_take']}."]

@@ -67,7 +67,9 @@ class IODetail:
 class Runner:
     """Batched inference through the model's signature, float in / float out whatever the artifact's I/O."""
 
-    def __init__(self, model: bytes, opts: RuntimeOptions | None = None) -> None:
+    def __init__(self, model: bytes, opts: RuntimeOptions | None = None, output_order: list[str] | None = None) -> None:
+        """`output_order`: the source's output names in its own order. The interpreter lists signature outputs
+        by name (`aux` before `out`); with the source's order, results line up with the source's outputs."""
         self.model = bytes(model)
         self.opts = opts or RuntimeOptions()
         self._delegates = load_delegates(self.opts.delegates)
@@ -78,8 +80,11 @@ class Runner:
             raise NotATFLiteModelError("the model has no signature; convert it with a signature (TF 2 converters do).")
         self._runner = self.interpreter.get_signature_runner(self.signature)
         self.inputs = [_detail(k, v) for k, v in self._runner.get_input_details().items()]
-        self.outputs = sorted((_detail(k, v) for k, v in self._runner.get_output_details().items()),
-                              key=lambda d: _natural(d.name))
+        details = {k: _detail(k, v) for k, v in self._runner.get_output_details().items()}
+        if output_order is not None and set(output_order) == set(details):
+            self.outputs = [details[n] for n in output_order]
+        else:
+            self.outputs = sorted(details.values(), key=lambda d: _natural(d.name))
         self._batching = True
 
     def run(self, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
