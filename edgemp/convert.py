@@ -20,10 +20,13 @@ from edgemp._versions import versions
 from edgemp.backends.tflite_census import census
 from edgemp.calibration import CalibrationSet, load_calibration
 from edgemp.config import DelegateSpec, GateOptions, IODType, Layout, Precision, Preprocessing, RuntimeOptions, parse_enum
-from edgemp.errors import CalibrationError, InputError, MixedPrecisionError, PrecisionLabelError, QualityGateError
+from edgemp.errors import (CalibrationError, InputError, MixedPrecisionError, PrecisionLabelError, QualityGateError,
+                           UnsupportedOpsError)
 from edgemp.backends.coreml_target import build_coreml, coreml_precision_for, parity_section
 from edgemp.mixed.pipeline import run_mixed, write_files
 from edgemp.quantize import apply_recipe, calibrate, recipe_for
+from edgemp.quantize.labels import label_error
+from edgemp.quantize.rewrites import prepare_for_quantization
 from edgemp.quantize.engine import CALLS
 from edgemp.sources import load_source
 from edgemp.validate import Check, Report, ValidationData, evaluate, label_checks, load_validation
@@ -165,6 +168,14 @@ def convert(
     with timer.stage("float_conversion"):
         float_tflite = source.to_float_tflite(batch_size)
         float_census = census(float_tflite)
+        rewrites = list(getattr(source, "rewrites", []))
+        qbase = float_tflite  # what calibration and quantization see
+        if prec.needs_calibration:
+            source, float_tflite, float_census, unrolled = _without_loops(source, float_tflite, float_census, batch_size,
+                                                                          prec)
+            prep = prepare_for_quantization(float_tflite)
+            qbase = prep.model
+            rewrites += unrolled + [f"{n} {k} (exact; so the op can be int8)" for k, n in prep.rewrites.items() if n]
     specs = source.input_specs()
 
     cal: CalibrationSet | None = None
@@ -180,10 +191,10 @@ def convert(
                                        progress, class_names, opaque_labels=metric is not None)
         calls = CALLS["calibrate"]
         with timer.stage("calibrate"):
-            stats = calibrate(float_tflite, [source.artifact_inputs(s) for s in cal.samples], num_threads=num_threads,
+            stats = calibrate(qbase, [source.artifact_inputs(s) for s in cal.samples], num_threads=num_threads,
                               progress=progress)
         with timer.stage("mixed_search"):
-            mixed = run_mixed(source, float_tflite, stats, vdata, opts, float_io=io is IODType.FLOAT, gate=gate,
+            mixed = run_mixed(source, qbase, stats, vdata, opts, float_io=io is IODType.FLOAT, gate=gate,
                               max_float_layers=max_float_layers, keep_float=keep_float, never_float=never_float,
                               tensor_samples=32, title=base, progress=progress, class_names=class_names)
         mixed.section["calibration_runs"] = CALLS["calibrate"] - calls
@@ -195,10 +206,10 @@ def convert(
         if prec.needs_calibration:
             assert cal is not None
             with timer.stage("calibrate"):
-                stats = calibrate(float_tflite, [source.artifact_inputs(s) for s in cal.samples],
+                stats = calibrate(qbase, [source.artifact_inputs(s) for s in cal.samples],
                                   num_threads=num_threads, progress=progress)
         with timer.stage("quantize"):
-            artifact = apply_recipe(float_tflite, recipe, stats)
+            artifact = apply_recipe(qbase, recipe, stats)
 
     with timer.stage("census"):
         art_census = census(artifact)
@@ -209,10 +220,7 @@ def convert(
                             if not mixed.region_problems else "; ".join(mixed.region_problems[:8])))
     broken = [c for c in checks if not c.passed]
     if broken:
-        raise PrecisionLabelError(
-            f"the {prec.value} artifact is not what its label says: " + "; ".join(f"{c.name}: {c.detail}" for c in broken)
-            + ". Nothing was written. Keep those ops in float with precision 'dynamic-int8'/'fp16', or ask for io_dtype='float'."
-        )
+        raise PrecisionLabelError(label_error(prec, broken, art_census, float_census, source))
 
     if vdata is None:
         vdata, note = _validation_data(validation, specs, pre or (cal.preprocessing if cal else None), cal,
@@ -249,7 +257,7 @@ def convert(
         "passed": passed,
         "model": {"name": base, "source": source.kind, "path": source.path, "parameters": source.num_parameters(),
                   "inputs": [s.to_dict() for s in specs], "batch_size": batch_size,
-                  "input_layout": source.artifact_layout.value, "rewrites": list(getattr(source, "rewrites", [])),
+                  "input_layout": source.artifact_layout.value, "rewrites": rewrites,
                   "layout_transposes": overhead},
         "precision": prec.value,
         "precision_meaning": prec.meaning,
@@ -284,6 +292,26 @@ def convert(
         if strict:
             raise QualityGateError("validation failed: " + "; ".join(report.failures), report)
     return result
+
+
+def _without_loops(source: Any, float_tflite: bytes, float_census: Any, batch_size: int | None, prec: Precision
+                   ) -> tuple[Any, bytes, Any, list[str]]:
+    """Static quantization cannot calibrate a WHILE loop (Keras recurrent layers): unroll them when the source can
+    (same weights, same outputs), else refuse with the alternatives."""
+    if not any(o.op == "WHILE" for o in float_census.ops):
+        return source, float_tflite, float_census, []
+    unrolled, why = source.unroll_loops()
+    if unrolled is not None:
+        float_tflite = unrolled.to_float_tflite(batch_size)
+        float_census = census(float_tflite)
+        if not any(o.op == "WHILE" for o in float_census.ops):
+            return unrolled, float_tflite, float_census, why
+    raise UnsupportedOpsError(
+        f"precision {prec.value!r} needs every op calibrated, but the model's recurrent layer(s) lower to a WHILE loop, "
+        "which the AI Edge Quantizer cannot calibrate" + (f" ({'; '.join(why)})" if why else "") + ". Options: give the "
+        "recurrent layers a fixed sequence length so edgemp can unroll them (or build them with unroll=True) for a "
+        "fully integer model; or precision 'dynamic-int8' (int8 weights, float compute; works with loops) or 'fp16'.",
+        ops=["WHILE"])
 
 
 def _coreml_request(targets: Sequence[str], prec: Precision, coreml_precision: str | None, target: str,

@@ -199,7 +199,9 @@ def torch_segmenter() -> Any:
     return _torch_fit(TinyFCN(), "torch_segmenter", _sampler(x, labels), loss, 1500)
 
 
-CANVAS, CELL = 32, 8  # detection scenes: one digit on a 32x32 canvas; a 4x4 grid of anchors (8 px cells)
+# Detection scenes: one digit on a 32x32 canvas, a 4x4 grid of anchors (8 px cells). Boxes are given in the pixels
+# of the original 320x320 photo the canvas was downscaled from (as detectors report them), scores in [0, 1].
+CANVAS, CELL, ORIGINAL = 32, 8, 10
 
 
 def detection_data(n: int = 1797, seed: int = 0) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -215,19 +217,20 @@ def detection_data(n: int = 1797, seed: int = 0) -> tuple[np.ndarray, list[dict[
         s = d.shape[0]
         x0, y0 = (int(v) for v in rng.integers(0, CANVAS - s + 1, 2))
         scenes[i, 0, y0 : y0 + s, x0 : x0 + s] = d
-        targets.append({"box": [float(x0), float(y0), float(x0 + s), float(y0 + s)], "label": int(y[i % len(x)])})
+        box = [float(v) * ORIGINAL for v in (x0, y0, x0 + s, y0 + s)]
+        targets.append({"box": box, "label": int(y[i % len(x)])})
     return scenes, targets
 
 
 def _anchor_targets(targets: list[dict[str, Any]]) -> tuple[Any, Any]:
-    """Per anchor: class (10 = background) and box (cx, cy, w, h) in pixels for the anchor holding the center."""
+    """Per anchor: class (10 = background) and box (cx, cy, w, h) in canvas pixels for the anchor holding the center."""
     import torch
 
     g = CANVAS // CELL
     cls = torch.full((len(targets), g * g), 10, dtype=torch.long)
     box = torch.zeros((len(targets), g * g, 4))
     for i, t in enumerate(targets):
-        x0, y0, x1, y1 = t["box"]
+        x0, y0, x1, y1 = (v / ORIGINAL for v in t["box"])
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         a = int(min(cy // CELL, g - 1)) * g + int(min(cx // CELL, g - 1))
         cls[i, a] = t["label"]
@@ -242,7 +245,7 @@ class _Detector:  # namespace for the torch classes (torch is imported lazily)
         from torch import nn
 
         class TinySSD(nn.Module):
-            """SSD-style head: per anchor of a 4x4 grid, box (cx, cy, w, h) in pixels and 11 class scores."""
+            """SSD-style head: per anchor of a 4x4 grid, box (cx, cy, w, h) and 11 class scores."""
 
             def __init__(self) -> None:
                 super().__init__()
@@ -257,15 +260,20 @@ class _Detector:  # namespace for the torch classes (torch is imported lazily)
                 self.register_buffer("centers", centers)
 
             def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                """Boxes in canvas pixels and class logits (what training sees)."""
                 f = self.features(x)
                 n = x.shape[0]
-                d = self.box_head(f).flatten(2).transpose(1, 2)  # (N, 16, 4): offsets and log sizes
-                boxes = torch.cat([self.centers + d[..., :2] * CELL, torch.exp(d[..., 2:]) * CELL], -1)
+                d = self.box_head(f).flatten(2).transpose(1, 2)  # (N, 16, 4): center offsets and sizes
+                boxes = torch.cat([self.centers + d[..., :2] * CELL, torch.sigmoid(d[..., 2:]) * 3 * CELL], -1)
                 return boxes, self.cls_head(f).flatten(2).transpose(1, 2).reshape(n, -1, 11)
 
-            def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            def decoded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 boxes, logits = self.raw(x)
-                return {"boxes": boxes, "scores": torch.softmax(logits, -1)}
+                return boxes * ORIGINAL, torch.softmax(logits, -1)
+
+            def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+                boxes, scores = self.decoded(x)
+                return {"boxes": boxes, "scores": scores}
 
         class ConcatSSD(nn.Module):
             """The same network with one output holding boxes (pixels) and scores (probabilities) side by side."""
@@ -275,8 +283,7 @@ class _Detector:  # namespace for the torch classes (torch is imported lazily)
                 self.ssd = ssd
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                boxes, logits = self.ssd.raw(x)
-                return torch.cat([boxes, torch.softmax(logits, -1)], -1)
+                return torch.cat(self.ssd.decoded(x), -1)
 
         class NMSSSD(nn.Module):
             """The same network with NMS inside forward(): data-dependent output size."""
@@ -288,8 +295,8 @@ class _Detector:  # namespace for the torch classes (torch is imported lazily)
             def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 import torchvision
 
-                boxes, logits = self.ssd.raw(x)
-                scores = torch.softmax(logits, -1)[0, :, :10].max(-1).values
+                boxes, probs = self.ssd.decoded(x)
+                scores = probs[0, :, :10].max(-1).values
                 xyxy = torch.cat([boxes[0, :, :2] - boxes[0, :, 2:] / 2, boxes[0, :, :2] + boxes[0, :, 2:] / 2], -1)
                 keep = torchvision.ops.nms(xyxy, scores, 0.5)
                 return xyxy[keep], scores[keep]

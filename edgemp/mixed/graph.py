@@ -15,6 +15,7 @@ from typing import Any
 from edgemp.backends.tflite_census import WEIGHTED_OPS, Census, OpInfo
 from edgemp.errors import InputError
 from edgemp.quantize.recipes import Recipe, float_rule, static_rule
+from edgemp.quantize.support import quantizable_ops
 
 # Ops that only move or select values: quantized they reuse their input's scale and add no error of their
 # own, so they are never ranked; they join a float region when all their producers are float.
@@ -61,10 +62,12 @@ class LayerGraph:
             used.update(names)
             layers.append([o, names])
         outputs = {s.tensor for s in float_census.outputs}
-        for entry in layers:  # an output op named after the signature ("StatefulPartitionedCall:0"): last free layer
-            o, names = entry
+        for entry in layers:  # an output op named after the signature ("StatefulPartitionedCall:0"): the last free
+            o, names = entry     # layer, when it is of the op's kind (a Dense for a FULLY_CONNECTED)
             if not names and o.outputs[0].name in outputs:
-                free = [n for n, _ in source_layers if n not in used]
+                parents = {n.rsplit(".", 1)[0] for n in kinds if "." in n}
+                free = [n for n, _ in source_layers if n not in used and n not in parents
+                        and bool(_WEIGHTED_CLASS.search(kinds.get(n, ""))) == (o.op in WEIGHTED_OPS)]
                 entry[1] = free[-1:] if free else []
         self.layers = [
             Layer(o.index, o.op, o.outputs[0].name, names[0] if names else f"{o.op.lower()}#{o.index}",
@@ -112,6 +115,8 @@ class LayerGraph:
         rules = [static_rule(activation_bits)]
         for t in sorted(region, key=lambda t: self.by_tensor[t].index):
             op = self.by_tensor[t].op
+            if op not in quantizable_ops():
+                continue  # the quantizer keeps it float anyway, and refuses rules naming ops it does not know
             # The quantizer matches re.search against the op scope: its output names joined and ended by ";".
             rules.append(float_rule(regex=f"^{re.escape(t)};", operation=_QUANTIZER_OP.get(op, op)))
         if float_io:
@@ -189,12 +194,24 @@ def _mentions(tensor_names: Iterable[str], order: dict[str, int],
             attrs = [c.rsplit(".", 1)[-1].split("_", 1)[1] for c in comps[1:] if "_" in c.rsplit(".", 1)[-1]]
             if comps and comps[0].endswith("ChannelLastIOWrapper") and attrs[:1] == ["wrapped"]:
                 attrs = attrs[1:]
-            for k in range(len(attrs), 0, -1):
-                path = ".".join(attrs[:k])
-                if path in order:
-                    found.append(path)
-                    break
+            hit = _module_path(attrs, order)
+            if hit:
+                found.append(hit)
     return found
+
+
+def _module_path(attrs: list[str], order: dict[str, int]) -> str | None:
+    """The longest run of attribute names that is a module path (`features.0`), or the unique module path ending
+    with it: a submodule reached through a method (`self.ssd.decoded(x)`) is missing from the converter's scope."""
+    for start in range(len(attrs)):
+        for end in range(len(attrs), start, -1):
+            path = ".".join(attrs[start:end])
+            if path in order:
+                return path
+            tail = [n for n in order if n.endswith("." + path)]
+            if len(tail) == 1:
+                return tail[0]
+    return None
 
 
 def describe(layer: Layer) -> str:

@@ -21,6 +21,7 @@ from edgemp.mixed.search import SearchResult, format_score, resolve_cap, search,
 from edgemp.mixed.sensitivity import LayerSensitivity, float_alone_effects, int8_alone_effects, tensor_errors
 from edgemp.mixed.session import MixedSession
 from edgemp.quantize import Statistics
+from edgemp.quantize.support import why_float
 from edgemp.validate.data import ValidationData
 
 
@@ -51,12 +52,15 @@ def run_mixed(source: Any, float_tflite: bytes, stats: Statistics, vdata: Valida
     cap = resolve_cap(max_float_layers, len(graph.layers))
     session = MixedSession(source, float_tflite, stats, vdata, opts, float_io=float_io, progress=progress, graph=graph,
                            gate=gate, class_names=class_names)
-    sr = search(session.make, graph, session.scorer, budget, cap=cap, keep=keep, never=never,
+    forced = _without_int8(session.make(graph.close(keep)), graph)
+    sr = search(session.make, graph, session.scorer, budget, cap=cap, keep=keep, never=never, forced=list(forced),
                 latency=session.latency_ms, progress=progress)
     sens = tensor_errors(float_tflite, session.make(graph.close(keep)), session.samples(tensor_samples), graph)
     _attach_effects(sens, sr.effects, graph, "int8_alone")
     rows = ranked_rows(sens, graph, sr.region)
     section = _section(sr, budget, session, rows)
+    section["forced_float"] = [{"name": describe(graph.by_tensor[t]), "op": graph.by_tensor[t].op, "tensor": t,
+                                "reason": why} for t, why in forced.items()]
     md = to_markdown(rows, f"Per-layer INT8 sensitivity: {title}", [f"Budget: {budget.describe()}."])
     png = plot_png(rows, f"{title}: per-layer INT8 sensitivity")
     files: dict[str, bytes | str] = {"sensitivity.md": md, "sensitivity.png": png,
@@ -148,6 +152,14 @@ def _message(sr: SearchResult, budget: Budget, session: MixedSession) -> str:
 def _names_short(sr: SearchResult, session: MixedSession) -> list[str]:
     g = session.graph
     return [g.by_tensor[t].name for t in sorted(sr.region, key=lambda t: g.by_tensor[t].index) if g.by_tensor[t].ranked]
+
+
+def _without_int8(artifact: bytes, graph: LayerGraph) -> dict[str, str]:
+    """Ops that compute in float in the full-int8 candidate (no int8 support): tensor -> why."""
+    if isinstance(artifact, FailedCandidate):
+        return {}
+    return {o.outputs[0].name: why_float(o.op) for o in census(artifact).ops
+            if o.compute in ("float32", "float16") and o.outputs and o.outputs[0].name in graph.by_tensor}
 
 
 def metric_name(gate: GateOptions, vdata: ValidationData) -> str:

@@ -61,9 +61,12 @@ def resolve_cap(max_float_layers: int | float, num_layers: int) -> int:
 
 
 def search(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: Scorer, budget: Budget, *,
-           cap: int, keep: Sequence[str] = (), never: Sequence[str] = (),
+           cap: int, keep: Sequence[str] = (), never: Sequence[str] = (), forced: Sequence[str] = (),
            latency: Callable[[bytes], float] | None = None, progress: bool | None = None) -> SearchResult:
+    """`forced`: ops that have no int8 form (float in any quantized model): float from the start, and not counted
+    against `cap`, which limits what the search chooses."""
     steps: list[Step] = []
+    cap += sum(1 for t in forced if graph.by_tensor[t].ranked)
 
     def record(action: str, region: frozenset[str], art: bytes, s: Score, accepted: bool) -> None:
         if s.error is not None:
@@ -72,10 +75,13 @@ def search(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: S
                           budget.met(s, scorer.float_accuracy), accepted, len(art) or None,
                           latency(art) if latency and accepted else None))
 
-    region = graph.close(keep)
+    region = graph.close([*keep, *forced])
     art = make(region)
     cur = scorer(art)
-    record("full int8" if not keep else f"int8 with keep_float ({len(region)} ops)", region, art, cur, True)
+    first = "full int8" if not keep else f"int8 with keep_float ({len(graph.close(keep))} ops)"
+    if forced:
+        first += f", {len(forced)} op(s) without int8 support in float"
+    record(first, region, art, cur, True)
     best = (region, art, cur)
     if budget.met(cur, scorer.float_accuracy):
         return SearchResult(region, art, cur, True, steps, {}, cap)

@@ -19,6 +19,7 @@ from edgemp.calibration.data import Sample
 from edgemp.backends.tflite_compat import inline_buffers
 from edgemp.errors import ConversionError
 from edgemp.quantize.recipes import Recipe
+from edgemp.quantize.rewrites import drop_unsigned_outputs, has_unsigned_outputs
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def apply_recipe(float_tflite: bytes, recipe: Recipe, statistics: Statistics | N
     if result.quantized_model is None:
         raise ConversionError("the quantizer returned no model")
     # constant data back inside the flatbuffer: older device runtimes cannot read the quantizer's offset buffers
-    return inline_buffers(bytes(result.quantized_model))
+    model = inline_buffers(bytes(result.quantized_model))
+    return drop_unsigned_outputs(model) if has_unsigned_outputs(float_tflite) else model
 
 
 def _quiet_quantizer() -> None:

@@ -60,4 +60,9 @@ class Source(Protocol):
         how per-layer reports find the user's layer names when scopes are not names (may be empty)."""
         ...
 
+    def unroll_loops(self) -> tuple[Source | None, list[str]]:
+        """The same model with its loops unrolled (static quantization cannot calibrate WHILE), and what was done;
+        (None, reasons) when it cannot."""
+        ...
+
     def framework_versions(self) -> dict[str, str]: ...

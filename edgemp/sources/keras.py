@@ -90,7 +90,7 @@ class KerasSource:
         self.model = model
         self.path = path
         self.name = _safe_name(Path(path).stem if path else getattr(model, "name", "model"))
-        out = model.output
+        out = _output_structure(model)
         values = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, list | tuple) else [out]
         nested = [i for i, v in enumerate(values) if isinstance(v, dict | list | tuple)]
         if nested:
@@ -126,7 +126,7 @@ class KerasSource:
     def output_names(self) -> list[str]:
         """What the TFLite converter names the outputs: a dict output's keys (in the model's order; the signature
         lists them sorted), else output_<i> by list position (layer names are not used)."""
-        out = self.model.output
+        out = _output_structure(self.model)
         if isinstance(out, dict):
             return [str(k) for k in out]
         return [f"output_{i}" for i in range(len(self.model.outputs))]
@@ -162,6 +162,40 @@ class KerasSource:
 
     def scope_aliases(self) -> dict[str, list[tuple[str | None, str]]]:
         return scope_aliases(self.model)
+
+    def unroll_loops(self) -> tuple[KerasSource | None, list[str]]:
+        """The model with its recurrent layers unrolled (same weights, same outputs): static quantization cannot
+        calibrate the WHILE loop Keras lowers them to. None (with the reason) when a sequence length is dynamic."""
+        import keras
+
+        rnns = [lay for lay in _all_layers(self.model) if isinstance(lay, keras.layers.RNN | keras.layers.Bidirectional)]
+        if not rnns:
+            return None, []
+        steps = {}
+        for lay in rnns:
+            t = _timesteps(lay)
+            if t is None:
+                return None, [f"{lay.name}: the sequence length is dynamic, so it cannot be unrolled"]
+            steps[lay.name] = t
+
+        def clone(layer: Any) -> Any:
+            cfg = layer.get_config()
+            if isinstance(layer, keras.layers.RNN):
+                cfg["unroll"] = True
+            elif isinstance(layer, keras.layers.Bidirectional):
+                for key in ("layer", "backward_layer"):
+                    if isinstance(cfg.get(key), dict):
+                        cfg[key]["config"]["unroll"] = True
+            return layer.__class__.from_config(cfg)
+
+        try:
+            unrolled = keras.models.clone_model(self.model, clone_function=clone, recursive=True)
+            unrolled.set_weights(self.model.get_weights())
+        except Exception as exc:  # noqa: BLE001 - a model we cannot clone keeps its loop; the caller explains
+            return None, [f"cloning with unrolled recurrent layers failed ({type(exc).__name__}: {exc})"]
+        src = KerasSource(unrolled, self.path)
+        src.name = self.name
+        return src, [f"{name}: unrolled over {t} steps for static quantization (same weights)" for name, t in steps.items()]
 
     def framework_versions(self) -> dict[str, str]:
         import keras
@@ -262,8 +296,31 @@ class SavedModelSource:
     def scope_aliases(self) -> dict[str, list[tuple[str | None, str]]]:
         return {}
 
+    def unroll_loops(self) -> tuple[None, list[str]]:
+        return None, ["a SavedModel keeps no layers to rebuild: export it from a Keras model with unroll=True"]
+
     def framework_versions(self) -> dict[str, str]:
         return {"tensorflow": import_tf().__version__}
+
+
+def _output_structure(model: Any) -> Any:
+    """The model's output as built (a dict keeps its keys); a Sequential never called has only `outputs`."""
+    try:
+        return model.output
+    except (AttributeError, ValueError):
+        return list(model.outputs)
+
+
+def _all_layers(model: Any) -> list[Any]:
+    return [x for lay in getattr(model, "layers", []) for x in [lay, *_all_layers(lay)]]
+
+
+def _timesteps(layer: Any) -> int | None:
+    try:
+        shape = layer.input.shape if not isinstance(layer.input, list) else layer.input[0].shape
+    except (AttributeError, ValueError):
+        return None
+    return int(shape[1]) if len(shape) > 2 and shape[1] is not None else None
 
 
 def _flat(out: Any) -> list[Any]:

@@ -318,6 +318,9 @@ class TorchSource:
     def scope_aliases(self) -> dict[str, list[tuple[str | None, str]]]:
         return {}  # litert-torch writes module paths (`pkg.Class_attr`), read directly
 
+    def unroll_loops(self) -> tuple[None, list[str]]:
+        return None, []  # litert-torch already unrolls nn.LSTM/GRU into plain ops
+
     def framework_versions(self) -> dict[str, str]:
         import litert_torch
         import torch

@@ -80,6 +80,7 @@ def evaluate(artifact: bytes, reference: Predict | None, data: ValidationData, o
             detail = reasons[0] if reasons else "finite"
         section["outputs"].append(row)
         checks.append(Check(f"not_collapsed[{t.name}]", not reasons, detail))
+    section["warnings"] = [w for d, r in zip(runner.outputs, ref or [], strict=False) if (w := range_warning(d, r))]
     judge = TaskJudge(tasks, data.labels, gate, class_names)
     if judge.kind is not None:
         acc = judge.details(out, ref, gate.max_accuracy_drop)
@@ -111,3 +112,25 @@ def evaluate(artifact: bytes, reference: Predict | None, data: ValidationData, o
         lat["ratio_to_fp32"] = lat["median_ms"] / lat["fp32_median_ms"] if lat["fp32_median_ms"] else None
     section["latency"] = lat
     return section, checks
+
+
+def range_warning(detail: Any, ref: np.ndarray, min_levels: int = 16) -> str | None:
+    """An int8 output holding channels of very different ranges (boxes in pixels beside probabilities, say): one
+    scale for the whole tensor leaves the small channels a handful of levels. Found from the float outputs."""
+    if not detail.quantized or ref.ndim < 2 or ref.shape[-1] < 2:
+        return None
+    flat = ref.reshape(-1, ref.shape[-1])
+    spans = flat.max(0) - flat.min(0)
+    levels = spans / detail.scale
+    small = np.flatnonzero((levels < min_levels) & (spans > 0))
+    if not len(small) or float(levels.max()) < 8 * min_levels:
+        return None
+    big = int(np.argmax(spans))
+    return (f"output {detail.name!r} holds values of very different ranges in one int8 tensor: channel {big} spans "
+            f"{spans[big]:.4g} but {len(small)} channel(s) ({_ranges(small)}) span at most {spans[small].max():.3g}, so "
+            f"one scale ({detail.scale:.4g}) leaves them under {min_levels} levels. Split the output (e.g. a dict of "
+            "boxes and scores), or keep it float: precision 'mixed' with io_dtype='float'.")
+
+
+def _ranges(idx: np.ndarray) -> str:
+    return f"{idx[0]}..{idx[-1]}" if len(idx) > 1 and idx[-1] - idx[0] == len(idx) - 1 else ", ".join(map(str, idx[:8]))

@@ -73,6 +73,8 @@ class Report:
             a = v.get("accuracy")
             if a:
                 lines += ["", "Accuracy: " + accuracy_line(a)]
+            for w in v.get("warnings") or []:
+                lines += ["", f"**Warning:** {w}"]
             fg = v.get("fidelity_gate")
             if fg:
                 lines += ["", f"Fidelity gate ({fg['origin']}): SQNR >= {fg['min_sqnr_db']:g} dB and cosine >= "
@@ -126,6 +128,8 @@ class Report:
             a = v.get("accuracy")
             if a:
                 console.print(accuracy_line(a))
+            for w in v.get("warnings") or []:
+                console.print(f"[yellow]warning[/] {w}")
             lat = v["latency"]
             console.print(f"latency: {_f(lat['median_ms'], 4)} ms median ({lat['threads']} thread(s))"
                           + (f", fp32 {_f(lat['fp32_median_ms'], 4)} ms" if "fp32_median_ms" in lat else ""))
