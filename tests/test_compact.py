@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
@@ -117,6 +122,17 @@ def test_deterministic_and_idempotent(artifact: bytes) -> None:
     assert compact(small) == small
 
 
+def test_same_bytes_in_another_process(keras_artifacts: dict[str, bytes], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No dependence on hash seeds or object identity: another interpreter process writes the same bytes."""
+    src = tmp_path / "int8.tflite"
+    src.write_bytes(keras_artifacts["int8"])
+    code = ("import sys, hashlib; from edgemp.backends.tflite_compat import compact; "
+            "print(hashlib.sha256(compact(open(sys.argv[1], 'rb').read())).hexdigest())")
+    env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code, str(src)], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == hashlib.sha256(compact(keras_artifacts["int8"])).hexdigest()
+
+
 def test_names_short_unique_readable_and_buffers_aligned(artifact: bytes) -> None:
     small = compact(artifact)
     m = schema.ModelT.InitFromPackedBuf(small, 0)
@@ -163,7 +179,8 @@ def test_variable_tensors_keep_their_buffers(keras_artifacts: dict[str, bytes]) 
     m = schema.ModelT.InitFromPackedBuf(keras_artifacts["int8"], 0)
     sg = m.subgraphs[0]
     # a variable holding a copy of the first constant, in a buffer of its own
-    first = next(i for i, t in enumerate(sg.tensors) if m.buffers[t.buffer].data is not None and len(m.buffers[t.buffer].data))
+    sizes = [0 if m.buffers[t.buffer].data is None else len(m.buffers[t.buffer].data) for t in sg.tensors]
+    first = next(i for i, n in enumerate(sizes) if n)
     twin = schema.TensorT()
     twin.name, twin.type, twin.shape = b"twin", sg.tensors[first].type, sg.tensors[first].shape
     extra = schema.BufferT()

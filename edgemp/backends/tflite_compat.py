@@ -99,14 +99,16 @@ def compact(model: bytes) -> bytes:
     - Tensor names. A name becomes its most telling part plus `#<tensor index>`, so names stay unique:
       `features.3.block.1.0#57` (litert-torch: the module path, as `edgemp analyze` names layers),
       `conv2d_1_2/convolution#4` (Keras/TF: the scope path without the doubled model scope, at most 3 levels).
-      Pure index names (`t57`) would save 0.1-0.3 % more (measured in the size_parity benchmark); readable
-      names keep the artifact debuggable in netron and `edgemp inspect --ops` and still beat the anchors.
+      Pure index names (`t57`) would save 0.01-0.4 % more of the artifact (benchmarks/size_parity.py); readable
+      names keep it debuggable in netron and `edgemp inspect --ops`, and the artifacts still come out at
+      0.98-1.00x the official converters' (litert-torch PT2E, TFLiteConverter) on the benchmark's models.
       A name already as short as that, and unique, is kept. Graph input/output names and signature names
       (what app code passes) are kept, and no tensor is renumbered, so the signatures point at the same tensors.
     - Constant buffers with the same bytes, type and shape are stored once (quantization parameters live on the
       tensor, so biases with different scales may share, as in the MLIR exporter's output). Data-less tensors
-      point at the empty buffer 0; unreferenced buffers go. Buffers of variables, resources, tensors that an op
-      or the caller writes, and metadata are left alone.
+      point at the empty buffer 0; unreferenced buffers go. Buffers of variables, resources, variable and
+      hash-table ops, and metadata are left alone, and data of a tensor that an op or the caller writes is
+      never shared.
     - Every buffer is 16-byte aligned, as the schema asks.
 
     A model with external (offset) buffers is returned unchanged: inline_buffers() first. So is a model this
@@ -121,18 +123,17 @@ def compact(model: bytes) -> bytes:
     if not buffers or any((b.offset or 0) > 1 for b in buffers):
         return model
     data = [np.asarray(b.data, np.uint8).tobytes() if b.data is not None else b"" for b in buffers]
-    pinned, kinds = _pinned_buffers(m, schema, opnames), collections.defaultdict(set)
+    stateful, written = _pinned_buffers(m, schema, opnames)
+    kinds: dict[int, set[tuple[int, tuple[int, ...]]]] = collections.defaultdict(set)
     for sg in m.subgraphs or []:
         for t in sg.tensors or []:
             kinds[t.buffer].add((t.type, tuple(int(d) for d in (t.shape if t.shape is not None else ()))))
-    empty = 0 if not data[0] else next((i for i, d in enumerate(data) if not d and i not in pinned), None)
+    empty = 0 if not data[0] else next((i for i, d in enumerate(data) if not d and i not in stateful), None)
     remap, first = list(range(len(buffers))), {}
     for i, d in enumerate(data):
-        if i in pinned:
-            continue
-        if not d:
-            remap[i] = empty if empty is not None else i
-        else:
+        if not d and i not in stateful and empty is not None:
+            remap[i] = empty
+        elif d and i not in stateful | written:
             remap[i] = first.setdefault((d, tuple(sorted(kinds[i]))), i)
 
     for si, sg in enumerate(m.subgraphs or []):
@@ -183,23 +184,24 @@ def _ints(v: Any) -> list[int]:
     return [] if v is None else [int(x) for x in v]
 
 
-def _pinned_buffers(m: Any, schema: Any, opnames: dict[int, str]) -> set[int]:
-    """Buffers compact() must leave as they are: metadata, and those of tensors that are variables or
-    resources, touch a variable/hash-table op, or are written at run time (op outputs, subgraph inputs)."""
-    pinned = {md.buffer for md in m.metadata or []} | set(_ints(m.metadataBuffer))
-    stateful = {schema.TensorType.RESOURCE, schema.TensorType.VARIANT}
+def _pinned_buffers(m: Any, schema: Any, opnames: dict[int, str]) -> tuple[set[int], set[int]]:
+    """(buffers compact() leaves alone: metadata and those of variables, resources and the tensors of
+    variable/hash-table ops; buffers of tensors written at run time (op outputs, subgraph inputs), whose data,
+    if any, is never shared — when empty they may point at buffer 0 like any data-less tensor)."""
+    stateful = {md.buffer for md in m.metadata or []} | set(_ints(m.metadataBuffer))
+    written: set[int] = set()
+    kinds = {schema.TensorType.RESOURCE, schema.TensorType.VARIANT}
     for sg in m.subgraphs or []:
         tensors = sg.tensors or []
-        live = set(_ints(sg.inputs))
+        live, state = set(_ints(sg.inputs)), {i for i, t in enumerate(tensors) if t.isVariable or t.type in kinds}
         for op in sg.operators or []:
             code = m.operatorCodes[op.opcodeIndex]
             live |= set(_ints(op.outputs)) | set(_ints(op.intermediates))
             if opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode)) in _STATEFUL_OPS:
-                live |= set(_ints(op.inputs))
-        live |= {i for i, t in enumerate(tensors) if t.isVariable or t.type in stateful}
-        pinned |= {tensors[i].buffer for i in live if 0 <= i < len(tensors)}
-    pinned.discard(0)
-    return pinned
+                state |= set(_ints(op.inputs)) | set(_ints(op.outputs))
+        stateful |= {tensors[i].buffer for i in state if 0 <= i < len(tensors)}
+        written |= {tensors[i].buffer for i in live if 0 <= i < len(tensors)}
+    return stateful - {0}, written - {0}
 
 
 def _short_name(name: bytes, index: int) -> bytes:
