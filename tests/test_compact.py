@@ -1,5 +1,6 @@
 """compact(): shorter names and shared constants, same model. Artifacts come from edgemp's own engine
-(source -> float .tflite -> calibrate -> apply_recipe), for a litert-torch and a Keras model, fp32 and int8."""
+(source -> float .tflite -> calibrate -> apply_recipe): fp32 and int8 of a litert-torch and a Keras model, and
+the Keras model in fp16, dynamic-int8, int16x8 and a mixed recipe (float islands)."""
 
 from __future__ import annotations
 
@@ -16,18 +17,25 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from edgemp.backends.tflite_census import census
 from edgemp.backends.tflite_compat import compact, has_external_buffers
 from edgemp.config import Precision
-from edgemp.quantize import apply_recipe, calibrate, recipe_for
+from edgemp.quantize import apply_recipe, calibrate, float_rule, recipe_for
 from edgemp.sources import load_source
 
 RESOLVERS = [OpResolverType.AUTO, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES]  # XNNPACK on / off
 
 
-def _artifacts(source, calib: np.ndarray) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+def _artifacts(source, calib: np.ndarray, more: bool = False) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+    """fp32 and int8 as convert() makes them; with `more`, every other precision and a mixed recipe too."""
     float_tflite = source.to_float_tflite(1)
     name = source.input_specs()[0].name
     samples = [source.artifact_inputs({name: calib[i : i + 1]}) for i in range(len(calib))]
     stats = calibrate(float_tflite, samples)
-    return {"fp32": float_tflite, "int8": apply_recipe(float_tflite, recipe_for(Precision.INT8), stats)}
+    out = {"fp32": float_tflite, "int8": apply_recipe(float_tflite, recipe_for(Precision.INT8), stats)}
+    if more:
+        for p in (Precision.FP16, Precision.DYNAMIC_INT8, Precision.INT16X8):
+            out[p.value] = apply_recipe(float_tflite, recipe_for(p), stats)
+        mixed = recipe_for(Precision.INT8) + [float_rule(operation="FULLY_CONNECTED")]  # float islands
+        out["mixed"] = apply_recipe(float_tflite, mixed, stats)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +62,13 @@ def keras_artifacts(model_path) -> dict[str, bytes]:  # type: ignore[no-untyped-
     from edgemp.demo import fashion_mnist
 
     x, _ = fashion_mnist("test")
-    return _artifacts(load_source(model_path), x[:32])
+    return _artifacts(load_source(model_path), x[:32], more=True)
 
 
-@pytest.fixture(params=["torch-fp32", "torch-int8", "keras-fp32", "keras-int8"])
+@pytest.fixture(params=["torch-fp32", "torch-int8", "keras-fp32", "keras-int8", "keras-fp16", "keras-dynamic-int8",
+                        "keras-int16x8", "keras-mixed"])
 def artifact(request) -> bytes:  # type: ignore[no-untyped-def]
-    kind, prec = request.param.split("-")
+    kind, prec = request.param.split("-", 1)
     return request.getfixturevalue(f"{kind}_artifacts")[prec]
 
 
