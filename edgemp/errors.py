@@ -91,6 +91,26 @@ class UnsupportedOpsError(ConversionError):
         self.ops = list(ops or [])
 
 
+class PostProcessingError(UnsupportedOpsError):
+    """The model's forward() has post-processing, or ops whose output size depends on tensor values, that the
+    converter cannot turn into a static-shape TFLite graph: non-maximum suppression (torchvision.ops.nms /
+    batched_nms), boolean-mask indexing (x[mask]), torch.nonzero, top-k with k computed from data, ...
+
+    The fix is to export the network before the post-processing: return the raw boxes (N, A, 4) and class scores
+    (N, A, K) as outputs and run decoding/NMS in the app (docs/families.md#detection); a fixed number of
+    detections can stay in the model as torch.topk with a constant k, low scores masked by multiplication.
+
+    `ops` lists the framework ops; `findings` holds one dict per place found: "op" (e.g.
+    "torchvision.nms.default"), "what" (the op in words), "reason", "module" (the nn.Module path: "" for the model
+    itself, None if unknown), "cls" (its class), "file", "line", "code" (the user's source line; None/"" if unknown).
+    """
+
+    def __init__(self, message: str, ops: list[str] | None = None,
+                 findings: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message, ops)
+        self.findings = list(findings or [])
+
+
 class PrecisionLabelError(ConversionError):
     """The artifact does not compute in the precision it is labelled with (e.g. float ops in an int8 model)."""
 
