@@ -18,6 +18,7 @@ from edgemp import __version__
 from edgemp._io import check_overwrite, prepare_output_dir, write_atomic
 from edgemp._versions import versions
 from edgemp.backends.tflite_census import census
+from edgemp.backends.tflite_compat import compact
 from edgemp.calibration import CalibrationSet, load_calibration
 from edgemp.config import DelegateSpec, GateOptions, IODType, Layout, Precision, Preprocessing, RuntimeOptions, parse_enum
 from edgemp.errors import (CalibrationError, InputError, MixedPrecisionError, PrecisionLabelError, QualityGateError,
@@ -212,12 +213,14 @@ def convert(
             artifact = apply_recipe(qbase, recipe, stats)
 
     with timer.stage("census"):
+        region_problems = mixed.region_problems if mixed is not None else []
+        artifact = compact(artifact)  # after the mixed search (it matches full tensor names), before anything is measured
         art_census = census(artifact)
         checks = label_checks(art_census, prec, io)
     if mixed is not None:
-        checks.append(Check("mixed_regions", not mixed.region_problems,
+        checks.append(Check("mixed_regions", not region_problems,
                             f"float exactly where chosen: {len(mixed.section['float_ops'])} op(s)"
-                            if not mixed.region_problems else "; ".join(mixed.region_problems[:8])))
+                            if not region_problems else "; ".join(region_problems[:8])))
     broken = [c for c in checks if not c.passed]
     if broken:
         raise PrecisionLabelError(label_error(prec, broken, art_census, float_census, source))
@@ -228,7 +231,8 @@ def convert(
                                        opaque_labels=metric is not None)
     with timer.stage("validate"):
         vsection, qchecks = evaluate(artifact, source.predict, vdata, opts, gate, precision=prec,
-                                     fp32_artifact=float_tflite, progress=progress, data_note=note,
+                                     fp32_artifact=float_tflite if prec is not Precision.FP32 else None,
+                                     progress=progress, data_note=note,
                                      adapt=source.artifact_inputs, channels_first=source.output_channels_first(),
                                      class_names=class_names, output_names=source.output_names())
     checks += qchecks
@@ -251,7 +255,7 @@ def convert(
     passed = all(c.passed for c in checks)
     overhead = _layout_overhead(source, art_census)
 
-    fp32_bytes = len(float_tflite)
+    fp32_bytes = len(compact(float_tflite))  # the fp32 artifact edgemp would write
     report = Report({
         "edgemp_version": __version__,
         "passed": passed,

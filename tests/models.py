@@ -16,7 +16,7 @@ import numpy as np
 import edgemp  # noqa: F401  (settles the torch/TensorFlow import order before either is imported)
 from edgemp.demo import cache_dir
 
-VERSION = "v1"
+VERSION = "v2"
 N_TRAIN = 1400  # the rest of the 1797 digits is held out
 
 

@@ -93,6 +93,11 @@ def load_pt2(path: Path) -> Any:
         )
     import torch.export.pt2_archive._package as package
 
+    try:  # a program holding torchvision ops (nms, roi_align) loads only once torchvision registered them
+        import torchvision  # noqa: F401
+    except ImportError:
+        pass
+
     real_load = torch.load
 
     def weights_only_load(f: Any, *a: Any, **kw: Any) -> Any:
