@@ -213,17 +213,18 @@ def convert(
             artifact = apply_recipe(qbase, recipe, stats)
 
     with timer.stage("census"):
-        region_problems = mixed.region_problems if mixed is not None else []
-        artifact = compact(artifact)  # after the mixed search (it matches full tensor names), before anything is measured
-        art_census = census(artifact)
-        checks = label_checks(art_census, prec, io)
+        full_census = census(artifact)  # tensor names as in the float graph: errors can name the user's layers
+        checks = label_checks(full_census, prec, io)
     if mixed is not None:
-        checks.append(Check("mixed_regions", not region_problems,
+        checks.append(Check("mixed_regions", not mixed.region_problems,
                             f"float exactly where chosen: {len(mixed.section['float_ops'])} op(s)"
-                            if not region_problems else "; ".join(region_problems[:8])))
+                            if not mixed.region_problems else "; ".join(mixed.region_problems[:8])))
     broken = [c for c in checks if not c.passed]
     if broken:
-        raise PrecisionLabelError(label_error(prec, broken, art_census, float_census, source))
+        raise PrecisionLabelError(label_error(prec, broken, full_census, float_census, source))
+    with timer.stage("compact"):
+        artifact = compact(artifact)  # after every check that matches full tensor names, before anything is measured
+        art_census = census(artifact)
 
     if vdata is None:
         vdata, note = _validation_data(validation, specs, pre or (cal.preprocessing if cal else None), cal,

@@ -207,9 +207,16 @@ def test_litert_lowering_failure_is_read_when_export_cannot_be_repeated() -> Non
 
 
 def test_fixed_k_topk_with_masking_converts(tmp_path: Path) -> None:
+    """Converts; judged by a metric on the selected scores, as docs/families.md says: among masked (tied, zero)
+    scores the runtimes pick different boxes, so the boxes output is no per-element match for the float model's."""
+    torch.manual_seed(0)
     x = torch.rand(8, 1, 8, 8)
+
+    def mean_top_score(outputs: dict[str, np.ndarray], _: Any) -> float:
+        return float(outputs["scores"].mean())
+
     result = edgemp.convert(FixedTopK().eval(), "fp32", example_input=x[:1], validation=x.numpy(),
-                            output_dir=tmp_path, latency_runs=2)
+                            metric=mean_top_score, max_accuracy_drop=1e-4, output_dir=tmp_path, latency_runs=2)
     assert result.passed, result.report.failures
     assert [o["name"] for o in result.report["validation"]["outputs"]] == ["boxes", "scores"]
     assert [o["shape"] for o in result.report["validation"]["outputs"]] == [[5, 4], [5]]
