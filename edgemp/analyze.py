@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgemp._io import check_overwrite, prepare_output_dir, write_atomic
+from edgemp._io import check_overwrite, prepare_output_dir, write_all_atomic
 from edgemp.calibration import load_calibration
 from edgemp.config import Layout, Preprocessing, RuntimeOptions
 from edgemp.convert import _validation_data
@@ -102,8 +102,6 @@ def analyze(
              + f"output SQNR {int8['sqnr_db']:.1f} dB.", *([note] if note else [])]
     md = to_markdown(rows, title, notes)
     png = plot_png(rows, title)
-    write_atomic(paths["json"], sensitivity_json(rows, summary))
-    write_atomic(paths["md"], md)
-    write_atomic(paths["png"], png)
-    write_atomic(paths["html"], to_html(md, png, title))
+    write_all_atomic({paths["json"]: sensitivity_json(rows, summary), paths["md"]: md, paths["png"]: png,
+                      paths["html"]: to_html(md, png, title)}, overwrite=force)
     return AnalysisResult(rows, summary, paths)

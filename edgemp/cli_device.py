@@ -21,7 +21,8 @@ DEVICE_CHOICES = ["android", "ios", "jetson", "linux-arm64"]
 @click.option("--labels", "labels_file", type=click.Path(), help="Class names in output order, one per line "
               "(default: those the conversion recorded).")
 @click.option("--dir", "as_dir", is_flag=True, help="Write a directory instead of a .zip.")
-@click.option("--force", is_flag=True, help="Overwrite an existing bundle.")
+@click.option("--force", is_flag=True, help="Replace a bundle edgemp wrote before (a --dir bundle: only the files its "
+              "manifest lists; other files are kept). Anything else is never replaced.")
 @click.option("--schema", "print_schema", is_flag=True, help="Print the manifest's JSON Schema and exit.")
 @_handle_errors
 def package(reports: tuple[str, ...], devices: tuple[str, ...], output_dir: str, name: str | None,
@@ -40,6 +41,7 @@ def package(reports: tuple[str, ...], devices: tuple[str, ...], output_dir: str,
         files = b.manifest["files"]
         click.echo(f"{device}: {b.path} ({len(files)} files, {sum(f['bytes'] for f in files):,} bytes, "
                    f"default model {b.manifest['default_model']})")
+        _echo_kept(b)
 
 
 @main.command()
@@ -62,8 +64,10 @@ def verify(bundle: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path())
-@click.option("-o", "--output-dir", type=click.Path(), required=True, help="Directory to create.")
-@click.option("--force", is_flag=True)
+@click.option("-o", "--output-dir", type=click.Path(), required=True,
+              help="Folder to create (or an empty one).")
+@click.option("--force", is_flag=True, help="Replace a bundle edgemp unpacked there before: only the files its "
+              "manifest lists; other files (run.sh's .venv, yours) are kept. Anything else is never replaced.")
 @_handle_errors
 def unpack(bundle: str, output_dir: str, force: bool) -> None:
     """Verify BUNDLE, then extract it into OUTPUT_DIR (nothing is written if any check fails)."""
@@ -71,6 +75,14 @@ def unpack(bundle: str, output_dir: str, force: bool) -> None:
 
     b = unpack_bundle(bundle, output_dir, force=force)
     click.echo(f"unpacked {len(b.manifest['files']) + 1} files into {b.path}")
+    _echo_kept(b)
+
+
+def _echo_kept(b: object) -> None:
+    kept = getattr(b, "kept", ())
+    if kept:
+        click.echo(f"kept {len(kept)} entr{'y' if len(kept) == 1 else 'ies'} the previous bundle did not list: "
+                   f"{', '.join(kept[:8])}{' ...' if len(kept) > 8 else ''}")
 
 
 @main.command()

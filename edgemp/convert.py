@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgemp import __version__
-from edgemp._io import check_overwrite, prepare_output_dir, write_atomic
+from edgemp._io import check_overwrite, prepare_output_dir, write_all_atomic
 from edgemp._versions import versions
 from edgemp.backends.tflite_census import census
 from edgemp.backends.tflite_compat import compact
@@ -24,7 +24,7 @@ from edgemp.config import DelegateSpec, GateOptions, IODType, Layout, Precision,
 from edgemp.errors import (CalibrationError, InputError, MixedPrecisionError, PrecisionLabelError, QualityGateError,
                            UnsupportedOpsError)
 from edgemp.backends.coreml_target import build_coreml, coreml_precision_for, parity_section
-from edgemp.mixed.pipeline import run_mixed, write_files
+from edgemp.mixed.pipeline import run_mixed
 from edgemp.quantize import apply_recipe, calibrate, recipe_for
 from edgemp.quantize.labels import label_error
 from edgemp.quantize.rewrites import prepare_for_quantization
@@ -284,11 +284,19 @@ def convert(
         "timings_s": timer.times,
         "versions": versions() | source.framework_versions(),
     })
-    write_atomic(paths["tflite"], artifact)
-    report.to_json(paths["report_json"])
-    write_atomic(paths["report_md"], report.to_markdown())
-    if mixed is not None:
-        paths |= write_files(out_dir, f"{base}_{prec.value}", mixed.files)
+    stem = f"{base}_{prec.value}"
+    if not passed and any(paths[k].exists() for k in ("tflite", "report_json", "report_md")):
+        stem += ".failed"  # never replace an earlier artifact with a failing one (docs/errors.md, Outputs and --force)
+        paths |= {k: out_dir / f"{stem}{ext}" for k, ext in
+                  (("tflite", ".tflite"), ("report_json", ".report.json"), ("report_md", ".report.md"))}
+        next(a for a in report["artifacts"] if a["target"] == "tflite")["path"] = str(paths["tflite"])
+        log.warning("%s exists: the FAILED conversion is written beside it as %s (and its reports), the earlier "
+                    "files are kept", out_dir / f"{base}_{prec.value}.tflite", paths["tflite"])
+    more = mixed.files if mixed is not None else {}
+    write_all_atomic({paths["tflite"]: artifact, paths["report_json"]: report.to_json(),
+                      paths["report_md"]: report.to_markdown()} | {out_dir / f"{stem}.{k}": v for k, v in more.items()},
+                     overwrite=force)  # all or nothing; never over an existing file without force, even in a race
+    paths |= {k.replace(".", "_"): out_dir / f"{stem}.{k}" for k in more}
     result = ConvertResult(paths, report, prec)
     if mixed is not None and not mixed.met:
         raise MixedPrecisionError(mixed.message, report, result)

@@ -13,26 +13,21 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from edgemp._io import check_overwrite, save_dir_atomic
+from edgemp.bundle.install import place_tree, safe_name, verify_placed
 from edgemp.bundle.manifest import validate_manifest
 from edgemp.bundle.writer import DEVICES, Bundle
-from edgemp.errors import BundleIntegrityError, ModelLoadError, UnsafeBundleError
+from edgemp.errors import BundleIntegrityError, InputError, ModelLoadError, UnsafeBundleError
 
 MAX_BYTES = 4 * 1024**3  # uncompressed total
 MAX_FILES = 20_000
 MAX_RATIO = 200  # uncompressed / compressed, for members over 1 MB
 
 
-def _safe_name(name: str) -> str:
-    p = PurePosixPath(name.replace("\\", "/"))
-    if name.startswith(("/", "\\")) or p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
-        raise UnsafeBundleError(f"bundle member {name!r} would be written outside the bundle (zip-slip); refusing it")
-    return p.as_posix()
+_safe_name = safe_name
 
 
 def _zip_members(zf: zipfile.ZipFile, max_bytes: int, max_files: int) -> dict[str, zipfile.ZipInfo]:
@@ -86,8 +81,14 @@ def read_bundle(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES, max
         raise ModelLoadError(f"bundle {p} does not exist")
     if p.is_dir():
         members = _dir_members(p, max_bytes, max_files)
-        read = lambda name: members[name].read_bytes()  # noqa: E731
-        return _verify(p, set(members), read, {n: f.stat().st_size for n, f in members.items()})
+
+        def read_file(name: str) -> bytes:
+            try:
+                return members[name].read_bytes()
+            except OSError as exc:
+                raise BundleIntegrityError(f"{p}: cannot read {name} ({exc.strerror}); check its permissions") from exc
+
+        return _verify(p, set(members), read_file, {n: f.stat().st_size for n, f in members.items()})
     try:
         zf = zipfile.ZipFile(p)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -109,9 +110,16 @@ def _verify(path: Path, names: set[str], read: Any, sizes: dict[str, int]) -> Bu
         raise BundleIntegrityError(f"{path} has no manifest.json at its root; it is not an edgemp bundle")
     try:
         manifest = json.loads(read("manifest.json"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise BundleIntegrityError(f"{path}: manifest.json is not valid JSON ({exc})") from exc
-    validate_manifest(manifest)
+    except RecursionError:
+        raise BundleIntegrityError(f"{path}: manifest.json is nested too deeply to be a bundle manifest; it was not "
+                                   "written by edgemp (package the model again)") from None
+    try:
+        validate_manifest(manifest)
+    except RecursionError:
+        raise BundleIntegrityError(f"{path}: manifest.json is nested too deeply to be a bundle manifest; it was not "
+                                   "written by edgemp (package the model again)") from None
     listed = {f["path"]: f for f in manifest["files"]}
     for rel in listed:
         _safe_name(rel)
@@ -140,23 +148,39 @@ def _verify(path: Path, names: set[str], read: Any, sizes: dict[str, int]) -> Bu
 
 
 def unpack_bundle(path: str | os.PathLike[str], dest: str | os.PathLike[str], *, force: bool = False) -> Bundle:
-    """Verify, then extract a .zip bundle into `dest` atomically (nothing is written if any check fails)."""
+    """Verify a bundle (.zip or folder), then put its files in `dest` (nothing is written if any check fails).
+
+    `dest` must not exist, or be an empty folder; with force it may also be a bundle edgemp wrote before: then only
+    the files that bundle's manifest lists are replaced and everything else in the folder is kept (`Bundle.kept`
+    names it). Anything else (a folder that is not an edgemp bundle, a file, listed files edited since) is refused
+    with OutputExistsError / OutputNotWritableError and left untouched. See docs/errors.md, "Outputs and --force".
+    """
     bundle = read_bundle(path)
-    out = Path(dest)
-    check_overwrite([out], force)
-    if Path(path).is_dir():
-        save_dir_atomic(out, lambda p: shutil.copytree(path, p))
-        return Bundle(out, bundle.device, bundle.manifest)
-    with tempfile.TemporaryDirectory(prefix=".edgemp-unpack-", dir=out.parent if out.parent.exists() else None) as tmp:
-        root = Path(tmp) / "b"
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if info.is_dir():
-                    continue
-                target = root / _safe_name(info.filename)
+    src, out = Path(path).absolute(), Path(dest).absolute()
+    if src.is_dir() and out != src and out.is_relative_to(src):
+        raise InputError(f"cannot unpack the bundle folder {src} into {out}, inside itself; choose another "
+                         "output directory")
+    wanted = {f["path"] for f in bundle.manifest["files"]} | {"manifest.json"}  # what was verified, nothing else
+
+    def build(root: Path) -> None:
+        root.mkdir()
+        zf = None if src.is_dir() else zipfile.ZipFile(src)
+        try:
+            infos = {} if zf is None else {safe_name(i.filename): i for i in zf.infolist() if not i.is_dir()}
+            for rel in sorted(wanted):
+                target = root / safe_name(rel)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(zf.read(info))
-                target.chmod(0o755 if (info.external_attr >> 16) & 0o111 else 0o644)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_dir_atomic(out, lambda p: shutil.copytree(root, p))
-    return read_bundle(out)
+                if zf is None:
+                    shutil.copyfile(src / rel, target)
+                    executable = (src / rel).stat().st_mode & 0o111
+                else:
+                    target.write_bytes(zf.read(infos[rel]))
+                    executable = (infos[rel].external_attr >> 16) & 0o111
+                target.chmod(0o755 if executable else 0o644)
+        finally:
+            if zf is not None:
+                zf.close()
+
+    kept = place_tree(out, build, force=force)
+    verify_placed(out, bundle.manifest)
+    return Bundle(out, bundle.device, bundle.manifest, kept)

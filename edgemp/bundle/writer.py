@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from edgemp import __version__
-from edgemp._io import check_overwrite, prepare_output_dir, save_dir_atomic, write_atomic
+from edgemp._io import check_overwrite, lstat_or_none, prepare_output_dir, write_atomic
+from edgemp.bundle.install import place_tree
 from edgemp.bundle.manifest import (SCHEMA_VERSION, app_preprocessing, calibration_summary, coreml_tensors,
                                     tflite_tensors, validate_manifest, validation_summary)
-from edgemp.errors import BundleIntegrityError, InputError, MissingArtifactError, ModelLoadError
+from edgemp.errors import BundleIntegrityError, InputError, MissingArtifactError, ModelLoadError, OutputExistsError
 
 DEVICES = ("android", "ios", "jetson", "linux-arm64")
 _FORMAT = {"android": "tflite", "ios": "coreml", "jetson": "tflite", "linux-arm64": "tflite"}
@@ -47,36 +48,45 @@ _NOTES = {
 
 @dataclasses.dataclass(frozen=True)
 class Bundle:
-    """A written (or verified) bundle: its path (a .zip or a directory), device and manifest."""
+    """A written (or verified) bundle: its path (a .zip or a directory), device and manifest. `kept`: what a bundle
+    folder written with force kept because the bundle it replaced did not list it (your files, run.sh's .venv)."""
 
     path: Path
     device: str
     manifest: dict[str, Any]
+    kept: tuple[str, ...] = ()
 
     @property
     def default_model(self) -> dict[str, Any]:
         return next(m for m in self.manifest["models"] if m["file"] == self.manifest["default_model"])
 
 
-def _report_of(result: Any) -> dict[str, Any]:
-    """A ConvertResult, a Report, a report dict or the path of a *.report.json."""
+def _report_of(result: Any) -> tuple[dict[str, Any], Path | None]:
+    """A ConvertResult, a Report, a report dict or the path of a *.report.json; and the folder of the report file
+    (where convert wrote the artifacts beside it), if known."""
     if hasattr(result, "report") and hasattr(result.report, "to_dict"):
-        return result.report.to_dict()
+        written = (getattr(result, "artifacts", None) or {}).get("report_json")
+        return result.report.to_dict(), Path(written).absolute().parent if written else None
     if hasattr(result, "to_dict"):
-        return result.to_dict()
+        return result.to_dict(), None
     if isinstance(result, dict):
-        return result
+        return result, None
     if isinstance(result, str | os.PathLike):
         p = Path(result)
         if not p.is_file():
             raise ModelLoadError(f"report {p} does not exist; pass a ConvertResult or the *.report.json convert wrote")
         try:
-            data = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{p} is not a readable edgemp report ({exc}); pass the *.report.json convert wrote") from exc
-        if not isinstance(data, dict) or "artifacts" not in data:
+            data = json.loads(p.read_bytes())
+        except (OSError, ValueError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise InputError(f"{p} is not a readable edgemp report ({why}); pass the *.report.json convert wrote") from None
+        if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
             raise InputError(f"{p} is not an edgemp conversion report (no 'artifacts'); pass the *.report.json convert wrote")
-        return data
+        if not all(isinstance(a, dict) and all(isinstance(a.get(k), str) for k in ("target", "path", "sha256"))
+                   for a in data["artifacts"]) or not isinstance(data.get("model"), dict):
+            raise InputError(f"{p} is not a complete edgemp conversion report (its 'artifacts' lack target, path or "
+                             "sha256); pass the *.report.json convert wrote, unedited")
+        return data, p.absolute().parent
     raise InputError(f"package() takes a ConvertResult, a Report or a report JSON path, got {type(result).__name__}")
 
 
@@ -86,7 +96,20 @@ def _tree_sha256(path: Path) -> str:
     return package_sha256(path)
 
 
-def _artifact(report: dict[str, Any], device: str) -> tuple[dict[str, Any], bytes | None]:
+def _candidates(stored: Path, folder: Path | None) -> list[Path]:
+    """Where an artifact the report names may be: the stored path (absolute since reports store absolute paths;
+    older reports stored it relative to where convert ran), else beside the report (convert writes it there; the
+    folder may have been moved or copied), else relative to the current directory."""
+    found = [stored] if stored.is_absolute() else []
+    if folder is not None:
+        found += [folder / stored.name] + ([] if stored.is_absolute() else [folder / stored])
+    if not stored.is_absolute():
+        found.append(stored.absolute())
+    return list(dict.fromkeys(found))
+
+
+def _artifact(report: dict[str, Any], device: str,
+              folder: Path | None = None) -> tuple[dict[str, Any], bytes | None, Path]:
     """The report's artifact for the device, checked against its sha256; a file's bytes are read once, here."""
     target = _FORMAT[device]
     art = next((a for a in report["artifacts"] if a["target"] == target), None)
@@ -95,19 +118,29 @@ def _artifact(report: dict[str, Any], device: str) -> tuple[dict[str, Any], byte
                else "convert the model to TFLite first (edgemp convert)")
         raise MissingArtifactError(f"the {report['precision']} result of {report['model']['name']!r} has no "
                                    f"{'Core ML' if target == 'coreml' else 'TFLite'} artifact for {device}: {how}")
-    path = Path(art["path"])
-    if not path.exists():
-        raise ModelLoadError(f"artifact {path} named in the report does not exist any more; convert again or fix the path")
-    data = None if path.is_dir() else path.read_bytes()
-    digest = _tree_sha256(path) if data is None else hashlib.sha256(data).hexdigest()
-    if digest != art["sha256"]:
-        raise BundleIntegrityError(f"{path} changed after conversion (sha256 {digest[:12]}… is not the report's "
-                                   f"{art['sha256'][:12]}…); convert again so the manifest describes what ships")
-    return art, data
+    stored = Path(art["path"])
+    candidates = _candidates(stored, folder)
+    existing = [p for p in candidates if os.path.lexists(p)]
+    if not existing:
+        raise ModelLoadError(f"artifact {stored} named in the report does not exist any more (looked at "
+                             f"{', '.join(map(str, candidates))}); convert again, or keep the artifact beside its "
+                             "report")
+    mismatch = None
+    for path in existing:
+        try:
+            data = None if path.is_dir() else path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read artifact {path} ({exc.strerror}); check its permissions") from exc
+        digest = _tree_sha256(path) if data is None else hashlib.sha256(data).hexdigest()
+        if digest == art["sha256"]:
+            return art, data, path
+        mismatch = mismatch or (path, digest)
+    path, digest = mismatch  # type: ignore[misc]
+    raise BundleIntegrityError(f"{path} changed after conversion (sha256 {digest[:12]}… is not the report's "
+                               f"{art['sha256'][:12]}…); convert again so the manifest describes what ships")
 
 
-def _model_entry(report: dict[str, Any], art: dict[str, Any], data: bytes | None) -> dict[str, Any]:
-    path = Path(art["path"])
+def _model_entry(report: dict[str, Any], art: dict[str, Any], data: bytes | None, path: Path) -> dict[str, Any]:
     layout = (report.get("model") or {}).get("input_layout")
     if art["target"] == "tflite":
         from edgemp.backends.tflite_census import census
@@ -160,17 +193,16 @@ exec "$py" harness.py {names} --threads "${{THREADS:-1}}" --json bench.json "$@"
 """
 
 
-def _collect(device: str, reports: list[dict[str, Any]],
+def _collect(device: str, reports: list[tuple[dict[str, Any], Path | None]],
              classes: Sequence[str] | None) -> tuple[dict[str, Path | bytes], list[dict[str, Any]]]:
     """Bundle-relative path -> source file (or bytes), and the manifest's model entries."""
     files: dict[str, Path | bytes] = {}
     models = []
-    for rep in reports:
-        art, data = _artifact(rep, device)
-        entry = _model_entry(rep, art, data)
+    for rep, folder in reports:
+        art, data, src = _artifact(rep, device, folder)
+        entry = _model_entry(rep, art, data, src)
         if entry["file"] in files:
             raise InputError(f"two results would both ship as {entry['file']}; convert them with different --name")
-        src = Path(art["path"])
         if data is None:  # an .mlpackage directory
             for f in sorted(p for p in src.rglob("*") if p.is_file()):
                 files[f"{src.name}/{f.relative_to(src).as_posix()}"] = f
@@ -228,19 +260,60 @@ def package(results: Any, device: str, output_dir: str | Path = "dist/bundles", 
     items = list(results) if isinstance(results, list | tuple) else [results]
     if not items:
         raise InputError("package() needs at least one conversion result")
-    reports = [_report_of(r) for r in items]
+    located = [_report_of(r) for r in items]
+    reports = [r for r, _ in located]
     classes = list(class_names) if class_names is not None else reports[0].get("class_names")
-    files, models = _collect(device, reports, classes)
+    files, models = _collect(device, located, classes)
+    if class_names is not None:
+        _check_labels(list(class_names), models[0])
     manifest = build_manifest(device, reports, models, files, classes)
     out_dir = prepare_output_dir(output_dir)
     base = name or f"{Path(models[0]['file']).stem.removesuffix('.mlpackage')}_{device}"
     path = out_dir / (f"{base}.zip" if as_zip else base)
+    if not as_zip:
+        kept = place_tree(path, lambda p: _write_dir(p, files, manifest), force=force)
+        return Bundle(path, device, manifest, kept)
     check_overwrite([path], force)
-    if as_zip:
-        write_atomic(path, _zip_bytes(files, manifest))
-    else:
-        save_dir_atomic(path, lambda p: _write_dir(p, files, manifest))
+    if force and lstat_or_none(path) is not None:
+        _check_replaceable_zip(path)
+    write_atomic(path, _zip_bytes(files, manifest), overwrite=force)
     return Bundle(path, device, manifest)
+
+
+def _check_labels(classes: list[str], model: dict[str, Any]) -> None:
+    """Labels must name every class of the default model: as many as its class dimension (read from the artifact's
+    output shapes: the last axis, or axis 1 of a channels-first 4-D output), one per line."""
+    bad = [c for c in classes if not isinstance(c, str) or "\n" in c or "\r" in c or not c.strip()]
+    if bad:
+        raise InputError(f"class names must be non-empty single-line strings; got {bad[:3]!r}")
+    counts: dict[int, str] = {}
+    for o in model["outputs"]:
+        shape = [int(d) for d in o.get("shape") or []]
+        if len(shape) < 2:
+            continue
+        axes = [shape[-1]] + ([shape[1]] if len(shape) == 4 and model.get("layout") == "NCHW" else [])
+        for n in axes:
+            if n > 0:
+                counts.setdefault(n, f"{o['name']!r} {shape}")
+    if counts and len(classes) not in counts:
+        found = " or ".join(f"{n} classes (output {where})" for n, where in counts.items())
+        raise InputError(f"{len(classes)} label(s) given, but {model['file']} has {found}: give one class name per "
+                         "class, in the model's output order (--labels: one per line).")
+
+
+def _check_replaceable_zip(path: Path) -> None:
+    """force replaces a .zip only if it is an edgemp bundle (a zip with a manifest.json following the schema)."""
+    why = None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            validate_manifest(json.loads(zf.read("manifest.json")))
+    except KeyError:
+        why = "it has no manifest.json"
+    except (zipfile.BadZipFile, OSError, ValueError, RecursionError, BundleIntegrityError) as exc:
+        why = f"it is not an edgemp bundle archive ({str(exc)[:160]})"
+    if why:
+        raise OutputExistsError(f"refusing to replace {path}: {why}, and --force only replaces bundles edgemp wrote. "
+                                "Choose another --name or output directory, or move the file away yourself.")
 
 
 def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
