@@ -10,7 +10,9 @@ from typing import Any
 from edgemp._io import check_overwrite, prepare_output_dir, write_all_atomic
 from edgemp.calibration import load_calibration
 from edgemp.config import Layout, Preprocessing, RuntimeOptions
-from edgemp.convert import _validation_data
+from edgemp import _params as P
+from edgemp.config import DataOptions
+from edgemp.convert import _preprocessing, _validation_data
 from edgemp.errors import CalibrationError
 from edgemp.mixed.pipeline import analyze_layers, sensitivity_json
 from edgemp.mixed.report import plot_png, to_html, to_markdown
@@ -71,8 +73,14 @@ def analyze(
     if calibration is None:
         raise CalibrationError("analysis quantizes the model to INT8: pass calibration= (a folder of images, "
                                ".npy/.npz, an array or an iterable of samples).")
-    pre = Preprocessing.from_dict(preprocessing) if isinstance(preprocessing, Mapping) else preprocessing
+    pre = _preprocessing(preprocessing)
     opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, latency_runs=0)
+    DataOptions(num_calibration_samples, seed, max_validation_samples, 1, class_names)  # checks types up front
+    P.integer("tensor_samples", tensor_samples, 1, 10**5)
+    P.flag("force", force)
+    P.optional_flag("progress", progress)
+    P.text("name", name, none_ok=True)
+    P.path("output_dir", output_dir)
     out_dir = prepare_output_dir(output_dir)
     source = load_source(model, example_input=example_input, input_layout=input_layout)
     if source.data_layout is Layout.NCHW:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemp import __version__
+from edgemp import __version__, _params as P
 from edgemp._versions import versions
 from edgemp.backends.tflite_census import Census, census
 from edgemp.config import DelegateSpec, GateOptions, Precision, Preprocessing, RuntimeOptions
@@ -82,12 +82,17 @@ def validate(
     """
     t0 = time.perf_counter()
     gate = GateOptions(max_accuracy_drop, min_sqnr_db, min_cosine, metric, output_tasks or {}, label_output)
+    P.integer("max_samples", max_samples, 1, none_ok=True)
+    P.strings("class_names", class_names, none_ok=True)
+    P.optional_flag("progress", progress)
     artifact, path = read_tflite(model)
     c = census(artifact)
     precision = Precision(_precision_of(c))
     specs = [TensorSpec(s.name, tuple(None if d < 0 else d for d in s.shape), "float32") for s in c.inputs]
-    pre = Preprocessing.from_dict(preprocessing) if isinstance(preprocessing, Mapping) else preprocessing
-    opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, delegates=tuple(delegates),  # type: ignore[arg-type]
+    from edgemp.convert import _preprocessing
+
+    pre = _preprocessing(preprocessing)
+    opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, delegates=delegates,  # type: ignore[arg-type]
                           latency_runs=latency_runs)
     predict, ref_name, ref_outputs = _reference(reference)
     if data is None:

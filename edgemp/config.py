@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from edgemp import _params as P
 from edgemp.errors import InputError, UnknownPrecisionError
 
 E = TypeVar("E", bound=enum.Enum)
@@ -168,10 +169,12 @@ class RuntimeOptions(_Config):
     warmup_runs: int = 5
 
     def __post_init__(self) -> None:
-        if self.num_threads < 1:
-            raise InputError(f"num_threads must be >= 1, got {self.num_threads}")
-        if self.latency_runs < 0 or self.warmup_runs < 0:
-            raise InputError("latency_runs and warmup_runs must be >= 0")
+        object.__setattr__(self, "num_threads", P.integer("num_threads", self.num_threads, 1, 1024))
+        object.__setattr__(self, "xnnpack", P.flag("xnnpack", self.xnnpack))
+        object.__setattr__(self, "latency_runs", P.integer("latency_runs", self.latency_runs, 0, 10**6))
+        object.__setattr__(self, "warmup_runs", P.integer("warmup_runs", self.warmup_runs, 0, 10**6))
+        if isinstance(self.delegates, str | bytes) or not isinstance(self.delegates, Sequence):
+            raise InputError(f"delegates must be a list of delegate paths or DelegateSpec, got {self.delegates!r}")
         specs = tuple(d if isinstance(d, DelegateSpec) else _delegate_from(d) for d in self.delegates)
         object.__setattr__(self, "delegates", specs)
 
@@ -217,13 +220,13 @@ class GateOptions(_Config):
     label_output: str | None = None
 
     def __post_init__(self) -> None:
-        d = self.max_accuracy_drop
-        if d is not None and (not _real(d) or not 0 <= d <= 1e6):
-            raise InputError(f"max_accuracy_drop must be a number >= 0 (0.01 = one point), got {d!r}")
-        if self.min_sqnr_db is not None and (not _real(self.min_sqnr_db) or math.isnan(self.min_sqnr_db)):
-            raise InputError(f"min_sqnr_db must be a number of dB (e.g. 20), got {self.min_sqnr_db!r}")
-        if self.min_cosine is not None and (not _real(self.min_cosine) or not -1 <= self.min_cosine <= 1):
-            raise InputError(f"min_cosine must be a number in [-1, 1] (e.g. 0.99), got {self.min_cosine!r}")
+        object.__setattr__(self, "max_accuracy_drop", P.real("max_accuracy_drop (0.01 = one point)",
+                                                             self.max_accuracy_drop, 0.0, none_ok=True))
+        object.__setattr__(self, "min_sqnr_db", P.real("min_sqnr_db (dB, e.g. 20)", self.min_sqnr_db, none_ok=True,
+                                                       finite=False))
+        object.__setattr__(self, "min_cosine", P.real("min_cosine (e.g. 0.99)", self.min_cosine, -1.0, 1.0,
+                                                      none_ok=True))
+        object.__setattr__(self, "label_output", P.text("label_output", self.label_output, none_ok=True))
         if self.metric is not None and not callable(self.metric):
             raise InputError(f"metric must be a callable metric(outputs: dict, labels) -> float, got {self.metric!r}")
         if not isinstance(self.output_tasks, Mapping):
@@ -245,5 +248,43 @@ class GateOptions(_Config):
         return d
 
 
-def _real(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+@dataclasses.dataclass(frozen=True)
+class DataOptions(_Config):
+    """How much calibration and validation data is read, and how the artifact's batch is fixed."""
+
+    num_calibration_samples: int = 200
+    seed: int = 0
+    max_validation_samples: int | None = None
+    batch_size: int | None = 1
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "num_calibration_samples",
+                           P.integer("num_calibration_samples", self.num_calibration_samples, 1, 10**7))
+        object.__setattr__(self, "seed", P.integer("seed", self.seed, 0, 2**32 - 1))
+        object.__setattr__(self, "max_validation_samples",
+                           P.integer("max_validation_samples", self.max_validation_samples, 1, none_ok=True))
+        object.__setattr__(self, "batch_size", P.integer("batch_size", self.batch_size, 1, 4096, none_ok=True))
+        names = P.strings("class_names", self.class_names, none_ok=True)
+        if names is not None and len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise InputError(f"class_names has duplicates {dup[:5]}; give each class one name, in output order.")
+        object.__setattr__(self, "class_names", names)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedOptions(_Config):
+    """precision="mixed": the cap on float layers and the layers forced either way."""
+
+    max_float_layers: int | float = 0.1
+    keep_float: tuple[str, ...] = ()
+    never_float: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        v = self.max_float_layers
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or (isinstance(v, float) and v >= 1
+                                                                                and not float(v).is_integer()):
+            raise InputError(f"max_float_layers must be a count >= 0 (3) or a fraction of the model's ops in (0, 1) "
+                             f"(0.1), got {v!r}.")
+        object.__setattr__(self, "keep_float", P.strings("keep_float", self.keep_float))
+        object.__setattr__(self, "never_float", P.strings("never_float", self.never_float))

@@ -20,7 +20,9 @@ from edgemp._versions import versions
 from edgemp.backends.tflite_census import census
 from edgemp.backends.tflite_compat import compact
 from edgemp.calibration import CalibrationSet, load_calibration
-from edgemp.config import DelegateSpec, GateOptions, IODType, Layout, Precision, Preprocessing, RuntimeOptions, parse_enum
+from edgemp import _params as P
+from edgemp.config import (DataOptions, DelegateSpec, GateOptions, IODType, Layout, MixedOptions, Precision, Preprocessing,
+                           RuntimeOptions, parse_enum)
 from edgemp.errors import (CalibrationError, InputError, MixedPrecisionError, PrecisionLabelError, QualityGateError,
                            UnsupportedOpsError)
 from edgemp.backends.coreml_target import build_coreml, coreml_precision_for, parity_section
@@ -140,10 +142,18 @@ def convert(
     timer = _Timer()
     prec = parse_enum(Precision, precision, "precision")
     io = parse_enum(IODType, io_dtype, "io_dtype")
-    pre = Preprocessing.from_dict(preprocessing) if isinstance(preprocessing, Mapping) else preprocessing
-    opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, delegates=tuple(delegates),  # type: ignore[arg-type]
+    pre = _preprocessing(preprocessing)
+    opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, delegates=delegates,  # type: ignore[arg-type]
                           latency_runs=latency_runs)
     gate = GateOptions(max_accuracy_drop, min_sqnr_db, min_cosine, metric, output_tasks or {}, label_output)
+    DataOptions(num_calibration_samples, seed, max_validation_samples, batch_size, class_names)  # checks types
+    MixedOptions(max_float_layers, keep_float, never_float)
+    for flag_name, value in (("force", force), ("strict", strict), ("coreml_image_input", coreml_image_input)):
+        P.flag(flag_name, value)
+    P.optional_flag("progress", progress)
+    P.text("name", name, none_ok=True)
+    P.strings("targets", targets)
+    P.path("output_dir", output_dir)
     if metric is None and max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
         raise InputError(f"max_accuracy_drop is a fraction in [0, 1] (0.01 = one point), got {max_accuracy_drop}")
     if prec.needs_calibration and calibration is None:
@@ -305,6 +315,14 @@ def convert(
         if strict:
             raise QualityGateError("validation failed: " + "; ".join(report.failures), report)
     return result
+
+
+def _preprocessing(value: Any) -> Preprocessing | None:
+    if value is None or isinstance(value, Preprocessing):
+        return value
+    if isinstance(value, Mapping):
+        return Preprocessing.from_dict(value)
+    raise InputError(f"preprocessing must be an edgemp.Preprocessing or a dict of its fields, got {value!r}.")
 
 
 def _without_loops(source: Any, float_tflite: bytes, float_census: Any, batch_size: int | None, prec: Precision

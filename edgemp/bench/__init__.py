@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemp.config import DelegateSpec, RuntimeOptions
+from edgemp import _params as P
 from edgemp.errors import DelegateError, InputError, ModelLoadError, NotATFLiteModelError
 
 HARNESS = Path(__file__).with_name("harness.py")
@@ -82,7 +83,16 @@ def benchmark(
     `runs` and `time_budget` (seconds) both bound the timed loop, whichever ends first; `inputs` is a .npy/.npz
     of real samples (default: random values over each input's valid range).
     """
-    paths = [Path(models)] if isinstance(models, str | os.PathLike) else [Path(m) for m in models]
+    P.integer("threads", threads, 1, 1024)
+    P.integer("warmup", warmup, 0, 10**6)
+    P.integer("runs", runs, 1, 10**7, none_ok=True)
+    P.real("time_budget", time_budget, 0.001, none_ok=True)
+    P.flag("xnnpack", xnnpack)
+    P.integer("seed", seed, 0, 2**32 - 1)
+    P.real("timeout", timeout, 1.0, none_ok=True)
+    if isinstance(models, bytes) or not isinstance(models, str | os.PathLike | list | tuple):
+        raise InputError(f"models must be a .tflite path or a list of them, got {models!r}")
+    paths = [Path(models)] if isinstance(models, str | os.PathLike) else [Path(P.path("models[]", m)) for m in models]
     if not paths:
         raise InputError("give at least one .tflite model to benchmark")
     for p in paths:

@@ -26,6 +26,7 @@ from edgemp._io import check_overwrite, lstat_or_none, prepare_output_dir, write
 from edgemp.bundle.install import place_tree
 from edgemp.bundle.manifest import (SCHEMA_VERSION, app_preprocessing, calibration_summary, coreml_tensors,
                                     tflite_tensors, validate_manifest, validation_summary)
+from edgemp import _params as P
 from edgemp.errors import BundleIntegrityError, InputError, MissingArtifactError, ModelLoadError, OutputExistsError
 
 DEVICES = ("android", "ios", "jetson", "linux-arm64")
@@ -257,6 +258,11 @@ def package(results: Any, device: str, output_dir: str | Path = "dist/bundles", 
     """
     if device not in DEVICES:
         raise InputError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
+    P.path("output_dir", output_dir)
+    P.text("name", name, none_ok=True)
+    P.strings("class_names", class_names, none_ok=True)
+    P.flag("as_zip", as_zip)
+    P.flag("force", force)
     items = list(results) if isinstance(results, list | tuple) else [results]
     if not items:
         raise InputError("package() needs at least one conversion result")
