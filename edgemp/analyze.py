@@ -13,7 +13,7 @@ from edgemp.config import Layout, Preprocessing, RuntimeOptions
 from edgemp import _params as P
 from edgemp.config import DataOptions
 from edgemp.convert import _preprocessing, _validation_data
-from edgemp.errors import CalibrationError
+from edgemp.errors import CalibrationError, public
 from edgemp.mixed.pipeline import analyze_layers, sensitivity_json
 from edgemp.mixed.report import plot_png, to_html, to_markdown
 from edgemp.mixed.session import MixedSession
@@ -41,6 +41,7 @@ class AnalysisResult:
         return [r["label"] for r in self.layers if r["rank"] is not None][:n]
 
 
+@public
 def analyze(
     model: Any,
     calibration: Any,

@@ -15,7 +15,7 @@ from edgemp import __version__, _params as P
 from edgemp._versions import versions
 from edgemp.backends.tflite_census import Census, census
 from edgemp.config import DelegateSpec, GateOptions, Precision, Preprocessing, RuntimeOptions
-from edgemp.errors import ModelLoadError, NotATFLiteModelError
+from edgemp.errors import ModelLoadError, NotATFLiteModelError, public
 from edgemp.sources import load_source
 from edgemp.sources.base import TensorSpec
 from edgemp.validate import Report, Runner, ValidationData, evaluate, load_validation
@@ -36,6 +36,7 @@ def read_tflite(model: str | os.PathLike[str] | bytes) -> tuple[bytes, str | Non
     return data, str(path)
 
 
+@public
 def inspect_model(model: str | os.PathLike[str] | bytes) -> Any:
     """The op census of a .tflite (every op's compute dtype, weights, I/O with scale/zero-point, size), or of an
     .mlpackage (I/O, ops by compute precision, weight storage dtypes, size) as a CoreMLCensus.
@@ -53,6 +54,7 @@ def inspect_model(model: str | os.PathLike[str] | bytes) -> Any:
     return census(data)
 
 
+@public
 def validate(
     model: str | os.PathLike[str] | bytes,
     reference: Any = None,

@@ -23,8 +23,8 @@ from edgemp.calibration import CalibrationSet, load_calibration
 from edgemp import _params as P
 from edgemp.config import (DataOptions, DelegateSpec, GateOptions, IODType, Layout, MixedOptions, Precision, Preprocessing,
                            RuntimeOptions, parse_enum)
-from edgemp.errors import (CalibrationError, InputError, MixedPrecisionError, PrecisionLabelError, QualityGateError,
-                           UnsupportedOpsError)
+from edgemp.errors import (CalibrationError, EdgempError, InputError, MixedPrecisionError, PrecisionLabelError,
+                           QualityGateError, UnsupportedOpsError, public, unexpected)
 from edgemp.backends.coreml_target import build_coreml, coreml_precision_for, parity_section
 from edgemp.mixed.pipeline import run_mixed
 from edgemp.quantize import apply_recipe, calibrate, recipe_for
@@ -58,13 +58,19 @@ class _Timer:
 
     @contextmanager
     def stage(self, name: str):  # type: ignore[no-untyped-def]
+        """Time a stage; an unexpected exception in it becomes an InternalError that names the stage."""
         t0 = time.perf_counter()
         try:
             yield
+        except EdgempError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - typed, with the cause chained
+            raise unexpected(exc, f"during {name.replace('_', ' ')}") from exc
         finally:
             self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - t0, 4)
 
 
+@public
 def convert(
     model: Any,
     precision: str | Precision = "int8",

@@ -6,6 +6,13 @@ drop), 4 the converter cannot lower the model, 1 anything unexpected.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 class EdgempError(Exception):
     """Base class: catch this to handle every error edgemp raises on purpose."""
@@ -133,3 +140,33 @@ class MixedPrecisionError(QualityGateError):
     def __init__(self, message: str, report: object | None = None, result: object | None = None) -> None:
         super().__init__(message, report)
         self.result = result
+
+
+# -- anything else ---------------------------------------------------------------------------------------
+class InternalError(EdgempError):
+    """An unexpected failure inside a stage: a bug in edgemp or in a framework it drives, not something the user
+    did. The original exception is chained (`__cause__`); the CLI shows its traceback with --debug."""
+
+    exit_code = 1
+
+
+def public(fn: Callable[P, R]) -> Callable[P, R]:
+    """Public entry points raise EdgempError only: anything else becomes an InternalError that names it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except EdgempError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - turned into the documented error type, cause kept
+            raise unexpected(exc, f"in edgemp.{fn.__name__}()") from exc
+
+    return wrapper
+
+
+def unexpected(exc: BaseException, where: str) -> InternalError:
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return InternalError(f"unexpected {type(exc).__name__} {where}: {first or 'no message'}. This is a bug in edgemp "
+                         "or a library it drives, not in your input; please report it with the traceback (CLI: "
+                         "--debug).")

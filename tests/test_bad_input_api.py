@@ -145,3 +145,30 @@ def test_package_refuses_bad_parameters(kwargs: dict[str, Any], fragment: str, t
     with pytest.raises(errors.InputError, match=fragment):
         edgemp.package(r, **kw)
     assert not (tmp_path / "bundles").exists()
+
+
+def test_an_unexpected_failure_inside_a_stage_is_typed_and_named(tiny_model: Any, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a stage (simulated: the census raises a plain RuntimeError) reaches the user as one InternalError
+    naming the stage, with the original exception chained for --debug."""
+    import edgemp.convert as conv
+
+    def broken(_: bytes) -> None:
+        raise RuntimeError("flatbuffer walk failed")
+
+    monkeypatch.setattr(conv, "census", broken)
+    with pytest.raises(errors.InternalError, match=r"unexpected RuntimeError during float conversion: flatbuffer walk "
+                                                   r"failed\. This is a bug in edgemp") as info:
+        edgemp.convert(tiny_model, "fp16", output_dir=tmp_path / "out")
+    assert isinstance(info.value.__cause__, RuntimeError) and info.value.exit_code == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_public_functions_raise_only_edgemp_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgemp.api as api
+
+    monkeypatch.setattr(api, "census", lambda _: {}["missing"])
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    with pytest.raises(errors.InternalError, match=r"unexpected KeyError in edgemp\.inspect_model\(\)"):
+        edgemp.inspect_model(model)

@@ -20,8 +20,7 @@ from typing import Any
 
 from edgemp.config import DelegateSpec, RuntimeOptions
 from edgemp import _params as P
-from edgemp.errors import DelegateError, InputError, ModelLoadError, NotATFLiteModelError
-
+from edgemp.errors import DelegateError, InputError, ModelLoadError, NotATFLiteModelError, public
 HARNESS = Path(__file__).with_name("harness.py")
 
 
@@ -59,6 +58,7 @@ def _delegate_args(delegates: Sequence[str | DelegateSpec | Mapping[str, Any]]) 
     return args + [a for k, v in (specs[0].options.items() if specs else ()) for a in ("--delegate-option", f"{k}={v}")]
 
 
+@public
 def benchmark(
     models: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,

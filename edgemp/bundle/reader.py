@@ -20,8 +20,7 @@ from typing import Any
 from edgemp.bundle.install import place_tree, safe_name, verify_placed
 from edgemp.bundle.manifest import validate_manifest
 from edgemp.bundle.writer import DEVICES, Bundle
-from edgemp.errors import BundleIntegrityError, InputError, ModelLoadError, UnsafeBundleError
-
+from edgemp.errors import BundleIntegrityError, InputError, ModelLoadError, UnsafeBundleError, public
 MAX_BYTES = 4 * 1024**3  # uncompressed total
 MAX_FILES = 20_000
 MAX_RATIO = 200  # uncompressed / compressed, for members over 1 MB
@@ -70,6 +69,7 @@ def _dir_members(root: Path, max_bytes: int, max_files: int) -> dict[str, Path]:
     return members
 
 
+@public
 def read_bundle(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES, max_files: int = MAX_FILES) -> Bundle:
     """Open a bundle (.zip or directory) and verify it completely; returns it only if every check passes.
 
@@ -147,6 +147,7 @@ def _verify(path: Path, names: set[str], read: Any, sizes: dict[str, int]) -> Bu
     return Bundle(path, manifest["device"], manifest)
 
 
+@public
 def unpack_bundle(path: str | os.PathLike[str], dest: str | os.PathLike[str], *, force: bool = False) -> Bundle:
     """Verify a bundle (.zip or folder), then put its files in `dest` (nothing is written if any check fails).
 

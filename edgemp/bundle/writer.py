@@ -27,8 +27,8 @@ from edgemp.bundle.install import place_tree
 from edgemp.bundle.manifest import (SCHEMA_VERSION, app_preprocessing, calibration_summary, coreml_tensors,
                                     tflite_tensors, validate_manifest, validation_summary)
 from edgemp import _params as P
-from edgemp.errors import BundleIntegrityError, InputError, MissingArtifactError, ModelLoadError, OutputExistsError
-
+from edgemp.errors import (BundleIntegrityError, InputError, MissingArtifactError, ModelLoadError, OutputExistsError,
+                           public)
 DEVICES = ("android", "ios", "jetson", "linux-arm64")
 _FORMAT = {"android": "tflite", "ios": "coreml", "jetson": "tflite", "linux-arm64": "tflite"}
 _EXECUTABLE = {"run.sh", "harness.py"}
@@ -243,6 +243,7 @@ def build_manifest(device: str, reports: list[dict[str, Any]], models: list[dict
     return manifest
 
 
+@public
 def package(results: Any, device: str, output_dir: str | Path = "dist/bundles", *, name: str | None = None,
             class_names: Sequence[str] | None = None, as_zip: bool = True, force: bool = False) -> Bundle:
     """Write one bundle for `device` from one or more conversion results (the first is the default model).
