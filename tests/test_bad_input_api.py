@@ -151,7 +151,9 @@ def test_an_unexpected_failure_inside_a_stage_is_typed_and_named(tiny_model: Any
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in a stage (simulated: the census raises a plain RuntimeError) reaches the user as one InternalError
     naming the stage, with the original exception chained for --debug."""
-    import edgemp.convert as conv
+    import importlib
+
+    conv = importlib.import_module("edgemp.convert")  # the module (edgemp.convert is the function)
 
     def broken(_: bytes) -> None:
         raise RuntimeError("flatbuffer walk failed")
