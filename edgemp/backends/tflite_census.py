@@ -170,10 +170,16 @@ def census(model: bytes) -> Census:
         raise NotATFLiteModelError(
             "not a TFLite flatbuffer (missing the 'TFL3' identifier): pass a .tflite file written by a converter."
         )
-    try:
+    try:  # a corrupt or hostile file may break the flatbuffer walk anywhere: one typed error for all of it
         m = schema.ModelT.InitFromPackedBuf(model, 0)
-    except Exception as exc:
-        raise NotATFLiteModelError(f"the TFLite flatbuffer is corrupt or truncated ({type(exc).__name__}: {exc}).") from exc
+        ops, (inputs, outputs) = _ops(m, opnames, typenames), _io(m, typenames)
+    except Exception as exc:  # noqa: BLE001
+        raise NotATFLiteModelError(f"the TFLite flatbuffer is corrupt or truncated ({type(exc).__name__}: "
+                                   f"{str(exc)[:200]}); convert the model again.") from exc
+    return Census(len(model), tuple(ops), inputs, outputs)
+
+
+def _ops(m: Any, opnames: dict[int, str], typenames: dict[int, str]) -> list[OpInfo]:
     ops: list[OpInfo] = []
     for si, sg in enumerate(m.subgraphs or []):
         tensors = [_tensor(t, m, typenames) for t in (sg.tensors or [])]
@@ -181,12 +187,11 @@ def census(model: bytes) -> Census:
             code = m.operatorCodes[op.opcodeIndex]
             name = opnames.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
             if name == "CUSTOM" and code.customCode:
-                name = f"CUSTOM:{code.customCode.decode()}"
+                name = f"CUSTOM:{code.customCode.decode(errors='replace')}"
             ins = tuple(tensors[i] for i in (op.inputs if op.inputs is not None else []) if i >= 0)
             outs = tuple(tensors[i] for i in (op.outputs if op.outputs is not None else []) if i >= 0)
             ops.append(OpInfo(si, oi, name, _compute(name, ins, outs), ins, outs))
-    inputs, outputs = _io(m, typenames)
-    return Census(len(model), tuple(ops), inputs, outputs)
+    return ops
 
 
 def _tensor(t: Any, m: Any, typenames: dict[int, str]) -> TensorInfo:
@@ -226,18 +231,19 @@ def _io(m: Any, typenames: dict[int, str]) -> tuple[tuple[IOSpec, ...], tuple[IO
         shape = t.shapeSignature if t.shapeSignature is not None and len(t.shapeSignature) else t.shape
         q = t.quantization
         has_q = q is not None and q.scale is not None and len(q.scale) > 0
-        return IOSpec(name, (t.name or b"").decode(), tuple(int(d) for d in (shape if shape is not None else [])),
+        return IOSpec(name, (t.name or b"").decode(errors="replace"), tuple(int(d) for d in (shape if shape is not None else [])),
                       typenames.get(t.type, str(t.type)), float(q.scale[0]) if has_q else None,
                       int(q.zeroPoint[0]) if has_q else None)
 
     if sig is not None and sig.subgraphIndex == 0:
-        ins = tuple(spec(tm.name.decode(), tm.tensorIndex) for tm in sig.inputs)
-        outs = tuple(spec(tm.name.decode(), tm.tensorIndex) for tm in sorted(sig.outputs, key=lambda x: x.name))
-        by_index = {tm.tensorIndex: tm.name.decode() for tm in sig.inputs}
+        ins = tuple(spec(tm.name.decode(errors="replace"), tm.tensorIndex) for tm in sig.inputs)
+        outs = tuple(spec(tm.name.decode(errors="replace"), tm.tensorIndex)
+                     for tm in sorted(sig.outputs, key=lambda x: x.name))
+        by_index = {tm.tensorIndex: tm.name.decode(errors="replace") for tm in sig.inputs}
         ins = tuple(sorted(ins, key=lambda s: list(by_index.values()).index(s.name)))
         return ins, outs
-    ins = tuple(spec((sg.tensors[i].name or b"").decode(), i) for i in sg.inputs)
-    outs = tuple(spec((sg.tensors[i].name or b"").decode(), i) for i in sg.outputs)
+    ins = tuple(spec((sg.tensors[i].name or b"").decode(errors="replace"), i) for i in sg.inputs)
+    outs = tuple(spec((sg.tensors[i].name or b"").decode(errors="replace"), i) for i in sg.outputs)
     return ins, outs
 
 
