@@ -6,6 +6,11 @@
 
 __version__ = "0.1.0"
 
+# Framework noise (absl, oneDNN, LiteRT, coremltools) off before any framework loads; EDGEMP_LOG=debug keeps it.
+from edgemp._quiet import install as _install_quiet  # noqa: E402
+
+_install_quiet()
+
 # Triton (pulled in by torch._dynamo, torchvision, coremltools) segfaults when imported after TensorFlow:
 # settle the order once, now, whatever the user imports next (see edgemp._compat).
 from edgemp._compat import prepare_torch_import  # noqa: E402

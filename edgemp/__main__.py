@@ -1,3 +1,3 @@
 from edgemp.cli import main
 
-main()
+main(prog_name="edgemp")

@@ -61,6 +61,7 @@ def analyze(
     name: str | None = None,
     force: bool = False,
     progress: bool | None = None,
+    unsafe_load: bool = False,
 ) -> AnalysisResult:
     """Rank the layers of a model by INT8 sensitivity; write `<name>_sensitivity.{json,md,png,html}`.
 
@@ -70,6 +71,7 @@ def analyze(
 
     Calibration runs once; each layer's effect comes from re-quantizing with that layer alone in float.
     With labels the ranking is by top-1 gain (then output SQNR gain), else by output SQNR gain.
+    `unsafe_load=True` runs the Python code a .keras/.h5 may contain (see convert()).
     """
     if calibration is None:
         raise CalibrationError("analysis quantizes the model to INT8: pass calibration= (a folder of images, "
@@ -83,7 +85,7 @@ def analyze(
     P.text("name", name, none_ok=True)
     P.path("output_dir", output_dir)
     out_dir = prepare_output_dir(output_dir)
-    source = load_source(model, example_input=example_input, input_layout=input_layout)
+    source = load_source(model, example_input=example_input, input_layout=input_layout, unsafe_load=unsafe_load)
     if source.data_layout is Layout.NCHW:
         pre = dataclasses.replace(pre or Preprocessing(), layout=Layout.NCHW)
     base = f"{name or source.name}_sensitivity"

@@ -74,10 +74,12 @@ def validate(
     metric: Callable[..., float] | None = None,
     output_tasks: Mapping[str, str] | None = None,
     label_output: str | None = None,
+    unsafe_load: bool = False,
 ) -> Report:
     """Validate an existing .tflite on the host against a reference (Keras model/path or another .tflite).
 
     Judged as convert() judges (labels, `metric`, or the fidelity floor of the precision the census finds).
+    `unsafe_load=True` runs the Python code a reference .keras/.h5 may contain (see convert()).
 
     Example:
         >>> report = edgemp.validate("dist/m_int8.tflite", reference="m.keras", data="val/"); report.passed
@@ -96,7 +98,7 @@ def validate(
     pre = _preprocessing(preprocessing)
     opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, delegates=delegates,  # type: ignore[arg-type]
                           latency_runs=latency_runs)
-    predict, ref_name, ref_outputs = _reference(reference)
+    predict, ref_name, ref_outputs = _reference(reference, unsafe_load)
     if data is None:
         rng = np.random.default_rng(0)
         vdata = ValidationData({s.name: rng.random((32, *[d or 1 for d in s.shape[1:]]), dtype=np.float32) for s in specs},
@@ -125,7 +127,7 @@ def validate(
     })
 
 
-def _reference(reference: Any) -> tuple[Any, str | None, list[str] | None]:
+def _reference(reference: Any, unsafe_load: bool = False) -> tuple[Any, str | None, list[str] | None]:
     """(predict, name, output names in predict's order) of the reference."""
     if reference is None:
         return None, None, None
@@ -134,7 +136,7 @@ def _reference(reference: Any) -> tuple[Any, str | None, list[str] | None]:
         data, path = read_tflite(reference)
         runner = Runner(data, RuntimeOptions())
         return runner.run, path or "<bytes>", [d.name for d in runner.outputs]
-    source = load_source(reference)
+    source = load_source(reference, unsafe_load=unsafe_load)
     return source.predict, source.path or source.name, source.output_names()
 
 

@@ -1,76 +1,167 @@
 """The `edgemp` command: parses, calls the API, prints, maps errors to exit codes. Nothing more.
 
-Exit codes: 0 success, 2 bad input, 3 validation failed (collapse / accuracy gate), 4 conversion error, 1 other.
+Exit codes: 0 success, 2 bad input, 3 validation failed (collapse / accuracy gate), 4 conversion error, 1 an
+unexpected error (a bug: `--debug` shows its traceback), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from edgemp import _quiet
 from edgemp.config import ColorMode, IODType, Layout, Precision, ResizePolicy
 
 EXIT_GATE_FAILED = 3
+EXIT_UNEXPECTED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a process Ctrl-C stopped
+NOT_A_TTY_WIDTH = 200  # rich tables are cut at 80 columns when stdout is a file or a pipe; COLUMNS still wins
 
 
-def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    import functools
+class EdgempGroup(click.Group):
+    """Runs a command with framework noise filtered from fd 2 and maps what escapes it to one line and an exit code:
+    EdgempError -> its own code; any other exception -> 1 with a hint to re-run with --debug; Ctrl-C -> 130."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: click.Context) -> Any:
         from edgemp.errors import EdgempError
 
+        debug = bool(ctx.params.get("debug"))
+        if ctx.params.get("verbose") or _log_level() == logging.DEBUG:
+            _quiet.show_framework_output()
         try:
-            return fn(*args, **kwargs)
+            with _quiet.filtered_fd2():
+                return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except EdgempError as exc:
+            if debug:
+                traceback.print_exc()
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
-
-    return wrapper
-
-
-def _floats(text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _count_or_fraction(text: str) -> int | float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise click.BadParameter(f"expected a count (3) or a fraction (0.1), got {text!r}") from None
-    return v if 0 < v < 1 else int(v)
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno == 32:  # EPIPE (`edgemp ... | head`): click's business
+                raise
+            if debug:
+                traceback.print_exc()
+            lines = str(exc).strip().splitlines()
+            what = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+            hint = "" if debug else "; re-run with --debug to see the traceback"
+            click.secho(f"error: unexpected {what}{' [...]' if len(lines) > 1 else ''}{hint}", fg="red", err=True)
+            sys.exit(EXIT_UNEXPECTED)
 
 
-def _size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HxW (e.g. 224x224), got {text!r}") from None
-    return h, w
+def _log_level(verbose: int = 0) -> int:
+    env = os.environ.get("EDGEMP_LOG", "").strip().upper()
+    from_env = logging.getLevelName(env) if env else logging.WARNING
+    from_env = from_env if isinstance(from_env, int) else logging.WARNING
+    return min(from_env, logging.WARNING - 10 * verbose)
+
+
+def _console() -> Any:
+    """A rich Console for stdout: as wide as the terminal, or NOT_A_TTY_WIDTH when stdout is a file or a pipe."""
+    from rich.console import Console
+
+    wide = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    return Console(width=NOT_A_TTY_WIDTH if wide else None)
+
+
+class FiniteFloat(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (they pass its comparisons)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return v
+
+
+class FloatList(click.ParamType):
+    """Comma-separated finite numbers (per-channel mean/std); positive=True refuses zero and negatives."""
+
+    name = "N[,N...]"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            vals = tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"expected comma-separated numbers, got {value!r}.", param, ctx)
+        if not all(math.isfinite(v) for v in vals):
+            self.fail(f"expected finite numbers, got {value!r}.", param, ctx)
+        if self.positive and any(v <= 0 for v in vals):
+            self.fail(f"expected numbers > 0 (inputs are divided by them), got {value!r}.", param, ctx)
+        return vals
+
+
+class Size(click.ParamType):
+    """HxW, both >= 1."""
+
+    name = "HxW"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            h, w = (int(v) for v in str(value).lower().split("x"))
+        except ValueError:
+            self.fail(f"expected HxW (e.g. 224x224), got {value!r}.", param, ctx)
+        if h < 1 or w < 1:
+            self.fail(f"height and width must be at least 1, got {value!r}.", param, ctx)
+        return h, w
+
+
+class CountOrFraction(click.ParamType):
+    """A count (0, 1, 2, ...) or a fraction strictly between 0 and 1."""
+
+    name = "COUNT|FRACTION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        try:
+            v = float(value)
+        except ValueError:
+            self.fail(f"expected a count (3) or a fraction (0.1), got {value!r}.", param, ctx)
+        if not math.isfinite(v) or v < 0 or (v >= 1 and not v.is_integer()):
+            self.fail(f"expected a count (0, 1, 2, ...) or a fraction between 0 and 1, got {value!r}.", param, ctx)
+        return v if 0 < v < 1 else int(v)
+
+
+POSITIVE_INT = click.IntRange(min=1)
+NON_NEGATIVE_INT = click.IntRange(min=0)
+POSITIVE_FLOAT = FiniteFloat(min=0, min_open=True)
+THREADS = click.option("--threads", type=POSITIVE_INT, default=1, show_default=True, help="Interpreter threads.")
 
 
 def preprocessing_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option("--size", help="Image size HxW (default: the model input's)."),
-        click.option("--resize", type=click.Choice([r.value for r in ResizePolicy]), default="stretch", show_default=True),
-        click.option("--color", type=click.Choice([c.value for c in ColorMode]), default="auto", show_default=True),
-        click.option("--scale", type=float, default=1 / 255, show_default=True, help="Pixel multiplier before mean/std."),
-        click.option("--mean", help="Per-channel mean, comma-separated (after scale)."),
-        click.option("--std", help="Per-channel std, comma-separated (after scale)."),
-        click.option("--layout", type=click.Choice([x.value for x in Layout]), default="NHWC", show_default=True),
+        click.option("--size", type=Size(), help="Image size HxW (default: the model input's)."),
+        click.option("--resize", type=click.Choice([r.value for r in ResizePolicy]), default="stretch", show_default=True,
+                     help="How images are brought to --size: stretch, or keep the aspect ratio (crop / pad)."),
+        click.option("--color", type=click.Choice([c.value for c in ColorMode]), default="auto", show_default=True,
+                     help="Colour mode images are read in (auto: the model input's channels)."),
+        click.option("--scale", type=POSITIVE_FLOAT, default=1 / 255, show_default=True,
+                     help="Pixel multiplier before mean/std."),
+        click.option("--mean", type=FloatList(), help="Per-channel mean, comma-separated (after scale)."),
+        click.option("--std", type=FloatList(positive=True), help="Per-channel std, comma-separated (after scale)."),
+        click.option("--layout", type=click.Choice([x.value for x in Layout]), default="NHWC", show_default=True,
+                     help="Layout of image arrays: NHWC (Keras) or NCHW (PyTorch)."),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -79,14 +170,15 @@ def preprocessing_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option("--threads", type=int, default=1, show_default=True, help="Interpreter threads."),
+        THREADS,
         click.option("--no-xnnpack", is_flag=True, help="Run without the default XNNPACK delegate."),
         click.option("--delegate", "delegates", multiple=True, type=click.Path(),
                      help="External delegate library (.so); repeatable. Failing to load is an error."),
         click.option("--delegate-option", "delegate_options", multiple=True, metavar="KEY=VALUE",
                      help="Option passed to every --delegate; repeatable."),
-        click.option("--latency-runs", type=int, default=50, show_default=True),
-        click.option("--max-accuracy-drop", type=float, default=0.01, show_default=True,
+        click.option("--latency-runs", type=NON_NEGATIVE_INT, default=50, show_default=True,
+                     help="Timed single-sample runs for the host latency; 0: latency not measured."),
+        click.option("--max-accuracy-drop", type=FiniteFloat(min=0, max=1), default=0.01, show_default=True,
                      help="Top-1 drop allowed, as a fraction (0.01 = one point)."),
         click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal)."),
         click.option("--labels", "labels_file", type=click.Path(), help="Class names in output order, one per line."),
@@ -96,63 +188,89 @@ def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _preprocessing(size: str | None, resize: str, color: str, scale: float, mean: str | None, std: str | None,
-                   layout: str) -> Any:
+def _preprocessing(size: tuple[int, int] | None, resize: str, color: str, scale: float,
+                   mean: tuple[float, ...] | None, std: tuple[float, ...] | None, layout: str) -> Any:
     from edgemp.config import Preprocessing
 
-    return Preprocessing(size=_size(size), resize=resize, color=color, scale=scale,  # type: ignore[arg-type]
-                         mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), layout=layout)  # type: ignore[arg-type]
+    return Preprocessing(size=size, resize=resize, color=color, scale=scale,  # type: ignore[arg-type]
+                         mean=mean or (0.0,), std=std or (1.0,), layout=layout)  # type: ignore[arg-type]
 
 
 def _labels(path: str | None) -> list[str] | None:
     if path is None:
         return None
     try:
-        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     except OSError as exc:
-        raise click.BadParameter(f"cannot read labels file {path}: {exc.strerror}") from None
+        raise click.BadParameter(f"cannot read labels file {path}: {exc.strerror}", param_hint="'--labels'") from None
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"labels file {path} is not UTF-8 text (one class name per line)",
+                                 param_hint="'--labels'") from None
 
 
 def _delegates(paths: tuple[str, ...], options: tuple[str, ...]) -> list[dict[str, Any]]:
     opts = {}
     for kv in options:
         if "=" not in kv:
-            raise click.BadParameter(f"--delegate-option expects KEY=VALUE, got {kv!r}")
+            raise click.BadParameter(f"expected KEY=VALUE, got {kv!r}", param_hint="'--delegate-option'")
         k, v = kv.split("=", 1)
         opts[k] = v
     return [{"path": p, "options": opts} for p in paths]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="edgemp")
-@click.option("-v", "--verbose", count=True, help="More logging.")
-def main(verbose: int) -> None:
-    """edgemp: trained Keras model -> validated FP16/INT8 TFLite for phones and edge devices."""
-    logging.basicConfig(level=logging.WARNING - 10 * verbose, format="%(levelname)s %(name)s: %(message)s")
+@click.group(cls=EdgempGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgemp", help="Show the version and exit.")
+@click.option("-v", "--verbose", count=True,
+              help="More logging (-v info, -vv debug), and the frameworks' own output (TensorFlow, LiteRT, "
+                   "coremltools), which edgemp hides otherwise; EDGEMP_LOG=debug does the same.")
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
+def main(verbose: int, debug: bool) -> None:
+    """edgemp: trained Keras or PyTorch model -> validated FP16/INT8 TFLite (and Core ML) for phones and edge devices."""
+    logging.basicConfig(level=_log_level(verbose), format="%(levelname)s %(name)s: %(message)s")
+    if not _quiet.noisy():
+        import warnings
+
+        def one_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+            click.secho(f"warning: {message}", fg="yellow", err=True)
+
+        warnings.showwarning = one_line  # edgemp's warnings as one line; the frameworks' are noise unless -v
+        warnings.filterwarnings("ignore", module=_FRAMEWORKS)
+
+
+_FRAMEWORKS = r"(tensorflow|keras|tf_keras|torch|torchvision|torchao|coremltools|absl|google|h5py|ml_dtypes|jax|" \
+              r"litert_torch|ai_edge_litert|ai_edge_torch|ai_edge_quantizer|onnx|numpy|sklearn)(\.|$)"
 
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.option("-p", "--precision", type=click.Choice([p.value for p in Precision]), default="int8", show_default=True)
+@click.option("-p", "--precision", type=click.Choice([p.value for p in Precision]), default="int8", show_default=True,
+              help="Target precision; mixed keeps the most INT8-sensitive layers in float.")
 @click.option("-c", "--calibration", type=click.Path(), help="Folder of images, .npy or .npz.")
 @click.option("--validation", type=click.Path(), help="Folder with one sub-folder per class, or .npz with x/y.")
-@click.option("-o", "--output-dir", type=click.Path(), default="dist", show_default=True)
+@click.option("-o", "--output-dir", type=click.Path(), default="dist", show_default=True,
+              help="Where the artifacts and reports are written.")
+@click.option("--unsafe-load", is_flag=True,
+              help="Load a .keras/.h5 that contains Python code (a Lambda layer) by RUNNING that code: only for files "
+                   "you trust as you trust a script.")
 @click.option("--io-dtype", type=click.Choice([i.value for i in IODType]), default="quantized", show_default=True,
               help="I/O of int8/int16x8 models: the quantized type, or float32.")
 @click.option("--input-layout", type=click.Choice([x.value for x in Layout]),
               help="PyTorch (.pt2) sources: layout of the artifact's 4-D inputs (default NHWC).")
-@click.option("-n", "--num-calibration-samples", type=int, default=200, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-validation-samples", type=int)
+@click.option("-n", "--num-calibration-samples", type=POSITIVE_INT, default=200, show_default=True,
+              help="Calibration samples drawn from --calibration.")
+@click.option("--seed", type=NON_NEGATIVE_INT, default=0, show_default=True,
+              help="Seed of the calibration sample draw.")
+@click.option("--max-validation-samples", type=POSITIVE_INT, help="Validate on at most this many samples (default: all).")
 @click.option("--name", help="Base name of the output files (default: the model's).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
-@click.option("--max-float-layers", default="0.1", show_default=True,
+@click.option("--max-float-layers", type=CountOrFraction(), default="0.1", show_default=True,
               help="mixed: cap on layers kept in float, a count (3) or a fraction of the model's ops (0.1).")
 @click.option("--keep-float", multiple=True, help="mixed: a layer name or regex always kept in float (repeatable).")
 @click.option("--never-float", multiple=True, help="mixed: a layer name or regex never kept in float (repeatable).")
-@click.option("--min-sqnr-db", type=float, help="mixed: output-fidelity budget (without labels), e.g. 30.")
-@click.option("--min-cosine", type=float, help="mixed: output-fidelity budget (without labels), e.g. 0.999.")
+@click.option("--min-sqnr-db", type=FiniteFloat(), help="mixed: output-fidelity budget (without labels), e.g. 30.")
+@click.option("--min-cosine", type=FiniteFloat(min=-1, max=1),
+              help="mixed: output-fidelity budget (without labels), e.g. 0.999.")
 @click.option("--coreml", "with_coreml", is_flag=True, help="Also write a Core ML .mlpackage.")
 @click.option("--coreml-precision", type=click.Choice(["fp32", "fp16", "mixed", "int8-weights", "w8a8", "palettize6",
                                                        "palettize4"]), help="Default: the counterpart of --precision.")
@@ -162,15 +280,14 @@ def main(verbose: int) -> None:
 @click.option("--deployment-target", default="iOS16", show_default=True, help="Core ML minimum deployment target.")
 @preprocessing_options
 @runtime_options
-@_handle_errors
 def convert(model: str, precision: str, calibration: str | None, validation: str | None, output_dir: str,
-            io_dtype: str, input_layout: str | None, num_calibration_samples: int, seed: int, max_validation_samples: int | None,
-            name: str | None, force: bool, as_json: bool, max_float_layers: str, keep_float: tuple[str, ...],
+            unsafe_load: bool, io_dtype: str, input_layout: str | None, num_calibration_samples: int, seed: int, max_validation_samples: int | None,
+            name: str | None, force: bool, as_json: bool, max_float_layers: int | float, keep_float: tuple[str, ...],
             never_float: tuple[str, ...], min_sqnr_db: float | None, min_cosine: float | None, with_coreml: bool,
             coreml_precision: str | None, coreml_fp32_ops: tuple[str, ...], coreml_image_input: bool,
             deployment_target: str,
-            size: str | None, resize: str, color: str, scale: float,
-            mean: str | None, std: str | None, layout: str, threads: int, no_xnnpack: bool,
+            size: tuple[int, int] | None, resize: str, color: str, scale: float,
+            mean: tuple[float, ...] | None, std: tuple[float, ...] | None, layout: str, threads: int, no_xnnpack: bool,
             delegates: tuple[str, ...], delegate_options: tuple[str, ...], latency_runs: int,
             max_accuracy_drop: float, progress: bool | None, labels_file: str | None) -> None:
     """Convert MODEL (.keras, .h5, SavedModel dir or torch.export .pt2) to a validated .tflite.
@@ -186,10 +303,10 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
         max_accuracy_drop=max_accuracy_drop, max_validation_samples=max_validation_samples, num_threads=threads,
         xnnpack=not no_xnnpack, delegates=_delegates(delegates, delegate_options), latency_runs=latency_runs,
         name=name, force=force, progress=progress, class_names=_labels(labels_file),
-        max_float_layers=_count_or_fraction(max_float_layers), keep_float=keep_float, never_float=never_float,
+        max_float_layers=max_float_layers, keep_float=keep_float, never_float=never_float,
         min_sqnr_db=min_sqnr_db, min_cosine=min_cosine, targets=("tflite", "coreml") if with_coreml else ("tflite",),
         coreml_precision=coreml_precision, coreml_fp32_ops=coreml_fp32_ops, coreml_image_input=coreml_image_input,
-        minimum_deployment_target=deployment_target,
+        minimum_deployment_target=deployment_target, unsafe_load=unsafe_load,
     )
     _print_report(result.report, as_json)
     if not as_json:
@@ -201,20 +318,27 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
 @click.argument("model", type=click.Path())
 @click.option("-c", "--calibration", type=click.Path(), required=True, help="Folder of images, .npy or .npz.")
 @click.option("--validation", type=click.Path(), help="Folder with one sub-folder per class, or .npz with x/y.")
-@click.option("-o", "--output-dir", type=click.Path(), default="dist", show_default=True)
-@click.option("--input-layout", type=click.Choice([x.value for x in Layout]))
-@click.option("-n", "--num-calibration-samples", type=int, default=200, show_default=True)
-@click.option("--max-validation-samples", type=int, default=1000, show_default=True)
-@click.option("--tensor-samples", type=int, default=32, show_default=True,
+@click.option("-o", "--output-dir", type=click.Path(), default="dist", show_default=True,
+              help="Where the table, plot and HTML page are written.")
+@click.option("--unsafe-load", is_flag=True,
+              help="Load a .keras/.h5 that contains Python code (a Lambda layer) by RUNNING that code: only for files "
+                   "you trust as you trust a script.")
+@click.option("--input-layout", type=click.Choice([x.value for x in Layout]),
+              help="PyTorch (.pt2) sources: layout of the artifact's 4-D inputs (default NHWC).")
+@click.option("-n", "--num-calibration-samples", type=POSITIVE_INT, default=200, show_default=True,
+              help="Calibration samples drawn from --calibration.")
+@click.option("--max-validation-samples", type=POSITIVE_INT, default=1000, show_default=True,
+              help="Score each layer on at most this many validation samples.")
+@click.option("--tensor-samples", type=POSITIVE_INT, default=32, show_default=True,
               help="Samples for the tensor-by-tensor comparison.")
-@click.option("--top", type=int, default=15, show_default=True, help="Rows of the table to print.")
+@click.option("--top", type=POSITIVE_INT, default=15, show_default=True, help="Rows of the table to print.")
 @click.option("--name", help="Base name of the output files (default: the model's).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--labels", "labels_file", type=click.Path(exists=True), help="Class names in output order, one per line.")
-@click.option("--progress/--no-progress", default=None)
-@click.option("--threads", type=int, default=1, show_default=True)
-@_handle_errors
-def analyze(model: str, calibration: str, validation: str | None, output_dir: str, input_layout: str | None,
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
+@THREADS
+def analyze(model: str, calibration: str, validation: str | None, output_dir: str, unsafe_load: bool,
+            input_layout: str | None,
             num_calibration_samples: int, max_validation_samples: int, tensor_samples: int, top: int, name: str | None,
             force: bool, labels_file: str | None, progress: bool | None, threads: int) -> None:
     """Rank MODEL's layers by INT8 sensitivity; write the table (JSON, Markdown), a plot and an HTML page."""
@@ -223,7 +347,7 @@ def analyze(model: str, calibration: str, validation: str | None, output_dir: st
     result = do_analyze(model, calibration, validation, output_dir, input_layout=input_layout,
                         num_calibration_samples=num_calibration_samples, max_validation_samples=max_validation_samples,
                         tensor_samples=tensor_samples, class_names=_labels(labels_file), num_threads=threads,
-                        name=name, force=force, progress=progress)
+                        name=name, force=force, progress=progress, unsafe_load=unsafe_load)
     lines = result.to_markdown().splitlines()
     table = [ln for ln in lines if ln.startswith("|")]
     click.echo("\n".join([ln for ln in lines if ln and not ln.startswith("|")][:3] + table[: top + 2]))
@@ -233,16 +357,19 @@ def analyze(model: str, calibration: str, validation: str | None, output_dir: st
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("-r", "--reference", type=click.Path(), help="Float reference: .keras/.h5/SavedModel or a .tflite.")
+@click.option("--unsafe-load", is_flag=True,
+              help="Load a .keras/.h5 that contains Python code (a Lambda layer) by RUNNING that code: only for files "
+                   "you trust as you trust a script.")
 @click.option("-d", "--data", type=click.Path(), help="Validation data: class folders, images, .npy or .npz (x/y).")
-@click.option("--max-samples", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--max-samples", type=POSITIVE_INT, help="Validate on at most this many samples (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
 @click.option("--report", "report_path", type=click.Path(), help="Also write the JSON report here.")
 @preprocessing_options
 @runtime_options
-@_handle_errors
-def validate(model: str, reference: str | None, data: str | None, max_samples: int | None, as_json: bool,
-             report_path: str | None, size: str | None, resize: str, color: str, scale: float, mean: str | None,
-             std: str | None, layout: str, threads: int, no_xnnpack: bool, delegates: tuple[str, ...],
+def validate(model: str, reference: str | None, unsafe_load: bool, data: str | None, max_samples: int | None,
+             as_json: bool, report_path: str | None, size: tuple[int, int] | None, resize: str, color: str, scale: float,
+             mean: tuple[float, ...] | None,
+             std: tuple[float, ...] | None, layout: str, threads: int, no_xnnpack: bool, delegates: tuple[str, ...],
              delegate_options: tuple[str, ...], latency_runs: int, max_accuracy_drop: float,
              progress: bool | None, labels_file: str | None) -> None:
     """Validate MODEL.tflite on the host against a reference model."""
@@ -251,7 +378,8 @@ def validate(model: str, reference: str | None, data: str | None, max_samples: i
     report = do_validate(model, reference, data, preprocessing=_preprocessing(size, resize, color, scale, mean, std, layout),
                          max_accuracy_drop=max_accuracy_drop, max_samples=max_samples, num_threads=threads,
                          xnnpack=not no_xnnpack, delegates=_delegates(delegates, delegate_options),
-                         latency_runs=latency_runs, progress=progress, class_names=_labels(labels_file))
+                         latency_runs=latency_runs, progress=progress, class_names=_labels(labels_file),
+                         unsafe_load=unsafe_load)
     if report_path:
         report.to_json(Path(report_path))
     _print_report(report, as_json)
@@ -260,12 +388,10 @@ def validate(model: str, reference: str | None, data: str | None, max_samples: i
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the census as JSON.")
 @click.option("--ops", "show_ops", is_flag=True, help="List every op with its dtypes.")
-@_handle_errors
 def inspect(model: str, as_json: bool, show_ops: bool) -> None:
     """Print the op census of MODEL.tflite (or MODEL.mlpackage): what each op computes in, weights, I/O, size."""
-    from rich.console import Console
     from rich.table import Table
 
     from edgemp.api import inspect_model
@@ -274,7 +400,7 @@ def inspect(model: str, as_json: bool, show_ops: bool) -> None:
     if as_json:
         click.echo(json.dumps(c.to_dict(), indent=2))
         return
-    console = Console()
+    console = _console()
     if model.rstrip("/").endswith(".mlpackage"):
         console.print(f"[bold]{model}[/]: Core ML ML Program, {c.size_bytes:,} bytes, {len(c.ops)} ops, "
                       f"spec version {c.spec_version}")
@@ -311,24 +437,27 @@ def inspect(model: str, as_json: bool, show_ops: bool) -> None:
 
 
 @main.command()
-@click.option("-o", "--output-dir", type=click.Path(), default="dist/demo", show_default=True)
+@click.option("-o", "--output-dir", type=click.Path(), default="dist/demo", show_default=True,
+              help="Where the demo writes its artifacts and reports (overwritten on every run).")
 @click.option("-p", "--precision", "precisions", multiple=True, default=("fp16", "int8"), show_default=True,
-              type=click.Choice([p.value for p in Precision]))
-@_handle_errors
+              type=click.Choice([p.value for p in Precision]), help="Precision to convert to; repeatable.")
 def demo(output_dir: str, precisions: tuple[str, ...]) -> None:
     """Main job on shipped defaults: the example Fashion-MNIST CNN, calibration_data/, validated on 10k test images.
 
     Trains the example model once (cached) and overwrites its own outputs in OUTPUT_DIR on every run.
     """
-    from rich.console import Console
-
     from edgemp import demo as demo_data
     from edgemp.convert import convert as do_convert
 
-    console = Console()
+    console = _console()
     root = Path(__file__).resolve().parents[1]
     calibration = root / "calibration_data" / "fashion_mnist"
-    console.print("[bold]edgemp demo[/]: training (first run only) and caching the example model ...")
+    # the file example_model_path() caches (its default epochs=1): there, it loads; else it trains first
+    cached = demo_data.cache_dir() / "models" / f"fashion_cnn_{demo_data.MODEL_VERSION}_e1.keras"
+    if cached.exists():
+        console.print(f"[bold]edgemp demo[/]: loading the cached example model ({cached})")
+    else:
+        console.print("[bold]edgemp demo[/]: training the example model (first run, ~2 min; cached afterwards) ...")
     model = demo_data.example_model_path()
     test = demo_data.fashion_mnist("test")
     failed = False
@@ -346,7 +475,7 @@ def _print_report(report: Any, as_json: bool) -> None:
     if as_json:
         click.echo(report.to_json())
     else:
-        report.render()
+        report.render(_console())
 
 
 from edgemp import cli_device  # noqa: E402,F401  (registers package / verify / unpack / bench on `main`)

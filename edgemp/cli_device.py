@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgemp.cli import _delegates, _handle_errors, _labels, main
+from edgemp.cli import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, THREADS, _delegates, _labels, main
 
 DEVICE_CHOICES = ["android", "ios", "jetson", "linux-arm64"]
 
@@ -16,7 +16,8 @@ DEVICE_CHOICES = ["android", "ios", "jetson", "linux-arm64"]
 @click.argument("reports", nargs=-1, type=click.Path())
 @click.option("-d", "--device", "devices", multiple=True, type=click.Choice(DEVICE_CHOICES),
               help="Target device; repeatable (one bundle each).")
-@click.option("-o", "--output-dir", type=click.Path(), default="dist/bundles", show_default=True)
+@click.option("-o", "--output-dir", type=click.Path(), default="dist/bundles", show_default=True,
+              help="Where the bundles are written.")
 @click.option("--name", help="Bundle file name without extension (default: <model>_<precision>_<device>).")
 @click.option("--labels", "labels_file", type=click.Path(), help="Class names in output order, one per line "
               "(default: those the conversion recorded).")
@@ -24,7 +25,6 @@ DEVICE_CHOICES = ["android", "ios", "jetson", "linux-arm64"]
 @click.option("--force", is_flag=True, help="Replace a bundle edgemp wrote before (a --dir bundle: only the files its "
               "manifest lists; other files are kept). Anything else is never replaced.")
 @click.option("--schema", "print_schema", is_flag=True, help="Print the manifest's JSON Schema and exit.")
-@_handle_errors
 def package(reports: tuple[str, ...], devices: tuple[str, ...], output_dir: str, name: str | None,
             labels_file: str | None, as_dir: bool, force: bool, print_schema: bool) -> None:
     """Bundle converted models (the *.report.json files `edgemp convert` wrote; the first is the default model)."""
@@ -47,7 +47,6 @@ def package(reports: tuple[str, ...], devices: tuple[str, ...], output_dir: str,
 @main.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the verified manifest.")
-@_handle_errors
 def verify(bundle: str, as_json: bool) -> None:
     """Check a bundle: safe paths, schema, every file's checksum and size, nothing unlisted. Exit 2 if not."""
     from edgemp.bundle import read_bundle
@@ -68,7 +67,6 @@ def verify(bundle: str, as_json: bool) -> None:
               help="Folder to create (or an empty one).")
 @click.option("--force", is_flag=True, help="Replace a bundle edgemp unpacked there before: only the files its "
               "manifest lists; other files (run.sh's .venv, yours) are kept. Anything else is never replaced.")
-@_handle_errors
 def unpack(bundle: str, output_dir: str, force: bool) -> None:
     """Verify BUNDLE, then extract it into OUTPUT_DIR (nothing is written if any check fails)."""
     from edgemp.bundle import unpack_bundle
@@ -87,13 +85,15 @@ def _echo_kept(b: object) -> None:
 
 @main.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path())
-@click.option("--threads", type=int, default=1, show_default=True)
-@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs after the first inference.")
-@click.option("--runs", type=int, help="Timed runs (default 50 without --time-budget).")
-@click.option("--time-budget", type=float, help="Seconds of timed runs per model.")
-@click.option("--no-xnnpack", is_flag=True)
+@THREADS
+@click.option("--warmup", type=NON_NEGATIVE_INT, default=10, show_default=True,
+              help="Untimed runs after the first inference.")
+@click.option("--runs", type=POSITIVE_INT, help="Timed runs (default 50 without --time-budget).")
+@click.option("--time-budget", type=POSITIVE_FLOAT, help="Seconds of timed runs per model.")
+@click.option("--no-xnnpack", is_flag=True, help="Run without the default XNNPACK delegate.")
 @click.option("--delegate", "delegates", multiple=True, type=click.Path(), help="External delegate (.so); repeatable.")
-@click.option("--delegate-option", "delegate_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--delegate-option", "delegate_options", multiple=True, metavar="KEY=VALUE",
+              help="Option passed to every --delegate; repeatable.")
 @click.option("--inputs", type=click.Path(), help=".npy/.npz of real input samples (default: random in range).")
 @click.option("--cpus", help="Host: pin to CPUs, e.g. 0 or 2-3.")
 @click.option("--json", "json_path", type=click.Path(), help="Write the JSON result here ('-' for stdout).")
@@ -101,12 +101,12 @@ def _echo_kept(b: object) -> None:
 @click.option("--benchmark-binary", type=click.Path(), help="--adb: benchmark_model built for the phone's ABI.")
 @click.option("--benchmark-apk", type=click.Path(), help="--adb: the LiteRT benchmark APK instead of the binary.")
 @click.option("--serial", help="--adb: device serial (when several are connected).")
-@click.option("--adb-path", default="adb", show_default=True)
+@click.option("--adb-path", default="adb", show_default=True, help="--adb: the adb executable.")
 @click.option("--cpu-mask", help="--adb: hexadecimal taskset mask, e.g. f0 for CPUs 4-7 (big cores on many SoCs).")
 @click.option("--use-gpu", is_flag=True, help="--adb: LiteRT GPU delegate.")
 @click.option("--use-nnapi", is_flag=True, help="--adb: NNAPI delegate.")
-@click.option("--timeout", type=float, default=600, show_default=True, help="--adb: seconds allowed per model run.")
-@_handle_errors
+@click.option("--timeout", type=POSITIVE_FLOAT, default=600, show_default=True,
+              help="--adb: seconds allowed per model run.")
 def bench(models: tuple[str, ...], threads: int, warmup: int, runs: int | None, time_budget: float | None,
           no_xnnpack: bool, delegates: tuple[str, ...], delegate_options: tuple[str, ...], inputs: str | None,
           cpus: str | None, json_path: str | None, use_adb: bool, benchmark_binary: str | None,

@@ -109,6 +109,7 @@ def convert(
     force: bool = False,
     strict: bool = False,
     progress: bool | None = None,
+    unsafe_load: bool = False,
 ) -> ConvertResult:
     """Convert a Keras or PyTorch model to a .tflite in `precision`, validate it on the host, write artifact + report.
 
@@ -144,6 +145,9 @@ def convert(
     kept in float); `coreml_fp32_ops` (layer names, or 'type:<op>' for a Core ML op type) for Core ML `mixed`;
     `coreml_image_input` makes the input an ImageType with the calibration preprocessing folded in. On Linux
     Core ML is validated structurally; numeric validation runs on macOS only and the report says so.
+
+    `unsafe_load=True` loads a .keras/.h5 that contains Python code (a Lambda layer) by running that code: only for
+    files trusted as a script is trusted. Without it such a file raises ModelLoadError.
     """
     timer = _Timer()
     prec = parse_enum(Precision, precision, "precision")
@@ -168,7 +172,7 @@ def convert(
     out_dir = prepare_output_dir(output_dir)
 
     with timer.stage("load_model"):
-        source = load_source(model, example_input=example_input, input_layout=input_layout)
+        source = load_source(model, example_input=example_input, input_layout=input_layout, unsafe_load=unsafe_load)
     if source.data_layout is Layout.NCHW:  # PyTorch data arrives shaped like example_input
         pre = dataclasses.replace(pre or Preprocessing(), layout=Layout.NCHW)
     if input_layout is not None and source.kind != "pytorch":

@@ -27,7 +27,8 @@ def registered_sources() -> list[str]:
 def load_source(model: Any, **options: Any) -> Source:
     """Return a Source for a model object or a model path; bad paths raise ModelLoadError naming the fix.
 
-    `options` go to the loader (PyTorch: example_input, input_layout); loaders ignore those they do not use.
+    `options` go to the loader (PyTorch: example_input, input_layout; Keras: unsafe_load); loaders ignore those they
+    do not use.
     """
     if isinstance(model, str | os.PathLike):
         _check_path(Path(model))
@@ -64,10 +65,10 @@ def _is_keras(model: Any) -> bool:
     return mod.startswith("keras") and hasattr(model, "inputs") and hasattr(model, "outputs")
 
 
-def _load_keras(model: Any, **_: Any) -> Source:
+def _load_keras(model: Any, unsafe_load: bool = False, **_: Any) -> Source:
     from edgemp.sources.keras import load_keras
 
-    return load_keras(model)
+    return load_keras(model, unsafe_load=unsafe_load)
 
 
 def _is_torch(model: Any) -> bool:
@@ -76,7 +77,7 @@ def _is_torch(model: Any) -> bool:
     return is_torch_model(model)
 
 
-def _load_torch(model: Any, **options: Any) -> Source:
+def _load_torch(model: Any, unsafe_load: bool = False, **options: Any) -> Source:  # unsafe_load: Keras files only
     from edgemp.sources.torch import load_torch
 
     return load_torch(model, **options)

@@ -28,7 +28,12 @@ def import_tf() -> Any:
     return tf
 
 
-def load_keras(model: Any) -> KerasSource | SavedModelSource:
+def load_keras(model: Any, unsafe_load: bool = False) -> KerasSource | SavedModelSource:
+    """A Source for a keras.Model, a .keras/.h5 file or a SavedModel directory.
+
+    Keras' safe mode stays on: a file holding Python code (a Lambda layer's bytecode) is refused with ModelLoadError,
+    because loading it would run that code. `unsafe_load=True` loads it anyway (safe_mode=False), with a warning.
+    """
     if isinstance(model, str | os.PathLike):
         path = Path(model)
         if path.is_dir():
@@ -36,9 +41,24 @@ def load_keras(model: Any) -> KerasSource | SavedModelSource:
         import_tf()
         import keras
 
+        if unsafe_load:
+            log.warning("unsafe load of %s: Keras safe mode is off, so Python code stored in the file (Lambda layers) "
+                        "is executed now, with your permissions; only do this with files you trust as a script", path)
         try:
-            loaded = keras.saving.load_model(path, compile=False)
+            loaded = keras.saving.load_model(path, compile=False, safe_mode=not unsafe_load)
         except Exception as exc:  # keras raises zipfile/OSError/ValueError/TypeError for bad files
+            causes, e = [], exc  # Keras' refusal says "pass `safe_mode=False`", maybe inside another exception
+            while e is not None and len(causes) < 8:
+                causes.append(str(e))
+                e = e.__cause__ or e.__context__
+            if not unsafe_load and any("safe_mode=False" in t or "enable_unsafe_deserialization" in t for t in causes):
+                raise ModelLoadError(
+                    f"{path} contains Python code (a Lambda layer's bytecode), which loading would execute; edgemp "
+                    "does not run code from model files. If you trust the file as you would a script, load it with "
+                    "--unsafe-load (Python: unsafe_load=True); better, replace the Lambda with a custom layer "
+                    "registered with @keras.saving.register_keras_serializable (importable wherever the model is "
+                    "loaded) and save the model again."
+                ) from exc
             raise ModelLoadError(
                 f"cannot load Keras model {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
                 "The file is corrupt, truncated or not a Keras model; re-save it with model.save('model.keras')."

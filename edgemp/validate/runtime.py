@@ -116,7 +116,11 @@ class Runner:
         return rows
 
     def latency(self, sample: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Median/p90 of single-sample invokes (batch 1, as on the device), after warm-up."""
+        """Median/p90 of single-sample invokes (batch 1, as on the device), after warm-up. latency_runs=0: not
+        measured (the times are None, never NaN)."""
+        if self.opts.latency_runs <= 0:
+            return {"median_ms": None, "p90_ms": None, "mean_ms": None, "runs": 0, "warmup_runs": 0,
+                    "threads": self.opts.num_threads, "xnnpack": self.opts.xnnpack}
         itp = make_interpreter(self.model, self.opts, self._delegates)
         details = {d["name"]: d for d in itp.get_input_details()}
         runner_inputs = self._runner.get_input_details()
@@ -135,7 +139,7 @@ class Runner:
             t0 = time.perf_counter()
             itp.invoke()
             times.append((time.perf_counter() - t0) * 1e3)
-        arr = np.asarray(times) if times else np.asarray([np.nan])
+        arr = np.asarray(times)
         return {"median_ms": float(np.median(arr)), "p90_ms": float(np.percentile(arr, 90)),
                 "mean_ms": float(arr.mean()), "runs": len(times), "warmup_runs": self.opts.warmup_runs,
                 "threads": self.opts.num_threads, "xnnpack": self.opts.xnnpack}
