@@ -11,12 +11,6 @@ from edgemp._quiet import install as _install_quiet  # noqa: E402
 
 _install_quiet()
 
-# Triton (pulled in by torch._dynamo, torchvision, coremltools) segfaults when imported after TensorFlow:
-# settle the order once, now, whatever the user imports next (see edgemp._compat).
-from edgemp._compat import prepare_torch_import  # noqa: E402
-
-prepare_torch_import()
-
 from edgemp import errors  # noqa: E402
 from edgemp.api import inspect_model, validate  # noqa: E402
 from edgemp.config import DelegateSpec, IODType, Precision, Preprocessing, RuntimeOptions  # noqa: E402

@@ -17,6 +17,8 @@ def prepare_torch_import() -> None:
     segfaults the interpreter (seen with torch 2.14.1 + tensorflow-cpu 2.21). In the other order both work.
     edgemp exports on the CPU and never needs Triton, so: if TensorFlow is already loaded, Triton is
     marked unavailable (torch then treats it as not installed); if not, Triton is imported now, first.
+    Called only where edgemp is about to import torch or TensorFlow — never by `import edgemp`, which must
+    leave the user's process (and torch.compile) alone.
     """
     if "triton" in sys.modules:
         return

@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 
 
 def import_tf() -> Any:
-    """Import TensorFlow quietly (its C++ logging floods the terminal otherwise)."""
+    """Import TensorFlow quietly (its C++ logging floods the terminal otherwise), after settling the Triton/TensorFlow
+    import order for a torch import later in the process (edgemp._compat)."""
+    from edgemp._compat import prepare_torch_import
+
+    prepare_torch_import()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
