@@ -133,3 +133,10 @@ class MixedPrecisionError(QualityGateError):
     def __init__(self, message: str, report: object | None = None, result: object | None = None) -> None:
         super().__init__(message, report)
         self.result = result
+
+
+# -- warnings --------------------------------------------------------------------------------------------
+class RangeMismatchWarning(UserWarning):
+    """Calibration data, validation data and the declared image preprocessing do not share a value range (e.g.
+    uint8 0..255 arrays for a model fed 0..1): the artifact would be calibrated or judged on the wrong scale.
+    Also recorded in the report's calibration/validation `warnings` (edgemp.calibration.checks.range_findings)."""
