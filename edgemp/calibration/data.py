@@ -356,16 +356,18 @@ def _cast(arr: np.ndarray, spec: TensorSpec, error: type[InputError], what: str,
             notes.add(f"{where}: bool data cast to {target} (0/1)")
         return arr.astype(target)
     if target.kind == "f":
-        if arr.dtype.kind == "f" and np.finfo(arr.dtype).max > np.finfo(target).max:
-            big = np.abs(arr) > np.finfo(target).max
+        if arr.dtype.kind in "iuf" and (arr.dtype.kind != "f" or np.finfo(arr.dtype).max > np.finfo(target).max):
+            big = np.abs(arr.astype(np.float64)) > np.finfo(target).max
             if big.any():
                 raise error(f"{where}: {int(big.sum())} value(s) (e.g. {float(arr[big].flat[0]):.6g}) overflow {target} "
                             "(they would become Inf); rescale the data.")
         if notes is not None and arr.dtype.kind in "iu":
             lo, hi = int(arr.min()), int(arr.max())
-            notes.add(f"{where}: {arr.dtype} data ({lo}..{hi}) cast to {target} as is, without scaling; the model must "
-                      "expect these values (e.g. it has a Rescaling layer), else divide by 255 or use an image folder "
-                      "with its preprocessing", logging.WARNING)
+            pixels = arr.ndim == 4 and lo >= 0 and 1 < hi <= 255  # images as 0..255 integers
+            notes.add(f"{where}: {arr.dtype} data ({lo}..{hi}) cast to {target} as is, without scaling"
+                      + ("; the model must expect 0..255 pixels (e.g. it has a Rescaling layer), else divide by 255 or "
+                         "use an image folder with its preprocessing" if pixels else ""),
+                      logging.WARNING if pixels else logging.INFO)
         elif notes is not None and arr.dtype.kind == "b":
             notes.add(f"{where}: bool data cast to {target} (0.0/1.0)")
     return arr.astype(target)
