@@ -122,6 +122,23 @@ def load_validation(data: Any, specs: list[TensorSpec], preprocessing: Preproces
     return _checked(_pack(samples, y, None, source, [], max_samples, opaque_labels, notes), preprocessing)
 
 
+def random_inputs(specs: list[TensorSpec], n: int = 32, seed: int = 0) -> ValidationData:
+    """Seeded stand-in data when none is given, typed per input: floats in [0, 1), integers (ids) in {0, 1}, bools.
+    (Random floats for an integer input would be refused as non-integer ids.)"""
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for s in specs:
+        shape = (n, *[d or 1 for d in s.shape[1:]])
+        kind = np.dtype(s.dtype).kind if str(s.dtype).startswith(("float", "int", "uint", "bool")) else "f"
+        if kind in "iu":
+            inputs[s.name] = rng.integers(0, 2, shape).astype(s.dtype)
+        elif kind == "b":
+            inputs[s.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            inputs[s.name] = rng.random(shape, dtype=np.float32)
+    return ValidationData(inputs, None, None, "random inputs (floats in [0, 1), integer inputs in {0, 1})", [])
+
+
 def _checked(vd: ValidationData, preprocessing: Preprocessing | None) -> ValidationData:
     """Arrays with a known image preprocessing: record a range mismatch against it."""
     if preprocessing is not None:
