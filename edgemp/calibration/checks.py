@@ -9,7 +9,9 @@ mistake, while real accuracy collapses. These checks compare the ranges and say 
 - arrays vs the declared preprocessing of image folders ((0..255 * scale - mean) / std per channel), per 4-D float
   input: values reach outside that range by more than a quarter of its span (e.g. whole numbers 0..255 where the
   folder preprocessing gives 0..1); or they span less than 1/32 of it (0..1 data where it gives 0..255). Data read
-  from an image folder is never checked against its own preprocessing.
+  from an image folder is never checked against its own preprocessing, and the bare default Preprocessing() (what
+  the CLI passes when no option is given) is not a declaration: arrays are only checked against a preprocessing
+  that was given, or resolved from an image folder.
 
 Calibration 0..0.9 against validation 0..1, a darker or brighter validation set, or two sets normalised alike do
 not fire. Findings are strings, recorded in the summaries' `warnings` and warned about (RangeMismatchWarning).
@@ -102,8 +104,9 @@ def range_findings(cal_samples: Any, val_inputs: Any, preprocessing: Preprocessi
 
     `cal_samples`: a CalibrationSet or its `.samples` (list of name -> (1, ...) arrays), or None. `val_inputs`: a
     ValidationData or its `.inputs` (name -> (N, ...) arrays), or None. `preprocessing`: the Preprocessing of the
-    image folder(s) used, or the one declared, else None. A CalibrationSet / ValidationData read from an image folder
-    is not checked against the preprocessing (it is what the preprocessing gives); plain arrays are.
+    image folder(s) used, or the one declared, else None (Preprocessing() with every default counts as None). A
+    CalibrationSet / ValidationData read from an image folder is not checked against the preprocessing (it is what
+    the preprocessing gives); plain arrays are.
     Returns one message per finding (empty: nothing found); with `warn`, each is also warned
     (RangeMismatchWarning) and logged."""
     sets = [(names[0], cal_samples), (names[1], val_inputs)]
@@ -115,7 +118,7 @@ def range_findings(cal_samples: Any, val_inputs: Any, preprocessing: Preprocessi
         msg = _compare(name, names, a[name], b[name])
         if msg:
             findings.append(msg)
-    if preprocessing is not None:
+    if preprocessing is not None and preprocessing != Preprocessing():  # the bare default is not a declaration
         lo, hi = preprocessing_range(preprocessing)
         for label, _ in sets:
             if from_folder[label]:
