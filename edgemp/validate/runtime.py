@@ -338,7 +338,15 @@ class Runner:
         if arr.ndim == 0:
             raise DataError(f"the data for input {d.name!r} is a scalar; it takes a batch: {want}.")
         if d.dtype.kind in "iu" and not d.quantized:
-            arr = self._integer(d, arr, want)
+            return self._integer(d, arr, want)
+        if arr.size and arr.dtype.kind == "f":
+            finite = np.isfinite(arr)
+            if not finite.all():
+                raise DataError(f"the data for input {d.name!r} holds {int(arr.size - finite.sum())} NaN/Inf value(s); "
+                                "clean or drop those samples.")
+            if np.finfo(arr.dtype).max > np.finfo(np.float32).max and np.abs(arr).max() > np.finfo(np.float32).max:
+                raise DataError(f"the data for input {d.name!r} holds values beyond float32 (e.g. {np.abs(arr).max():.4g}); "
+                                "rescale the data.")
         return arr
 
     def _integer(self, d: IODetail, arr: np.ndarray, want: str) -> np.ndarray:
@@ -349,9 +357,11 @@ class Runner:
                 raise DataError(f"input {d.name!r} takes integers ({want}) but the data holds NaN/Inf.")
             frac = arr != np.round(arr)
             if frac.any():
+                unit = " (all in 0..1: normalised values, or the random inputs used when no data is given?)" if (
+                    arr.min() >= 0 and arr.max() < 1) else ""
                 raise DataError(f"input {d.name!r} takes integers ({want}), e.g. token ids, but the data holds non-integer "
-                                f"floats such as {float(arr[frac].flat[0]):g}: pass the integer ids (not embeddings, "
-                                "scores or normalised values).")
+                                f"floats such as {float(arr[frac].flat[0]):g}{unit}: pass the integer ids (not "
+                                "embeddings, scores or normalised values) as validation data.")
         if not arr.size:
             return arr
         info = np.iinfo(d.dtype)
