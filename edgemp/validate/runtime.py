@@ -69,11 +69,14 @@ def _resize_inputs(itp: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:
 
 def _dynamic_inputs(itp: Any) -> dict[str, tuple[int, ...]]:
     """Input name -> shape signature (-1 = dynamic), for the inputs with a dynamic dimension."""
+    sigs = itp.get_signature_list()
+    details = (itp.get_signature_runner(next(iter(sigs))).get_input_details() if sigs
+               else {d["name"]: d for d in itp.get_input_details()})  # signature names: what the data is keyed by
     out = {}
-    for d in itp.get_input_details():
+    for name, d in details.items():
         sig = tuple(int(v) for v in d.get("shape_signature", d["shape"]))
         if any(v < 0 for v in sig):
-            out[d["name"]] = sig
+            out[name] = sig
     return out
 
 
