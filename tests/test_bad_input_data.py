@@ -541,3 +541,24 @@ def test_cli_bad_data_exits_2_without_a_traceback(tmp_path: Path, gray_model_pat
     assert r.exit_code == 2, out
     assert fragment in out and "Traceback" not in out
     assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit)
+
+
+def test_token_ids_checked_before_calibration(embedding_tflite: Path) -> None:
+    from edgemp.validate.runtime import check_token_ids
+
+    model = embedding_tflite.read_bytes()
+    samples = [{"ids": _ids()[i : i + 1]} for i in range(20)]
+    check_token_ids(model, samples, errors.CalibrationError)  # all in the vocabulary
+    samples[7] = {"ids": _ids(oov=9999)[3:4]}
+    with pytest.raises(errors.CalibrationError, match=r"token id 9999 >= vocabulary size 5000 in input 'ids' \(sample 7,"):
+        check_token_ids(model, samples, errors.CalibrationError)
+
+
+def test_failure_hint_names_dynamic_inputs(dynamic_model) -> None:  # type: ignore[no-untyped-def]
+    from edgemp.sources import load_source
+    from edgemp.validate.runtime import failure_hint
+
+    tflite = load_source(dynamic_model).to_float_tflite(1)
+    hint = failure_hint(tflite, RuntimeError("XNNPack delegate failed to reshape runtimeNode number 3 (X) failed to prepare."))
+    assert "dynamic input dimensions ('image' (1, ?, ?, 3))" in hint and "fixed input size" in hint
+    assert failure_hint(tflite, RuntimeError("something else")) == ""
