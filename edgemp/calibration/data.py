@@ -110,12 +110,12 @@ def load_calibration(
     elif isinstance(data, np.ndarray | Mapping):
         samples = _select(split_samples(data, specs, error, what, notes), num_samples, seed)
         source = "array" if isinstance(data, np.ndarray) else "dict of arrays"
-    elif isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tuple):  # (x, y): x calibrates
-        samples = _select(split_samples(data[0], specs, error, what, notes), num_samples, seed)
+    elif isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tuple) and _labels_like(data[1], specs):
+        samples = _select(split_samples(data[0], specs, error, what, notes), num_samples, seed)  # (x, y): x calibrates
         source = "(x, y) arrays: x"
     elif isinstance(data, Iterable):
         samples = []
-        for item in _items(data, error, what):  # generators: the first num_samples in order (no way to choose)
+        for item in iter_items(data, error, what):  # generators: the first num_samples in order (no way to choose)
             if isinstance(item, tuple) and len(item) == 2:  # (x, y) pairs: calibration only needs x
                 item = item[0]
             samples.extend(split_samples(item, specs, error, what, notes))
@@ -162,7 +162,16 @@ def input_ranges(samples: list[Sample] | Mapping[str, np.ndarray],
     return out
 
 
-def _items(data: Iterable[Any], error: type[InputError], what: str) -> Iterable[Any]:
+def _labels_like(y: Any, specs: list[TensorSpec]) -> bool:
+    """The second of a 2-tuple is labels (not a second batch of inputs) when it could not feed the model."""
+    try:
+        split_samples(y, specs, InputError, "")
+    except InputError:
+        return True
+    return False
+
+
+def iter_items(data: Iterable[Any], error: type[InputError], what: str) -> Iterable[Any]:
     """Iterate the user's iterable; an exception it raises becomes a typed error naming it."""
     it = iter(data)
     i = 0

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgemp._progress import track
 from edgemp.calibration import images
-from edgemp.calibration.data import Notes, _items, input_ranges, pick_arrays, read_arrays, split_samples
+from edgemp.calibration.data import Notes, iter_items, input_ranges, pick_arrays, read_arrays, split_samples
 from edgemp.config import Preprocessing
 from edgemp.errors import DataError
 from edgemp.sources.base import TensorSpec
@@ -91,7 +91,7 @@ def load_validation(data: Any, specs: list[TensorSpec], preprocessing: Preproces
         source = "array"
     elif isinstance(data, Iterable):
         xs, ys = [], []
-        for item in _items(data, DataError, _WHAT):
+        for item in iter_items(data, DataError, _WHAT):
             if isinstance(item, tuple) and len(item) == 2:
                 got = split_samples(item[0], specs, DataError, _WHAT, notes)
                 xs.extend(got)
