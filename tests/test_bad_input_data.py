@@ -274,6 +274,18 @@ def test_16bit_png_gives_the_values_of_its_8bit_version(tmp_path: Path, image: s
         assert flat.summary()["notes"] == []
 
 
+def test_16bit_rgb_png_is_read_on_the_8bit_scale(tmp_path: Path) -> None:
+    """Pillow reads 16-bit RGB PNGs as 8-bit RGB (the high byte): right scale, not clipped."""
+    rgb = np.random.default_rng(2).integers(0, 65536, (8, 8, 3)).astype(np.uint16)
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)
+    ihdr = struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "rgb16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
+                                                 + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
+    x = _read_folder(tmp_path / "imgs", RGB).samples[0]["image"][0]
+    assert np.abs(x - rgb / 65535).max() <= 1 / 255 + 1e-6
+
+
 def test_16bit_tiff_and_float_tiff_are_scaled_or_refused(tmp_path: Path) -> None:
     a16 = gray16(1)
     save(a16, tmp_path / "imgs" / "i16.tiff")

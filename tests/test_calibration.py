@@ -134,3 +134,10 @@ def test_random_inputs_are_typed() -> None:
     assert vd.inputs["image"].dtype == np.float32 and 0 <= vd.inputs["image"].min() and vd.inputs["image"].max() < 1
     assert vd.inputs["ids"].dtype == np.int32 and set(np.unique(vd.inputs["ids"])) <= {0, 1}
     assert vd.inputs["m"].dtype == bool and len(vd) == 5 and "random inputs" in vd.source
+
+
+def test_x_y_tuple_calibrates_on_x_and_two_batches_stay_two() -> None:
+    x = np.random.default_rng(0).random((5, 28, 28, 1), dtype=np.float32)
+    xy = load_calibration((x, np.arange(5)), GRAY)
+    assert len(xy.samples) == 5 and xy.source == "(x, y) arrays: x"
+    assert len(load_calibration((x, x), GRAY).samples) == 10
