@@ -170,3 +170,10 @@ def unexpected(exc: BaseException, where: str) -> InternalError:
     return InternalError(f"unexpected {type(exc).__name__} {where}: {first or 'no message'}. This is a bug in edgemp "
                          "or a library it drives, not in your input; please report it with the traceback (CLI: "
                          "--debug).")
+
+
+# -- warnings --------------------------------------------------------------------------------------------
+class RangeMismatchWarning(UserWarning):
+    """Calibration data, validation data and the declared image preprocessing do not share a value range (e.g.
+    uint8 0..255 arrays for a model fed 0..1): the artifact would be calibrated or judged on the wrong scale.
+    Also recorded in the report's calibration/validation `warnings` (edgemp.calibration.checks.range_findings)."""

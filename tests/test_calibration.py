@@ -100,3 +100,44 @@ def test_every_image_format_is_read(tmp_path: Path, suffix: str, fmt: str) -> No
     for p, s in zip(sources, cal.samples):
         diff = np.abs(s["image"] - by_name[p.stem]["image"]).max()
         assert diff == 0 if lossless else diff < 0.2  # lossless formats decode to the same values
+
+
+def test_summaries_record_range_notes_and_warnings() -> None:
+    import warnings
+
+    from edgemp.calibration.checks import check_ranges
+    from edgemp.errors import RangeMismatchWarning
+    from edgemp.validate.data import load_validation
+
+    x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1))
+    cal = load_calibration(x, GRAY)
+    s = cal.summary()
+    assert s["range"]["image"] == {"min": float(x.min()), "max": float(x.max()), "mean": float(x.mean()),
+                                   "dtype": "float32", "integer_valued": True, "given_dtype": "int64"}
+    assert len(s["notes"]) == 1 and s["warnings"] == []
+    val = load_validation(x / 255.0, GRAY)
+    assert val.summary()["range"]["image"]["max"] <= 1.0 and val.summary()["warnings"] == []
+    with pytest.warns(RangeMismatchWarning, match="255x apart"):
+        new = check_ranges(cal, val, None)  # what convert() calls once both are loaded
+    assert len(new) == 1 and cal.summary()["warnings"] == new == val.summary()["warnings"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RangeMismatchWarning)
+        assert check_ranges(cal, val, None) == []  # recorded and warned once
+    assert len(cal.warnings) == 1
+
+
+def test_random_inputs_are_typed() -> None:
+    from edgemp.validate.data import random_inputs
+
+    specs = [TensorSpec("image", (None, 4, 4, 1)), TensorSpec("ids", (None, 6), "int32"), TensorSpec("m", (None, 2), "bool")]
+    vd = random_inputs(specs, 5, seed=1)
+    assert vd.inputs["image"].dtype == np.float32 and 0 <= vd.inputs["image"].min() and vd.inputs["image"].max() < 1
+    assert vd.inputs["ids"].dtype == np.int32 and set(np.unique(vd.inputs["ids"])) <= {0, 1}
+    assert vd.inputs["m"].dtype == bool and len(vd) == 5 and "random inputs" in vd.source
+
+
+def test_x_y_tuple_calibrates_on_x_and_two_batches_stay_two() -> None:
+    x = np.random.default_rng(0).random((5, 28, 28, 1), dtype=np.float32)
+    xy = load_calibration((x, np.arange(5)), GRAY)
+    assert len(xy.samples) == 5 and xy.source == "(x, y) arrays: x"
+    assert len(load_calibration((x, x), GRAY).samples) == 10
