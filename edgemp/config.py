@@ -189,15 +189,17 @@ def _delegate_from(d: Any) -> DelegateSpec:
 
 # Output fidelity an artifact must keep when nothing task-level judges it (no labels, no metric): worst output's
 # SQNR (dB) and mean per-sample cosine against the float model. Chosen from the study in
-# benchmarks/fidelity_gate.py (benchmarks/results/fidelity_gate.md): every artifact within one point of float
-# accuracy passes, every artifact that lost more than five points fails.
+# benchmarks/fidelity_gate.py (results and the rule: benchmarks/results/fidelity_gate.md; docs/validation.md): on 7
+# trained models, every damaged artifact (labelled drop > 5 points; highest int8 one: 22.5 dB, cosine 0.9973) fails
+# on SQNR alone and on cosine alone, and every good artifact edgemp.convert made (drop <= 1 point; lowest int8 one:
+# 31.8 dB, cosine 0.99965) passes. Deliberately damaged variants that stayed within a point can fall below.
 FIDELITY_FLOOR: dict[Precision, tuple[float, float]] = {
-    Precision.FP32: (40.0, 0.9999),
-    Precision.FP16: (30.0, 0.999),
-    Precision.DYNAMIC_INT8: (15.0, 0.98),
-    Precision.INT8: (12.0, 0.97),
-    Precision.INT16X8: (20.0, 0.99),
-    Precision.MIXED: (12.0, 0.97),
+    Precision.FP32: (70.0, 0.99999),
+    Precision.FP16: (40.0, 0.9999),
+    Precision.DYNAMIC_INT8: (25.0, 0.999),
+    Precision.INT8: (25.0, 0.999),
+    Precision.INT16X8: (15.0, 0.99),
+    Precision.MIXED: (25.0, 0.999),
 }
 
 
