@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from edgemp import __version__, _params as P
 from edgemp._versions import versions
@@ -18,7 +17,8 @@ from edgemp.config import DelegateSpec, GateOptions, Precision, Preprocessing, R
 from edgemp.errors import ModelLoadError, NotATFLiteModelError, public
 from edgemp.sources import load_source
 from edgemp.sources.base import TensorSpec
-from edgemp.validate import Report, Runner, ValidationData, evaluate, load_validation
+from edgemp.validate import Report, Runner, evaluate, load_validation
+from edgemp.validate.data import random_inputs
 
 
 def read_tflite(model: str | os.PathLike[str] | bytes) -> tuple[bytes, str | None]:
@@ -92,7 +92,9 @@ def validate(
     artifact, path = read_tflite(model)
     c = census(artifact)
     precision = Precision(_precision_of(c))
-    specs = [TensorSpec(s.name, tuple(None if d < 0 else d for d in s.shape), "float32") for s in c.inputs]
+    specs = [TensorSpec(s.name, tuple(None if d < 0 else d for d in s.shape),
+                        s.dtype if s.dtype.startswith(("int", "uint", "bool")) and not s.scale else "float32")
+             for s in c.inputs]
     from edgemp.convert import _preprocessing
 
     pre = _preprocessing(preprocessing)
@@ -100,9 +102,7 @@ def validate(
                           latency_runs=latency_runs)
     predict, ref_name, ref_outputs = _reference(reference, unsafe_load)
     if data is None:
-        rng = np.random.default_rng(0)
-        vdata = ValidationData({s.name: rng.random((32, *[d or 1 for d in s.shape[1:]]), dtype=np.float32) for s in specs},
-                               None, None, "random inputs in [0, 1)", [])
+        vdata = random_inputs(specs, 32, 0)
     else:
         vdata = load_validation(data, specs, pre, max_samples, progress, list(class_names) if class_names else None,
                                 opaque_labels=metric is not None)

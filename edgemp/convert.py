@@ -34,7 +34,10 @@ from edgemp.quantize.engine import CALLS
 from edgemp.sources import load_source
 from edgemp.validate import Check, Report, ValidationData, evaluate, label_checks, load_validation
 from edgemp.validate.coreml import can_predict
+from edgemp.validate.data import random_inputs
 from edgemp.validate.evaluate import batched
+from edgemp.validate.runtime import check_token_ids
+from edgemp.calibration.checks import check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +213,8 @@ def convert(
         assert cal is not None
         vdata, note = _validation_data(validation, specs, pre or cal.preprocessing, cal, max_validation_samples, seed,
                                        progress, class_names, opaque_labels=metric is not None)
+        check_ranges(cal, vdata if validation is not None else None, pre or cal.preprocessing)
+        check_token_ids(qbase, [source.artifact_inputs(s) for s in cal.samples], CalibrationError)
         calls = CALLS["calibrate"]
         with timer.stage("calibrate"):
             stats = calibrate(qbase, [source.artifact_inputs(s) for s in cal.samples], num_threads=num_threads,
@@ -226,6 +231,7 @@ def convert(
         stats = None
         if prec.needs_calibration:
             assert cal is not None
+            check_token_ids(qbase, [source.artifact_inputs(s) for s in cal.samples], CalibrationError)
             with timer.stage("calibrate"):
                 stats = calibrate(qbase, [source.artifact_inputs(s) for s in cal.samples],
                                   num_threads=num_threads, progress=progress)
@@ -250,6 +256,8 @@ def convert(
         vdata, note = _validation_data(validation, specs, pre or (cal.preprocessing if cal else None), cal,
                                        max_validation_samples, seed, progress, class_names,
                                        opaque_labels=metric is not None)
+        if cal is not None and validation is not None:
+            check_ranges(cal, vdata, pre or cal.preprocessing)
     with timer.stage("validate"):
         vsection, qchecks = evaluate(artifact, source.predict, vdata, opts, gate, precision=prec,
                                      fp32_artifact=float_tflite if prec is not Precision.FP32 else None,
@@ -412,7 +420,5 @@ def _validation_data(validation: Any, specs: list[Any], pre: Preprocessing | Non
         inputs = {k: np.concatenate([s[k] for s in cal.samples]) for k in cal.samples[0]}
         return (ValidationData(inputs, None, None, "calibration samples", []),
                 "no validation data given: fidelity measured on the calibration samples, accuracy not measured")
-    rng = np.random.default_rng(seed)
-    inputs = {s.name: rng.random((32, *[d or 1 for d in s.shape[1:]]), dtype=np.float32) for s in specs}
-    return (ValidationData(inputs, None, None, "random inputs in [0, 1)", []),
+    return (random_inputs(specs, 32, seed),
             "no validation or calibration data given: fidelity measured on random inputs only")

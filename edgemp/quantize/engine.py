@@ -65,7 +65,11 @@ def calibrate(float_tflite: bytes, samples: Sequence[Sample], num_threads: int =
             with _silenced():
                 cal.calibrate({key: chunk}, manager)
     except Exception as exc:
-        raise ConversionError(f"calibration failed: {exc}") from exc
+        from edgemp.validate.runtime import failure_hint
+
+        hint = failure_hint(float_tflite, exc)
+        raise ConversionError(f"calibration failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}"
+                              + (f". {hint}" if hint else "")) from exc
     return dict(cal.get_model_qsvs())
 
 

@@ -63,6 +63,9 @@ class Report:
         if v:
             lines += ["", "## Validation on the host", "", f"Data: {v['data']['source']} ({v['data']['num_samples']} samples)"
                       + (f" — {v['data']['note']}" if v["data"].get("note") else ""), ""]
+            lines += [f"- note: {n}" for n in v["data"].get("notes") or []]
+            lines += [f"- **warning:** {w}" for w in v["data"].get("warnings") or []]
+            lines += [""] if v["data"].get("notes") or v["data"].get("warnings") else []
             if v["outputs"]:
                 lines += ["| output | task | max abs err | mean abs err | RMSE | cosine | SQNR dB | top-1 agreement |",
                           "|---|---|---|---|---|---|---|---|"]
@@ -93,6 +96,8 @@ class Report:
                       f"{cal['num_files_skipped']} file(s) skipped, sha256 `{cal['sha256'][:16]}`"]
             if cal.get("preprocessing"):
                 lines.append(f"Preprocessing: `{json.dumps(cal['preprocessing'])}`")
+            lines += [f"- note: {n}" for n in cal.get("notes") or []]
+            lines += [f"- **warning:** {w}" for w in cal.get("warnings") or []]
         lines += ["", "## Checks", "", "| check | result | detail |", "|---|---|---|"]
         for ch in d["checks"]:
             lines.append(f"| {ch['name']} | {'pass' if ch['passed'] else '**FAIL**'} | {ch['detail']} |")
