@@ -13,6 +13,13 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Tests import TensorFlow and torch directly, in any order; Triton (torch._dynamo) segfaults when it loads after
+# TensorFlow. `import edgemp` no longer settles this for the whole process (users keep torch.compile), so the test
+# process does it itself, first.
+from edgemp._compat import prepare_torch_import  # noqa: E402
+
+prepare_torch_import()
+
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION = REPO / "calibration_data" / "fashion_mnist"
 VALIDATION_FOLDER = REPO / "examples" / "data" / "fashion_mnist_val"

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-import edgemp  # noqa: F401  (settles the torch/TensorFlow import order before either is imported)
+from edgemp._compat import prepare_torch_import
 from edgemp.demo import cache_dir
+
+prepare_torch_import()  # Triton before TensorFlow (edgemp._compat): these models import both
 
 VERSION = "v2"
 N_TRAIN = 1400  # the rest of the 1797 digits is held out
