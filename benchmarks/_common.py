@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgemp.config import RuntimeOptions
-from edgemp.validate.runtime import make_interpreter
+from edgemp.validation.runtime import make_interpreter
 
 
 def side_by_side_latency(models: dict[str, bytes], sample: np.ndarray, rounds: int, per_round: int = 50) -> dict[str, float]:

@@ -50,8 +50,8 @@ from edgemp.errors import EdgempError, MixedPrecisionError  # noqa: E402
 from edgemp.quantize import apply_recipe, calibrate, recipe_for  # noqa: E402
 from edgemp.quantize.engine import _silenced, signature_key  # noqa: E402
 from edgemp.sources import load_source  # noqa: E402
-from edgemp.validate.data import ValidationData, load_validation  # noqa: E402
-from edgemp.validate.evaluate import batched, evaluate  # noqa: E402
+from edgemp.validation.data import ValidationData, load_validation  # noqa: E402
+from edgemp.validation.evaluate import batched, evaluate  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results"
 PRECISIONS = ("fp32", "fp16", "dynamic-int8", "int8", "int16x8", "mixed")
@@ -145,8 +145,8 @@ def moving_average_stats(float_tflite: bytes, samples: list[dict[str, np.ndarray
 
 
 def _model(tflite: bytes) -> tuple[Any, Any]:
-    from edgemp.backends.tflite_census import _schema
-    from edgemp.backends.tflite_compat import inline_buffers
+    from edgemp.targets.tflite.census import _schema
+    from edgemp.targets.tflite.compat import inline_buffers
 
     schema = _schema()[0]
     return schema, schema.ModelT.InitFromPackedBuf(inline_buffers(tflite), 0)
@@ -155,7 +155,7 @@ def _model(tflite: bytes) -> tuple[Any, Any]:
 def _pack(schema: Any, m: Any) -> bytes:
     import flatbuffers
 
-    from edgemp.backends.tflite_compat import _aligned
+    from edgemp.targets.tflite.compat import _aligned
 
     m.buffers = [_aligned(schema, b) for b in m.buffers]
     builder = flatbuffers.Builder(1 << 20)
@@ -165,7 +165,7 @@ def _pack(schema: Any, m: Any) -> bytes:
 
 def perturb_weights(float_tflite: bytes, rel: float, seed: int = 0) -> bytes:
     """The float model with Gaussian noise (sigma = rel x the tensor's std) on every conv / dense / matmul weight."""
-    from edgemp.backends.tflite_census import WEIGHTED_OPS, _schema
+    from edgemp.targets.tflite.census import WEIGHTED_OPS, _schema
 
     schema, m = _model(float_tflite)
     names = _schema()[1]
@@ -282,11 +282,11 @@ def study(case: Case, work: Path, log: Callable[[str], None]) -> list[dict[str, 
             r = exc.result
         except EdgempError as exc:
             log(f"  {prec}: not converted: {type(exc).__name__}: {str(exc)[:200]}")
-            rows.append({"model": case.name, "precision": prec, "variant": "edgemp.convert", "error": str(exc)[:300]})
+            rows.append({"model": case.name, "precision": prec, "variant": "edgemp.pipeline", "error": str(exc)[:300]})
             continue
         art = r.artifacts["tflite"].read_bytes()
         # the labelled figures of the convert() report itself; the unlabelled verdict on the same artifact
-        rows.append(row(case, prec, "edgemp.convert", r.report["validation"],
+        rows.append(row(case, prec, "edgemp.pipeline", r.report["validation"],
                         ctx.evaluate(art, Precision(prec), labelled=False)))
         log(_line(rows[-1], time.perf_counter() - t0))
     for variant, prec, build in damaged(ctx):
@@ -311,7 +311,7 @@ def study(case: Case, work: Path, log: Callable[[str], None]) -> list[dict[str, 
 def load_failure(artifact: bytes, work: Path) -> str | None:
     """None if LiteRT (XNNPACK on, as edgemp validates) loads the artifact; else why. Probed in a child process:
     an artifact with absurd quantization scales makes XNNPACK abort the whole process, not raise."""
-    from edgemp.backends.tflite_census import census
+    from edgemp.targets.tflite.census import census
 
     path = work / "probe.tflite"
     path.write_bytes(artifact)
@@ -334,7 +334,7 @@ def _line(r: dict[str, Any], seconds: float) -> str:
 
 
 # -- choosing the floors -------------------------------------------------------------------------------------------
-CONVERT = "edgemp.convert"
+CONVERT = "edgemp.pipeline"
 MARGIN_DB = 2.0  # a floor stays at least this far above the damage ceiling
 COSINE_LADDER = (0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995, 0.99998, 0.99999)
 
@@ -569,7 +569,7 @@ def write_md(rows: list[dict[str, Any]], seconds: float, host: str, config: dict
               "moving-average statistics (edgemp uses min/max); Gaussian noise on every conv/dense/matmul weight "
               "(sigma = 3/10/30% of the tensor's std) before quantizing; int8 outputs whose calibrated range was "
               "scaled by 0.1 / 0.3 (clipped), 30 (coarse) or 1e4 (every value the zero point: dead). They are judged "
-              "exactly as convert() judges (edgemp.validate.evaluate, same reference outputs).",
+              "exactly as convert() judges (edgemp.validation.evaluate, same reference outputs).",
               "- Classification by the labelled drop only: a variant that happens to be harmless is good, whatever "
               "was done to it.",
               f"- Host: {host}; LiteRT with XNNPACK, 1 thread. Study time {seconds / 60:.1f} min.",

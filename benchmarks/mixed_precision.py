@@ -25,9 +25,9 @@ from _common import cpu_description, side_by_side_latency
 
 import edgemp
 from edgemp import demo
-from edgemp.backends.tflite_census import census
-from edgemp.validate.metrics import topk
-from edgemp.validate.runtime import Runner
+from edgemp.targets.tflite.census import census
+from edgemp.validation.metrics import topk
+from edgemp.validation.runtime import Runner
 
 REPO = Path(__file__).resolve().parents[1]
 CAL = REPO / "calibration_data" / "fashion_mnist"

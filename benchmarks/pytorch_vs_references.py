@@ -27,12 +27,12 @@ from _common import cpu_description, side_by_side_latency
 
 import edgemp
 from edgemp import demo
-from edgemp.backends.tflite_census import census
+from edgemp.targets.tflite.census import census
 from edgemp.calibration import load_calibration
 from edgemp.config import Preprocessing
 from edgemp.sources import load_source
-from edgemp.validate.metrics import compare, topk
-from edgemp.validate.runtime import Runner
+from edgemp.validation.metrics import compare, topk
+from edgemp.validation.runtime import Runner
 
 REPO = Path(__file__).resolve().parents[1]
 CAL = REPO / "calibration_data" / "fashion_mnist"

@@ -20,14 +20,14 @@ import numpy as np
 from _common import cpu_description, side_by_side_latency
 
 from edgemp import demo
-from edgemp.backends.tflite_census import census
+from edgemp.targets.tflite.census import census
 from edgemp.calibration import load_calibration
 from edgemp.config import Precision
 from edgemp.quantize import apply_recipe, calibrate, recipe_for
 from edgemp.sources import load_source
 from edgemp.sources.keras import _with_batch, convert_with_tf, import_tf
-from edgemp.validate.metrics import compare, topk
-from edgemp.validate.runtime import Runner
+from edgemp.validation.metrics import compare, topk
+from edgemp.validation.runtime import Runner
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results"

@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 from _common import cpu_description
 
-import edgemp.backends.tflite_compat as compat
+import edgemp.targets.tflite.compat as compat
 from edgemp import demo
-from edgemp.backends.tflite_census import census
+from edgemp.targets.tflite.census import census
 from edgemp.calibration import load_calibration
 from edgemp.config import Precision, RuntimeOptions
 from edgemp.quantize import apply_recipe, calibrate, recipe_for
 from edgemp.sources import load_source
 from edgemp.sources.keras import convert_with_tf, import_tf
-from edgemp.validate.runtime import make_interpreter
+from edgemp.validation.runtime import make_interpreter
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results"

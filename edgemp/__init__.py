@@ -14,8 +14,8 @@ _install_quiet()
 from edgemp import errors  # noqa: E402
 from edgemp.api import inspect_model, validate  # noqa: E402
 from edgemp.config import DelegateSpec, IODType, Precision, Preprocessing, RuntimeOptions  # noqa: E402
-from edgemp.convert import ConvertResult, convert  # noqa: E402
-from edgemp.analyze import AnalysisResult, analyze  # noqa: E402
+from edgemp.pipeline import ConvertResult, convert  # noqa: E402
+from edgemp.analysis import AnalysisResult, analyze  # noqa: E402
 from edgemp.bench import BenchResult, benchmark  # noqa: E402
 from edgemp.bundle import Bundle, package, read_bundle, unpack_bundle  # noqa: E402
 

@@ -12,13 +12,13 @@ from typing import Any
 
 from edgemp import __version__, _params as P
 from edgemp._versions import versions
-from edgemp.backends.tflite_census import Census, census
+from edgemp.targets.tflite.census import Census, census
 from edgemp.config import DelegateSpec, GateOptions, Precision, Preprocessing, RuntimeOptions
 from edgemp.errors import ModelLoadError, NotATFLiteModelError, public
 from edgemp.sources import load_source
 from edgemp.sources.base import TensorSpec
-from edgemp.validate import Report, Runner, evaluate, load_validation
-from edgemp.validate.data import random_inputs
+from edgemp.validation import Report, Runner, evaluate, load_validation
+from edgemp.validation.data import random_inputs
 
 
 def read_tflite(model: str | os.PathLike[str] | bytes) -> tuple[bytes, str | None]:
@@ -47,7 +47,7 @@ def inspect_model(model: str | os.PathLike[str] | bytes) -> Any:
     if not isinstance(model, bytes | bytearray) and Path(model).suffix == ".mlpackage":
         if not Path(model).is_dir():
             raise ModelLoadError(f"Core ML package {model} does not exist (an .mlpackage is a directory).")
-        from edgemp.backends.coreml_census import coreml_census
+        from edgemp.targets.coreml.census import coreml_census
 
         return coreml_census(Path(model))
     data, _ = read_tflite(model)
@@ -95,7 +95,7 @@ def validate(
     specs = [TensorSpec(s.name, tuple(None if d < 0 else d for d in s.shape),
                         s.dtype if s.dtype.startswith(("int", "uint", "bool")) and not s.scale else "float32")
              for s in c.inputs]
-    from edgemp.convert import _preprocessing
+    from edgemp.pipeline import _preprocessing
 
     pre = _preprocessing(preprocessing)
     opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, delegates=delegates,  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ import edgemp
 from edgemp.bundle import schema
 from edgemp.calibration.images import load_image, resolve
 from edgemp.config import Preprocessing
-from edgemp.validate.runtime import IODetail
+from edgemp.validation.runtime import IODetail
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "android_demo" / "app"

@@ -23,8 +23,8 @@ from edgemp.calibration.checks import range_findings
 from edgemp.calibration.images import resolve
 from edgemp.config import Preprocessing
 from edgemp.sources.base import TensorSpec
-from edgemp.validate.data import load_validation
-from edgemp.validate.runtime import Runner
+from edgemp.validation.data import load_validation
+from edgemp.validation.runtime import Runner
 
 GRAY = [TensorSpec("image", (None, 28, 28, 1))]
 RGB = [TensorSpec("image", (None, 8, 8, 3))]
@@ -556,7 +556,7 @@ def test_cli_bad_data_exits_2_without_a_traceback(tmp_path: Path, gray_model_pat
 
 
 def test_token_ids_checked_before_calibration(embedding_tflite: Path) -> None:
-    from edgemp.validate.runtime import check_token_ids
+    from edgemp.validation.runtime import check_token_ids
 
     model = embedding_tflite.read_bytes()
     samples = [{"ids": _ids()[i : i + 1]} for i in range(20)]
@@ -568,7 +568,7 @@ def test_token_ids_checked_before_calibration(embedding_tflite: Path) -> None:
 
 def test_failure_hint_names_dynamic_inputs(dynamic_model) -> None:  # type: ignore[no-untyped-def]
     from edgemp.sources import load_source
-    from edgemp.validate.runtime import failure_hint
+    from edgemp.validation.runtime import failure_hint
 
     tflite = load_source(dynamic_model).to_float_tflite(1)
     hint = failure_hint(tflite, RuntimeError("XNNPack delegate failed to reshape runtimeNode number 3 (X) failed to prepare."))

@@ -404,7 +404,7 @@ def race_two_unpacks_into_one_new_folder(env: Env) -> None:
 
 
 def convert_that_loses_the_race_after_its_check(env: Env) -> None:
-    conv = importlib.import_module("edgemp.convert")  # the module (edgemp.convert is also the function)
+    conv = importlib.import_module("edgemp.pipeline")  # the module (edgemp.convert is also the function)
 
     first = edgemp.convert(env.s["model"], "fp32", output_dir=env.tmp / "o", latency_runs=1, progress=False)
     env.snapshot()
@@ -417,7 +417,7 @@ def convert_that_loses_the_race_after_its_check(env: Env) -> None:
 
 
 def race_two_convert_processes(env: Env) -> None:
-    code = ("import importlib, sys\nc = importlib.import_module('edgemp.convert')\nc.check_overwrite = lambda paths, force: None\n"
+    code = ("import importlib, sys\nc = importlib.import_module('edgemp.pipeline')\nc.check_overwrite = lambda paths, force: None\n"
             "from edgemp.cli import main\nmain(['convert', sys.argv[1], '-p', 'fp32', '-o', sys.argv[2], "
             "'--latency-runs', '1'])")
     envv = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
@@ -436,7 +436,7 @@ def race_two_convert_processes(env: Env) -> None:
 def analyze_writes_all_or_nothing(env: Env) -> None:
     import numpy as np
 
-    an = importlib.import_module("edgemp.analyze")
+    an = importlib.import_module("edgemp.analysis")
     out = env.tmp / "a"
     out.mkdir()
     (out / "tiny_sensitivity.png").write_bytes(b"my own plot")  # appeared after the check: nothing may be written
@@ -454,7 +454,7 @@ def convert_force_with_a_failing_gate_keeps_the_good_artifact(env: Env) -> None:
     good = edgemp.convert(env.s["model"], "fp16", output_dir=env.tmp, latency_runs=1, progress=False)
     assert good.passed
     env.snapshot()
-    with env.caplog.at_level(logging.WARNING, logger="edgemp.convert"):
+    with env.caplog.at_level(logging.WARNING, logger="edgemp.pipeline"):
         bad = edgemp.convert(env.s["model"], "fp16", output_dir=env.tmp, latency_runs=1, progress=False, force=True,
                              min_sqnr_db=1000)
     assert not bad.passed

@@ -14,7 +14,7 @@ import pytest
 
 import edgemp
 from edgemp import errors
-from edgemp.backends.tflite_census import census
+from edgemp.targets.tflite.census import census
 from edgemp.bundle import schema
 
 from .conftest import CALIBRATION

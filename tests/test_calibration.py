@@ -107,7 +107,7 @@ def test_summaries_record_range_notes_and_warnings() -> None:
 
     from edgemp.calibration.checks import check_ranges
     from edgemp.errors import RangeMismatchWarning
-    from edgemp.validate.data import load_validation
+    from edgemp.validation.data import load_validation
 
     x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1))
     cal = load_calibration(x, GRAY)
@@ -127,7 +127,7 @@ def test_summaries_record_range_notes_and_warnings() -> None:
 
 
 def test_random_inputs_are_typed() -> None:
-    from edgemp.validate.data import random_inputs
+    from edgemp.validation.data import random_inputs
 
     specs = [TensorSpec("image", (None, 4, 4, 1)), TensorSpec("ids", (None, 6), "int32"), TensorSpec("m", (None, 2), "bool")]
     vd = random_inputs(specs, 5, seed=1)

@@ -139,10 +139,10 @@ def test_python_dash_m_edgemp_works() -> None:
 
 
 def _patch_convert(monkeypatch: pytest.MonkeyPatch, fn: Any) -> None:
-    """Replace the stage the CLI calls (edgemp.convert the attribute is the function, hence sys.modules)."""
-    import edgemp.convert  # noqa: F401
+    """Replace the stage the CLI calls (the convert module; edgemp.convert is the function)."""
+    import edgemp.pipeline  # noqa: F401
 
-    monkeypatch.setattr(sys.modules["edgemp.convert"], "convert", fn)
+    monkeypatch.setattr(sys.modules["edgemp.pipeline"], "convert", fn)
 
 
 # -- unexpected errors: one line and exit 1; --debug shows the traceback; EdgempError keeps its code -----------------
@@ -196,7 +196,7 @@ import sys
 import edgemp.convert
 def boom(*a, **k):
     raise ValueError("operands could not be broadcast together with shapes (8,10) (3,)")
-sys.modules["edgemp.convert"].convert = boom
+sys.modules["edgemp.pipeline"].convert = boom
 from edgemp.cli import main
 main(prog_name="edgemp")
 """

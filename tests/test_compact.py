@@ -14,8 +14,8 @@ import pytest
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from edgemp.backends.tflite_census import census
-from edgemp.backends.tflite_compat import compact, has_external_buffers
+from edgemp.targets.tflite.census import census
+from edgemp.targets.tflite.compat import compact, has_external_buffers
 from edgemp.config import Precision
 from edgemp.quantize import apply_recipe, calibrate, float_rule, recipe_for
 from edgemp.sources import load_source
@@ -135,7 +135,7 @@ def test_same_bytes_in_another_process(keras_artifacts: dict[str, bytes], tmp_pa
     """No dependence on hash seeds or object identity: another interpreter process writes the same bytes."""
     src = tmp_path / "int8.tflite"
     src.write_bytes(keras_artifacts["int8"])
-    code = ("import sys, hashlib; from edgemp.backends.tflite_compat import compact; "
+    code = ("import sys, hashlib; from edgemp.targets.tflite.compat import compact; "
             "print(hashlib.sha256(compact(open(sys.argv[1], 'rb').read())).hexdigest())")
     env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=os.pathsep.join(sys.path))
     out = subprocess.run([sys.executable, "-c", code, str(src)], env=env, capture_output=True, text=True, check=True)

@@ -282,7 +282,7 @@ def test_mixed_request_matching_nothing_fails_the_check(tmp_path: Path) -> None:
 
 def test_torch_export_rejection_falls_back_to_tracing(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    from edgemp.backends.coreml_target import build_coreml
+    from edgemp.targets.coreml.build import build_coreml
     from edgemp.sources import load_source
 
     class Branchy(torch.nn.Module):
@@ -324,7 +324,7 @@ def test_parity_of_a_pytorch_feature_map_lines_up_nchw_with_nhwc(tmp_path: Path)
 def test_parity_moves_nchw_only_where_told() -> None:
     import numpy as np
 
-    from edgemp.validate.parity import parity, to_markdown
+    from edgemp.validation.parity import parity, to_markdown
 
     rng = np.random.default_rng(0)
     nchw = rng.random((3, 8, 8, 8), dtype=np.float32)  # C == H == W: shapes cannot tell the layouts apart
@@ -344,7 +344,7 @@ def test_image_from_array_inverts_the_preprocessing(channels: int, color: str, c
     import numpy as np
 
     from edgemp.config import Preprocessing
-    from edgemp.validate.coreml import image_from_array
+    from edgemp.targets.coreml.checks import image_from_array
 
     pre = Preprocessing(mean=(0.5, 0.4, 0.3)[:channels], std=(0.25,), color=color)
     rgb = np.random.default_rng(0).integers(0, 256, (6, 5, channels), dtype=np.uint8)  # what the camera gives
@@ -360,7 +360,7 @@ def test_image_from_array_inverts_the_preprocessing(channels: int, color: str, c
 def test_classifier_dictionary_is_read_in_class_order() -> None:
     import numpy as np
 
-    from edgemp.validate.coreml import outputs_in_order, probabilities_vector
+    from edgemp.targets.coreml.checks import outputs_in_order, probabilities_vector
 
     classes = ["cat", "dog", "bird"]
     probs = {"bird": 0.1, "cat": 0.7, "dog": 0.2}  # a dictionary has no order of its own

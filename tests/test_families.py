@@ -10,7 +10,7 @@ import pytest
 
 import edgemp
 from edgemp import errors
-from edgemp.validate.runtime import Runner
+from edgemp.validation.runtime import Runner
 
 from . import models as M
 
@@ -22,7 +22,7 @@ def _tokens() -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     return x[:200], y, (x[M.N_TRAIN:], y[M.N_TRAIN:])
 
 
-def _int8_only(report: edgemp.validate.Report) -> bool:  # type: ignore[name-defined]
+def _int8_only(report: edgemp.validation.Report) -> bool:  # type: ignore[name-defined]
     return set(report["census"]["compute_counts"]) == {"int8"}
 
 
@@ -179,7 +179,7 @@ def test_concatenated_boxes_and_scores_are_found_and_fixed_by_mixed(tmp_path: Pa
 
 # -- metrics and labels -----------------------------------------------------------------------------------------
 def test_dense_agreement_is_per_pixel_and_chance_uses_the_class_count() -> None:
-    from edgemp.validate.metrics import collapse_reasons, compare, dense_scores
+    from edgemp.validation.metrics import collapse_reasons, compare, dense_scores
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(4, 8, 8, 5))
@@ -198,7 +198,7 @@ def test_dense_agreement_is_per_pixel_and_chance_uses_the_class_count() -> None:
 
 
 def test_dead_output_is_caught() -> None:
-    from edgemp.validate.metrics import collapse_reasons, compare
+    from edgemp.validation.metrics import collapse_reasons, compare
 
     ref = np.random.default_rng(0).normal(size=(16, 10))
     dead = np.full_like(ref, -0.5)
@@ -259,7 +259,7 @@ def _keras_models() -> dict[str, object]:
 
 @pytest.mark.parametrize("kind", ["sequential", "functional", "nested", "cloned"])
 def test_layer_names_are_the_users_whatever_scopes_the_converter_adds(kind: str) -> None:
-    from edgemp.backends.tflite_census import census
+    from edgemp.targets.tflite.census import census
     from edgemp.mixed.graph import LayerGraph
     from edgemp.sources import load_source
 

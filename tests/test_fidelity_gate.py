@@ -108,8 +108,8 @@ def _output_scale_times(tflite: bytes, factor: float) -> bytes:
     point (an output range chosen far too wide), and the runtime dequantizes that to exactly 0."""
     import flatbuffers
 
-    from edgemp.backends.tflite_census import _schema
-    from edgemp.backends.tflite_compat import _aligned
+    from edgemp.targets.tflite.census import _schema
+    from edgemp.targets.tflite.compat import _aligned
 
     schema = _schema()[0]
     m = schema.ModelT.InitFromPackedBuf(tflite, 0)

@@ -45,7 +45,7 @@ def _real_artifacts() -> tuple[bytes, bytes]:
 
 
 def _census_or_typed(data: bytes) -> None:
-    from edgemp.backends.tflite_census import census
+    from edgemp.targets.tflite.census import census
 
     try:
         c = census(data)

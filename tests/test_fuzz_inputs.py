@@ -26,7 +26,7 @@ from edgemp.calibration.checks import range_findings
 from edgemp.config import Preprocessing
 from edgemp.errors import EdgempError
 from edgemp.sources.base import TensorSpec
-from edgemp.validate.data import ValidationData, load_validation
+from edgemp.validation.data import ValidationData, load_validation
 
 FUZZ = settings(max_examples=80, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
@@ -278,7 +278,7 @@ def tflites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, byte
 @FUZZ
 @given(data=st.data())
 def test_fuzz_runner(tflites: dict[str, bytes], data: st.DataObject) -> None:
-    from edgemp.validate.runtime import Runner
+    from edgemp.validation.runtime import Runner
 
     name = data.draw(st.sampled_from(sorted(tflites)))
     spec = TensorSpec("ids", (None, 6), "int32") if name == "ids" else TensorSpec("image", (None, None, None, 3))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemp.validate.metrics import collapse_reasons, compare, topk
+from edgemp.validation.metrics import collapse_reasons, compare, topk
 
 from .conftest import REPO
 

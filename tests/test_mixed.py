@@ -11,7 +11,7 @@ import pytest
 import edgemp
 from edgemp import errors
 from edgemp.quantize.engine import CALLS
-from edgemp.validate.runtime import Runner
+from edgemp.validation.runtime import Runner
 
 from .conftest import CALIBRATION, VALIDATION_FOLDER
 

@@ -154,7 +154,7 @@ def test_accuracy_gate_alone_fails_threads_and_progress_are_reported(small_heldo
 @pytest.mark.parametrize("precision", ["fp16", "dynamic-int8", "int8", "int16x8"])
 def test_quantized_artifacts_keep_weights_inside_the_flatbuffer(conversions, precision: str) -> None:
     """Old device runtimes (tflite-runtime 2.13, JetPack 5) cannot read the quantizer's offset buffers."""
-    from edgemp.backends.tflite_compat import has_external_buffers, inline_buffers
+    from edgemp.targets.tflite.compat import has_external_buffers, inline_buffers
 
     data = conversions(precision).artifacts["tflite"].read_bytes()
     assert not has_external_buffers(data) and inline_buffers(data) == data

@@ -92,7 +92,7 @@ def _report_of(result: Any) -> tuple[dict[str, Any], Path | None]:
 
 
 def _tree_sha256(path: Path) -> str:
-    from edgemp.backends.coreml_census import package_sha256
+    from edgemp.targets.coreml.census import package_sha256
 
     return package_sha256(path)
 
@@ -144,7 +144,7 @@ def _artifact(report: dict[str, Any], device: str,
 def _model_entry(report: dict[str, Any], art: dict[str, Any], data: bytes | None, path: Path) -> dict[str, Any]:
     layout = (report.get("model") or {}).get("input_layout")
     if art["target"] == "tflite":
-        from edgemp.backends.tflite_census import census
+        from edgemp.targets.tflite.census import census
 
         ins, outs = tflite_tensors(census(data if data is not None else path.read_bytes()), layout)
         precision, meaning, io_dtype = report["precision"], report["precision_meaning"], report.get("io_dtype")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from edgemp.backends.tflite_census import WEIGHTED_OPS, Census, OpInfo
+from edgemp.targets.tflite.census import WEIGHTED_OPS, Census, OpInfo
 from edgemp.errors import InputError
 from edgemp.quantize.recipes import Recipe, float_rule, static_rule
 from edgemp.quantize.support import quantizable_ops

@@ -15,14 +15,14 @@ from edgemp.errors import ConversionError, InputError
 from edgemp.mixed.graph import describe
 from edgemp.mixed.report import plot_png, ranked_rows, to_html, to_markdown
 from edgemp.mixed.scoring import Budget, FailedCandidate
-from edgemp.backends.tflite_census import census
+from edgemp.targets.tflite.census import census
 from edgemp.mixed.graph import LayerGraph
 from edgemp.mixed.search import SearchResult, format_score, resolve_cap, search, verify_region
 from edgemp.mixed.sensitivity import LayerSensitivity, float_alone_effects, int8_alone_effects, tensor_errors
 from edgemp.mixed.session import MixedSession
 from edgemp.quantize import Statistics
 from edgemp.quantize.support import why_float
-from edgemp.validate.data import ValidationData
+from edgemp.validation.data import ValidationData
 
 
 @dataclasses.dataclass

@@ -13,9 +13,9 @@ import numpy as np
 
 from edgemp.config import RuntimeOptions
 from edgemp.errors import EdgempError, InputError
-from edgemp.validate.judge import TaskJudge
-from edgemp.validate.metrics import compare
-from edgemp.validate.runtime import Runner
+from edgemp.validation.judge import TaskJudge
+from edgemp.validation.metrics import compare
+from edgemp.validation.runtime import Runner
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edgemp.backends.tflite_census import census
+from edgemp.targets.tflite.census import census
 from edgemp.mixed.graph import Layer, LayerGraph, describe
 from edgemp.mixed.scoring import Budget, Score, Scorer
 from edgemp.mixed.sensitivity import float_alone_effects, int8_alone_effects

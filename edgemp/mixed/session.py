@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemp.backends.tflite_census import census
+from edgemp.targets.tflite.census import census
 from collections.abc import Sequence
 
 from edgemp.config import GateOptions, RuntimeOptions
@@ -14,11 +14,11 @@ from edgemp.errors import ConversionError
 from edgemp.mixed.graph import LayerGraph
 from edgemp.mixed.scoring import FailedCandidate, Scorer
 from edgemp.quantize import Statistics, apply_recipe
-from edgemp.validate.data import ValidationData
-from edgemp.validate.evaluate import batched
-from edgemp.validate.judge import TaskJudge
-from edgemp.validate.runtime import Runner
-from edgemp.validate.tasks import infer_tasks
+from edgemp.validation.data import ValidationData
+from edgemp.validation.evaluate import batched
+from edgemp.validation.judge import TaskJudge
+from edgemp.validation.runtime import Runner
+from edgemp.validation.tasks import infer_tasks
 
 
 class MixedSession:

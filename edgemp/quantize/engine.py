@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edgemp.calibration.data import Sample
-from edgemp.backends.tflite_compat import inline_buffers
+from edgemp.targets.tflite.compat import inline_buffers
 from edgemp.errors import ConversionError
 from edgemp.quantize.recipes import Recipe
 from edgemp.quantize.rewrites import drop_unsigned_outputs, has_unsigned_outputs
@@ -65,7 +65,7 @@ def calibrate(float_tflite: bytes, samples: Sequence[Sample], num_threads: int =
             with _silenced():
                 cal.calibrate({key: chunk}, manager)
     except Exception as exc:
-        from edgemp.validate.runtime import failure_hint
+        from edgemp.validation.runtime import failure_hint
 
         hint = failure_hint(float_tflite, exc)
         raise ConversionError(f"calibration failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}"

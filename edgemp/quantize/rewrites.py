@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemp.backends.tflite_compat import _aligned
+from edgemp.targets.tflite.compat import _aligned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Prepared:
 
 
 def prepare_for_quantization(float_tflite: bytes) -> Prepared:
-    from edgemp.backends.tflite_census import _schema
+    from edgemp.targets.tflite.census import _schema
 
     schema = _schema()[0]
     m = schema.ModelT.InitFromPackedBuf(float_tflite, 0)
@@ -52,7 +52,7 @@ def prepare_for_quantization(float_tflite: bytes) -> Prepared:
 
 @functools.lru_cache(maxsize=8)
 def has_unsigned_outputs(model: bytes) -> bool:
-    from edgemp.backends.tflite_census import _schema
+    from edgemp.targets.tflite.census import _schema
 
     m = _schema()[0].Model.GetRootAs(model, 0)
     if not m.SignatureDefsLength():
@@ -64,7 +64,7 @@ def has_unsigned_outputs(model: bytes) -> bool:
 def drop_unsigned_outputs(model: bytes) -> bytes:
     """Remove subgraph outputs the signature does not name (the dead tensors exposed for calibration), and the
     QUANTIZE/DEQUANTIZE ops the quantizer added for them only."""
-    from edgemp.backends.tflite_census import _schema
+    from edgemp.targets.tflite.census import _schema
 
     schema = _schema()[0]
     m = schema.ModelT.InitFromPackedBuf(model, 0)
@@ -92,7 +92,7 @@ def pack(m: Any, size_hint: int) -> bytes:
     """Repack a ModelT with constant data 16-byte aligned (the generated Pack aligns to 1 byte)."""
     import flatbuffers
 
-    from edgemp.backends.tflite_census import _schema
+    from edgemp.targets.tflite.census import _schema
 
     schema = _schema()[0]
     m.buffers = [_aligned(schema, b) for b in m.buffers or []]

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgemp._compat import prepare_torch_import
 from edgemp.config import Layout
-from edgemp.errors import ConversionError, InputError, ModelLoadError, UnsupportedModelError
+from edgemp.errors import InputError, ModelLoadError, UnsupportedModelError
 from edgemp.sources.base import TensorSpec
 from edgemp.sources.torch_errors import conversion_error
 

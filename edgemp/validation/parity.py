@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemp.validate.metrics import compare
+from edgemp.validation.metrics import compare
 
 Predict = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 

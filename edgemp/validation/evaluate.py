@@ -13,12 +13,12 @@ import numpy as np
 from edgemp._progress import track
 from edgemp.config import GateOptions, Precision, RuntimeOptions
 from edgemp.errors import DataError
-from edgemp.validate.checks import Check
-from edgemp.validate.data import ValidationData
-from edgemp.validate.judge import TaskJudge, accuracy_detail
-from edgemp.validate.metrics import collapse_reasons, compare
-from edgemp.validate.runtime import Runner
-from edgemp.validate.tasks import infer_tasks
+from edgemp.validation.checks import Check
+from edgemp.validation.data import ValidationData
+from edgemp.validation.judge import TaskJudge, accuracy_detail
+from edgemp.validation.metrics import collapse_reasons, compare
+from edgemp.validation.runtime import Runner
+from edgemp.validation.tasks import infer_tasks
 
 Predict = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 

@@ -106,7 +106,7 @@ def convert_coreml(source: Any, precision: str, *, fp32_ops: Sequence[str] = (),
     compute = {"fp32": ct.precision.FLOAT32}.get(precision, ct.precision.FLOAT16)
     selector = None
     if precision == "mixed":
-        from edgemp.backends.coreml_select import Fp32Selector
+        from edgemp.targets.coreml.select import Fp32Selector
 
         selector = Fp32Selector(source, fp32_ops, [o.name for o in output_specs(source)])
         compute = ct.transform.FP16ComputePrecision(op_selector=selector.fp16)

@@ -25,7 +25,7 @@ MAX_INLINE_BYTES = 2**31 - 2**24  # stay clear of the flatbuffer limit, with roo
 
 
 def has_external_buffers(model: bytes) -> bool:
-    from edgemp.backends.tflite_census import _schema
+    from edgemp.targets.tflite.census import _schema
 
     m = _schema()[0].ModelT.InitFromPackedBuf(model, 0)
     return any((b.offset or 0) > 1 for b in m.buffers or [])
@@ -33,7 +33,7 @@ def has_external_buffers(model: bytes) -> bool:
 
 def inline_buffers(model: bytes) -> bytes:
     """The same model with every offset/size buffer stored inline (unchanged if there are none, or if too big)."""
-    from edgemp.backends.tflite_census import _schema
+    from edgemp.targets.tflite.census import _schema
 
     schema = _schema()[0]
     m = schema.ModelT.InitFromPackedBuf(model, 0)
@@ -115,7 +115,7 @@ def compact(model: bytes) -> bytes:
     would not make smaller. Deterministic: the same bytes give the same bytes.
     Run it last: recipes, the mixed-precision search and census comparisons match the long names.
     """
-    from edgemp.backends.tflite_census import _schema
+    from edgemp.targets.tflite.census import _schema
 
     schema, opnames, _ = _schema()
     m = schema.ModelT.InitFromPackedBuf(model, 0)

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from edgemp.backends.coreml import image_scale_bias
-from edgemp.backends.coreml_census import CoreMLCensus, CoreMLOp
+from edgemp.targets.coreml.convert import image_scale_bias
+from edgemp.targets.coreml.census import CoreMLCensus, CoreMLOp
 from edgemp.config import ColorMode, Preprocessing
 from edgemp.sources.base import TensorSpec
-from edgemp.validate.checks import Check
-from edgemp.validate.metrics import compare, topk
-from edgemp.validate.parity import flat
+from edgemp.validation.checks import Check
+from edgemp.validation.metrics import compare, topk
+from edgemp.validation.parity import flat
 
 NOT_RUN_REASON = ("Core ML predictions need Apple's Core ML framework (coremltools MLModel.predict is macOS-only); "
                   "structure was validated instead. Run the same conversion on macOS for the numeric validation.")

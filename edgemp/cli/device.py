@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from edgemp.cli import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, THREADS, _delegates, _labels, main
+from edgemp.cli.app import main
+from edgemp.cli.common import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, THREADS, _delegates, _labels
 
 DEVICE_CHOICES = ["android", "ios", "jetson", "linux-arm64"]
 

@@ -88,7 +88,7 @@ def package_sha256(path: Path) -> str:
 
 def coreml_census(model: Any) -> CoreMLCensus:
     """`model`: an .mlpackage path or a coremltools MLModel."""
-    from edgemp.backends.coreml import import_coremltools
+    from edgemp.targets.coreml.convert import import_coremltools
 
     ct = import_coremltools()
     from coremltools.proto import MIL_pb2

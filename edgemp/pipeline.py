@@ -17,26 +17,26 @@ import numpy as np
 from edgemp import __version__
 from edgemp._io import check_overwrite, prepare_output_dir, write_all_atomic
 from edgemp._versions import versions
-from edgemp.backends.tflite_census import census
-from edgemp.backends.tflite_compat import compact
+from edgemp.targets.tflite.census import census
+from edgemp.targets.tflite.compat import compact
 from edgemp.calibration import CalibrationSet, load_calibration
 from edgemp import _params as P
 from edgemp.config import (DataOptions, DelegateSpec, GateOptions, IODType, Layout, MixedOptions, Precision, Preprocessing,
                            RuntimeOptions, parse_enum)
 from edgemp.errors import (CalibrationError, EdgempError, InputError, MixedPrecisionError, PrecisionLabelError,
                            QualityGateError, UnsupportedOpsError, public, unexpected)
-from edgemp.backends.coreml_target import build_coreml, coreml_precision_for, parity_section
+from edgemp.targets.coreml.build import build_coreml, coreml_precision_for, parity_section
 from edgemp.mixed.pipeline import run_mixed
 from edgemp.quantize import apply_recipe, calibrate, recipe_for
 from edgemp.quantize.labels import label_error
 from edgemp.quantize.rewrites import prepare_for_quantization
 from edgemp.quantize.engine import CALLS
 from edgemp.sources import load_source
-from edgemp.validate import Check, Report, ValidationData, evaluate, label_checks, load_validation
-from edgemp.validate.coreml import can_predict
-from edgemp.validate.data import random_inputs
-from edgemp.validate.evaluate import batched
-from edgemp.validate.runtime import check_token_ids
+from edgemp.validation import Check, Report, ValidationData, evaluate, label_checks, load_validation
+from edgemp.targets.coreml.checks import can_predict
+from edgemp.validation.data import random_inputs
+from edgemp.validation.evaluate import batched
+from edgemp.validation.runtime import check_token_ids
 from edgemp.calibration.checks import check_ranges
 
 log = logging.getLogger(__name__)
@@ -373,7 +373,7 @@ def _coreml_request(targets: Sequence[str], prec: Precision, coreml_precision: s
         if coreml_precision:
             raise InputError("coreml_precision is set but 'coreml' is not in targets=")
         return None
-    from edgemp.backends.coreml import COREML_PRECISIONS, parse_target
+    from edgemp.targets.coreml.convert import COREML_PRECISIONS, parse_target
 
     cm = coreml_precision_for(prec.value, coreml_precision)
     if cm not in COREML_PRECISIONS:

@@ -12,7 +12,7 @@ from edgemp.calibration import load_calibration
 from edgemp.config import Layout, Preprocessing, RuntimeOptions
 from edgemp import _params as P
 from edgemp.config import DataOptions
-from edgemp.convert import _preprocessing, _validation_data
+from edgemp.pipeline import _preprocessing, _validation_data
 from edgemp.errors import CalibrationError, public
 from edgemp.mixed.pipeline import analyze_layers, sensitivity_json
 from edgemp.mixed.report import plot_png, to_html, to_markdown

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from edgemp.backends.tflite_census import Census
+from edgemp.targets.tflite.census import Census
 from edgemp.config import IODType, Precision
 
 

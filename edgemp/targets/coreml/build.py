@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from edgemp._io import save_dir_atomic
-from edgemp.backends.coreml import FROM_TFLITE, MEANINGS, WEIGHT_THRESHOLD, convert_coreml, output_specs
-from edgemp.backends.coreml_census import coreml_census, package_sha256
+from edgemp.targets.coreml.convert import FROM_TFLITE, MEANINGS, WEIGHT_THRESHOLD, convert_coreml, output_specs
+from edgemp.targets.coreml.census import coreml_census, package_sha256
 from edgemp.config import Layout, Preprocessing
 from edgemp.errors import InputError
-from edgemp.validate.checks import Check
-from edgemp.validate.coreml import numeric_validation, structure_checks
+from edgemp.validation.checks import Check
+from edgemp.targets.coreml.checks import numeric_validation, structure_checks
 
 
 @dataclasses.dataclass
@@ -77,7 +77,7 @@ def build_coreml(source: Any, precision: str, path: Path, *, fp32_ops: Sequence[
 def _in_memory_size(mlmodel: Any) -> int:
     import tempfile
 
-    from edgemp.backends.coreml_census import package_size
+    from edgemp.targets.coreml.census import package_size
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "ref.mlpackage"
@@ -88,10 +88,10 @@ def _in_memory_size(mlmodel: Any) -> int:
 def parity_section(source: Any, tflite: bytes, cm: CoreMLOutcome, inputs: dict[str, np.ndarray], adapt: Any,
                    max_samples: int = 256, output_tasks: Any = None) -> dict[str, Any]:
     """Source vs TFLite vs Core ML on the same samples (the Core ML column emulated where Core ML cannot run)."""
-    from edgemp.validate.coreml import can_predict, predict_coreml
-    from edgemp.validate.evaluate import batched
-    from edgemp.validate.parity import parity
-    from edgemp.validate.runtime import Runner
+    from edgemp.targets.coreml.checks import can_predict, predict_coreml
+    from edgemp.validation.evaluate import batched
+    from edgemp.validation.parity import parity
+    from edgemp.validation.runtime import Runner
 
     sub = {k: v[:max_samples] for k, v in inputs.items()}
     reference = batched(source.predict, sub)
@@ -113,7 +113,7 @@ def parity_section(source: Any, tflite: bytes, cm: CoreMLOutcome, inputs: dict[s
                                                                 "ops kept in fp32 by 'mixed' are emulated in fp16."))
     nchw = [i for i, o in enumerate(coreml) if np.ndim(o) == 4] if _nhwc_reference(source) and \
         kind != "emulated-fp32" else []
-    from edgemp.validate.tasks import infer_tasks
+    from edgemp.validation.tasks import infer_tasks
 
     names = [d.name for d in runner.outputs]
     tasks = infer_tasks(names, [o.shape for o in lite], source.output_channels_first(), output_tasks or {})

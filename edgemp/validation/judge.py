@@ -11,8 +11,8 @@ import numpy as np
 
 from edgemp.config import GateOptions
 from edgemp.errors import DataError
-from edgemp.validate.metrics import dense_scores, topk
-from edgemp.validate.tasks import OutputTask, check_labels, labelled_output
+from edgemp.validation.metrics import dense_scores, topk
+from edgemp.validation.tasks import OutputTask, check_labels, labelled_output
 
 
 class TaskJudge:

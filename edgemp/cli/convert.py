@@ -1,244 +1,20 @@
-"""The `edgemp` command: parses, calls the API, prints, maps errors to exit codes. Nothing more.
-
-Exit codes: 0 success, 2 bad input, 3 validation failed (collapse / accuracy gate), 4 conversion error, 1 an
-unexpected error (a bug: `--debug` shows its traceback), 130 interrupted (Ctrl-C).
-"""
+"""`edgemp convert / analyze / validate / inspect / demo`: parse, call the API, print. Nothing more."""
 
 from __future__ import annotations
 
 import json
-import logging
-import math
-import os
 import sys
-import traceback
-from collections.abc import Callable
+
 from pathlib import Path
-from typing import Any
+
 
 import click
 
-from edgemp import _quiet
-from edgemp.config import ColorMode, IODType, Layout, Precision, ResizePolicy
+from edgemp.config import IODType, Layout, Precision
 
-EXIT_GATE_FAILED = 3
-EXIT_UNEXPECTED = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a process Ctrl-C stopped
-NOT_A_TTY_WIDTH = 200  # rich tables are cut at 80 columns when stdout is a file or a pipe; COLUMNS still wins
-
-
-class EdgempGroup(click.Group):
-    """Runs a command with framework noise filtered from fd 2 and maps what escapes it to one line and an exit code:
-    EdgempError -> its own code; any other exception -> 1 with a hint to re-run with --debug; Ctrl-C -> 130."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        from edgemp.errors import EdgempError
-
-        debug = bool(ctx.params.get("debug"))
-        if ctx.params.get("verbose") or _log_level() == logging.DEBUG:
-            _quiet.show_framework_output()
-        try:
-            with _quiet.filtered_fd2():
-                return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except EdgempError as exc:
-            if debug:
-                traceback.print_exc()
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(exc.exit_code)
-        except Exception as exc:
-            if isinstance(exc, OSError) and exc.errno == 32:  # EPIPE (`edgemp ... | head`): click's business
-                raise
-            if debug:
-                traceback.print_exc()
-            lines = str(exc).strip().splitlines()
-            what = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-            hint = "" if debug else "; re-run with --debug to see the traceback"
-            click.secho(f"error: unexpected {what}{' [...]' if len(lines) > 1 else ''}{hint}", fg="red", err=True)
-            sys.exit(EXIT_UNEXPECTED)
-
-
-def _log_level(verbose: int = 0) -> int:
-    env = os.environ.get("EDGEMP_LOG", "").strip().upper()
-    from_env = logging.getLevelName(env) if env else logging.WARNING
-    from_env = from_env if isinstance(from_env, int) else logging.WARNING
-    return min(from_env, logging.WARNING - 10 * verbose)
-
-
-def _console() -> Any:
-    """A rich Console for stdout: as wide as the terminal, or NOT_A_TTY_WIDTH when stdout is a file or a pipe."""
-    from rich.console import Console
-
-    wide = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
-    return Console(width=NOT_A_TTY_WIDTH if wide else None)
-
-
-class FiniteFloat(click.FloatRange):
-    """click.FloatRange that also refuses nan and inf (they pass its comparisons)."""
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        v = super().convert(value, param, ctx)
-        if not math.isfinite(v):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return v
-
-
-class FloatList(click.ParamType):
-    """Comma-separated finite numbers (per-channel mean/std); positive=True refuses zero and negatives."""
-
-    name = "N[,N...]"
-
-    def __init__(self, positive: bool = False) -> None:
-        self.positive = positive
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if isinstance(value, tuple):
-            return value
-        try:
-            vals = tuple(float(v) for v in str(value).split(","))
-        except ValueError:
-            self.fail(f"expected comma-separated numbers, got {value!r}.", param, ctx)
-        if not all(math.isfinite(v) for v in vals):
-            self.fail(f"expected finite numbers, got {value!r}.", param, ctx)
-        if self.positive and any(v <= 0 for v in vals):
-            self.fail(f"expected numbers > 0 (inputs are divided by them), got {value!r}.", param, ctx)
-        return vals
-
-
-class Size(click.ParamType):
-    """HxW, both >= 1."""
-
-    name = "HxW"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if isinstance(value, tuple):
-            return value
-        try:
-            h, w = (int(v) for v in str(value).lower().split("x"))
-        except ValueError:
-            self.fail(f"expected HxW (e.g. 224x224), got {value!r}.", param, ctx)
-        if h < 1 or w < 1:
-            self.fail(f"height and width must be at least 1, got {value!r}.", param, ctx)
-        return h, w
-
-
-class CountOrFraction(click.ParamType):
-    """A count (0, 1, 2, ...) or a fraction strictly between 0 and 1."""
-
-    name = "COUNT|FRACTION"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return value
-        try:
-            v = float(value)
-        except ValueError:
-            self.fail(f"expected a count (3) or a fraction (0.1), got {value!r}.", param, ctx)
-        if not math.isfinite(v) or v < 0 or (v >= 1 and not v.is_integer()):
-            self.fail(f"expected a count (0, 1, 2, ...) or a fraction between 0 and 1, got {value!r}.", param, ctx)
-        return v if 0 < v < 1 else int(v)
-
-
-POSITIVE_INT = click.IntRange(min=1)
-NON_NEGATIVE_INT = click.IntRange(min=0)
-POSITIVE_FLOAT = FiniteFloat(min=0, min_open=True)
-THREADS = click.option("--threads", type=POSITIVE_INT, default=1, show_default=True, help="Interpreter threads.")
-
-
-def preprocessing_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    opts = [
-        click.option("--size", type=Size(), help="Image size HxW (default: the model input's)."),
-        click.option("--resize", type=click.Choice([r.value for r in ResizePolicy]), default="stretch", show_default=True,
-                     help="How images are brought to --size: stretch, or keep the aspect ratio (crop / pad)."),
-        click.option("--color", type=click.Choice([c.value for c in ColorMode]), default="auto", show_default=True,
-                     help="Colour mode images are read in (auto: the model input's channels)."),
-        click.option("--scale", type=POSITIVE_FLOAT, default=1 / 255, show_default=True,
-                     help="Pixel multiplier before mean/std."),
-        click.option("--mean", type=FloatList(), help="Per-channel mean, comma-separated (after scale)."),
-        click.option("--std", type=FloatList(positive=True), help="Per-channel std, comma-separated (after scale)."),
-        click.option("--layout", type=click.Choice([x.value for x in Layout]), default="NHWC", show_default=True,
-                     help="Layout of image arrays: NHWC (Keras) or NCHW (PyTorch)."),
-    ]
-    for o in reversed(opts):
-        fn = o(fn)
-    return fn
-
-
-def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    opts = [
-        THREADS,
-        click.option("--no-xnnpack", is_flag=True, help="Run without the default XNNPACK delegate."),
-        click.option("--delegate", "delegates", multiple=True, type=click.Path(),
-                     help="External delegate library (.so); repeatable. Failing to load is an error."),
-        click.option("--delegate-option", "delegate_options", multiple=True, metavar="KEY=VALUE",
-                     help="Option passed to every --delegate; repeatable."),
-        click.option("--latency-runs", type=NON_NEGATIVE_INT, default=50, show_default=True,
-                     help="Timed single-sample runs for the host latency; 0: latency not measured."),
-        click.option("--max-accuracy-drop", type=FiniteFloat(min=0, max=1), default=0.01, show_default=True,
-                     help="Top-1 drop allowed, as a fraction (0.01 = one point)."),
-        click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal)."),
-        click.option("--labels", "labels_file", type=click.Path(), help="Class names in output order, one per line."),
-    ]
-    for o in reversed(opts):
-        fn = o(fn)
-    return fn
-
-
-def _preprocessing(size: tuple[int, int] | None, resize: str, color: str, scale: float,
-                   mean: tuple[float, ...] | None, std: tuple[float, ...] | None, layout: str) -> Any:
-    from edgemp.config import Preprocessing
-
-    return Preprocessing(size=size, resize=resize, color=color, scale=scale,  # type: ignore[arg-type]
-                         mean=mean or (0.0,), std=std or (1.0,), layout=layout)  # type: ignore[arg-type]
-
-
-def _labels(path: str | None) -> list[str] | None:
-    if path is None:
-        return None
-    try:
-        return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read labels file {path}: {exc.strerror}", param_hint="'--labels'") from None
-    except UnicodeDecodeError:
-        raise click.BadParameter(f"labels file {path} is not UTF-8 text (one class name per line)",
-                                 param_hint="'--labels'") from None
-
-
-def _delegates(paths: tuple[str, ...], options: tuple[str, ...]) -> list[dict[str, Any]]:
-    opts = {}
-    for kv in options:
-        if "=" not in kv:
-            raise click.BadParameter(f"expected KEY=VALUE, got {kv!r}", param_hint="'--delegate-option'")
-        k, v = kv.split("=", 1)
-        opts[k] = v
-    return [{"path": p, "options": opts} for p in paths]
-
-
-@click.group(cls=EdgempGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="edgemp", help="Show the version and exit.")
-@click.option("-v", "--verbose", count=True,
-              help="More logging (-v info, -vv debug), and the frameworks' own output (TensorFlow, LiteRT, "
-                   "coremltools), which edgemp hides otherwise; EDGEMP_LOG=debug does the same.")
-@click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
-def main(verbose: int, debug: bool) -> None:
-    """edgemp: trained Keras or PyTorch model -> validated FP16/INT8 TFLite (and Core ML) for phones and edge devices."""
-    logging.basicConfig(level=_log_level(verbose), format="%(levelname)s %(name)s: %(message)s")
-    if not _quiet.noisy():
-        import warnings
-
-        def one_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-            click.secho(f"warning: {message}", fg="yellow", err=True)
-
-        warnings.showwarning = one_line  # edgemp's warnings as one line; the frameworks' are noise unless -v
-        warnings.filterwarnings("ignore", module=_FRAMEWORKS)
-
-
-_FRAMEWORKS = r"(tensorflow|keras|tf_keras|torch|torchvision|torchao|coremltools|absl|google|h5py|ml_dtypes|jax|" \
-              r"litert_torch|ai_edge_litert|ai_edge_torch|ai_edge_quantizer|onnx|numpy|sklearn)(\.|$)"
+from edgemp.cli.app import EXIT_GATE_FAILED, main
+from edgemp.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, THREADS, CountOrFraction, FiniteFloat, _console, _delegates,
+                               _labels, _preprocessing, _print_report, preprocessing_options, runtime_options)
 
 
 @main.command()
@@ -294,7 +70,7 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
 
     Data for a .pt2 model is given in the layout of its example input (NCHW for images). With
     `--precision mixed` the most INT8-sensitive layers stay in float until the budget holds."""
-    from edgemp.convert import convert as do_convert
+    from edgemp.pipeline import convert as do_convert
 
     result = do_convert(
         model, precision, calibration, validation, output_dir, io_dtype=io_dtype, input_layout=input_layout,
@@ -342,7 +118,7 @@ def analyze(model: str, calibration: str, validation: str | None, output_dir: st
             num_calibration_samples: int, max_validation_samples: int, tensor_samples: int, top: int, name: str | None,
             force: bool, labels_file: str | None, progress: bool | None, threads: int) -> None:
     """Rank MODEL's layers by INT8 sensitivity; write the table (JSON, Markdown), a plot and an HTML page."""
-    from edgemp.analyze import analyze as do_analyze
+    from edgemp.analysis import analyze as do_analyze
 
     result = do_analyze(model, calibration, validation, output_dir, input_layout=input_layout,
                         num_calibration_samples=num_calibration_samples, max_validation_samples=max_validation_samples,
@@ -447,7 +223,7 @@ def demo(output_dir: str, precisions: tuple[str, ...]) -> None:
     Trains the example model once (cached) and overwrites its own outputs in OUTPUT_DIR on every run.
     """
     from edgemp import demo as demo_data
-    from edgemp.convert import convert as do_convert
+    from edgemp.pipeline import convert as do_convert
 
     console = _console()
     root = Path(__file__).resolve().parents[1]
@@ -471,11 +247,3 @@ def demo(output_dir: str, precisions: tuple[str, ...]) -> None:
     sys.exit(EXIT_GATE_FAILED if failed else 0)
 
 
-def _print_report(report: Any, as_json: bool) -> None:
-    if as_json:
-        click.echo(report.to_json())
-    else:
-        report.render(_console())
-
-
-from edgemp import cli_device  # noqa: E402,F401  (registers package / verify / unpack / bench on `main`)

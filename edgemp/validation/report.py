@@ -199,7 +199,7 @@ def _coreml_markdown(cm: dict[str, Any] | None) -> list[str]:
              "| structure check | result | detail |", "|---|---|---|"]
     lines += [f"| {ch['name']} | {'pass' if ch['passed'] else '**FAIL**'} | {ch['detail']} |" for ch in cm["structure_checks"]]
     if cm.get("parity"):
-        from edgemp.validate.parity import to_markdown as parity_markdown
+        from edgemp.validation.parity import to_markdown as parity_markdown
 
         lines += parity_markdown(cm["parity"])
     return lines

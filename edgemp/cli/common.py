@@ -1,0 +1,176 @@
+"""What the commands share: parameter types with ranges, option groups built from the registries, and
+small readers (labels files, delegates).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgemp.config import ColorMode, Layout, ResizePolicy
+
+from edgemp.cli.app import NOT_A_TTY_WIDTH
+
+
+def _console() -> Any:
+    """A rich Console for stdout: as wide as the terminal, or NOT_A_TTY_WIDTH when stdout is a file or a pipe."""
+    from rich.console import Console
+
+    wide = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    return Console(width=NOT_A_TTY_WIDTH if wide else None)
+
+
+class FiniteFloat(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (they pass its comparisons)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return v
+
+
+class FloatList(click.ParamType):
+    """Comma-separated finite numbers (per-channel mean/std); positive=True refuses zero and negatives."""
+
+    name = "N[,N...]"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            vals = tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"expected comma-separated numbers, got {value!r}.", param, ctx)
+        if not all(math.isfinite(v) for v in vals):
+            self.fail(f"expected finite numbers, got {value!r}.", param, ctx)
+        if self.positive and any(v <= 0 for v in vals):
+            self.fail(f"expected numbers > 0 (inputs are divided by them), got {value!r}.", param, ctx)
+        return vals
+
+
+class Size(click.ParamType):
+    """HxW, both >= 1."""
+
+    name = "HxW"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            h, w = (int(v) for v in str(value).lower().split("x"))
+        except ValueError:
+            self.fail(f"expected HxW (e.g. 224x224), got {value!r}.", param, ctx)
+        if h < 1 or w < 1:
+            self.fail(f"height and width must be at least 1, got {value!r}.", param, ctx)
+        return h, w
+
+
+class CountOrFraction(click.ParamType):
+    """A count (0, 1, 2, ...) or a fraction strictly between 0 and 1."""
+
+    name = "COUNT|FRACTION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        try:
+            v = float(value)
+        except ValueError:
+            self.fail(f"expected a count (3) or a fraction (0.1), got {value!r}.", param, ctx)
+        if not math.isfinite(v) or v < 0 or (v >= 1 and not v.is_integer()):
+            self.fail(f"expected a count (0, 1, 2, ...) or a fraction between 0 and 1, got {value!r}.", param, ctx)
+        return v if 0 < v < 1 else int(v)
+
+
+POSITIVE_INT = click.IntRange(min=1)
+NON_NEGATIVE_INT = click.IntRange(min=0)
+POSITIVE_FLOAT = FiniteFloat(min=0, min_open=True)
+THREADS = click.option("--threads", type=POSITIVE_INT, default=1, show_default=True, help="Interpreter threads.")
+
+
+def preprocessing_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--size", type=Size(), help="Image size HxW (default: the model input's)."),
+        click.option("--resize", type=click.Choice([r.value for r in ResizePolicy]), default="stretch", show_default=True,
+                     help="How images are brought to --size: stretch, or keep the aspect ratio (crop / pad)."),
+        click.option("--color", type=click.Choice([c.value for c in ColorMode]), default="auto", show_default=True,
+                     help="Colour mode images are read in (auto: the model input's channels)."),
+        click.option("--scale", type=POSITIVE_FLOAT, default=1 / 255, show_default=True,
+                     help="Pixel multiplier before mean/std."),
+        click.option("--mean", type=FloatList(), help="Per-channel mean, comma-separated (after scale)."),
+        click.option("--std", type=FloatList(positive=True), help="Per-channel std, comma-separated (after scale)."),
+        click.option("--layout", type=click.Choice([x.value for x in Layout]), default="NHWC", show_default=True,
+                     help="Layout of image arrays: NHWC (Keras) or NCHW (PyTorch)."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        THREADS,
+        click.option("--no-xnnpack", is_flag=True, help="Run without the default XNNPACK delegate."),
+        click.option("--delegate", "delegates", multiple=True, type=click.Path(),
+                     help="External delegate library (.so); repeatable. Failing to load is an error."),
+        click.option("--delegate-option", "delegate_options", multiple=True, metavar="KEY=VALUE",
+                     help="Option passed to every --delegate; repeatable."),
+        click.option("--latency-runs", type=NON_NEGATIVE_INT, default=50, show_default=True,
+                     help="Timed single-sample runs for the host latency; 0: latency not measured."),
+        click.option("--max-accuracy-drop", type=FiniteFloat(min=0, max=1), default=0.01, show_default=True,
+                     help="Top-1 drop allowed, as a fraction (0.01 = one point)."),
+        click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal)."),
+        click.option("--labels", "labels_file", type=click.Path(), help="Class names in output order, one per line."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _preprocessing(size: tuple[int, int] | None, resize: str, color: str, scale: float,
+                   mean: tuple[float, ...] | None, std: tuple[float, ...] | None, layout: str) -> Any:
+    from edgemp.config import Preprocessing
+
+    return Preprocessing(size=size, resize=resize, color=color, scale=scale,  # type: ignore[arg-type]
+                         mean=mean or (0.0,), std=std or (1.0,), layout=layout)  # type: ignore[arg-type]
+
+
+def _labels(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read labels file {path}: {exc.strerror}", param_hint="'--labels'") from None
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"labels file {path} is not UTF-8 text (one class name per line)",
+                                 param_hint="'--labels'") from None
+
+
+def _delegates(paths: tuple[str, ...], options: tuple[str, ...]) -> list[dict[str, Any]]:
+    opts = {}
+    for kv in options:
+        if "=" not in kv:
+            raise click.BadParameter(f"expected KEY=VALUE, got {kv!r}", param_hint="'--delegate-option'")
+        k, v = kv.split("=", 1)
+        opts[k] = v
+    return [{"path": p, "options": opts} for p in paths]
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        report.render(_console())
+
+
