@@ -13,14 +13,17 @@ _install_quiet()
 
 from edgemp import errors  # noqa: E402
 from edgemp.api import inspect_model, validate  # noqa: E402
-from edgemp.config import DelegateSpec, IODType, Precision, Preprocessing, RuntimeOptions  # noqa: E402
+from edgemp.config import (CoreMLOptions, DataOptions, DelegateSpec, GateOptions, IODType, MixedOptions,  # noqa: E402
+                           Preprocessing, RuntimeOptions)
+from edgemp.precisions import Precision  # noqa: E402
 from edgemp.pipeline import ConvertResult, convert  # noqa: E402
 from edgemp.analysis import AnalysisResult, analyze  # noqa: E402
 from edgemp.bench import BenchResult, benchmark  # noqa: E402
 from edgemp.bundle import Bundle, package, read_bundle, unpack_bundle  # noqa: E402
 
 __all__ = [
-    "AnalysisResult", "BenchResult", "Bundle", "ConvertResult", "DelegateSpec", "IODType", "Precision", "Preprocessing", "RuntimeOptions",
+    "AnalysisResult", "BenchResult", "Bundle", "ConvertResult", "CoreMLOptions", "DataOptions", "DelegateSpec",
+    "GateOptions", "IODType", "MixedOptions", "Precision", "Preprocessing", "RuntimeOptions",
     "analyze", "benchmark", "convert", "errors", "inspect_model", "package", "read_bundle", "unpack_bundle", "validate",
     "__version__",
 ]

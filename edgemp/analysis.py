@@ -7,19 +7,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgemp._io import check_overwrite, prepare_output_dir, write_all_atomic
-from edgemp.calibration import load_calibration
-from edgemp.config import Layout, Preprocessing, RuntimeOptions
 from edgemp import _params as P
-from edgemp.config import DataOptions
-from edgemp.pipeline import _preprocessing, _validation_data
+from edgemp._io import check_overwrite, write_all_atomic
+from edgemp.config import CoreMLOptions, DataOptions, GateOptions, Layout, MixedOptions, Preprocessing, RuntimeOptions
 from edgemp.errors import CalibrationError, public
 from edgemp.mixed.pipeline import analyze_layers, sensitivity_json
 from edgemp.mixed.report import plot_png, to_html, to_markdown
 from edgemp.mixed.session import MixedSession
-from edgemp.quantize import calibrate
-from edgemp.quantize.engine import CALLS
-from edgemp.sources import load_source
+from edgemp.pipeline import Conversion
+from edgemp.precisions import Precision
 
 
 @dataclasses.dataclass
@@ -76,35 +72,28 @@ def analyze(
     if calibration is None:
         raise CalibrationError("analysis quantizes the model to INT8: pass calibration= (a folder of images, "
                                ".npy/.npz, an array or an iterable of samples).")
-    pre = _preprocessing(preprocessing)
-    opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, latency_runs=0)
-    DataOptions(num_calibration_samples, seed, max_validation_samples, 1, class_names)  # checks types up front
     P.integer("tensor_samples", tensor_samples, 1, 10**5)
-    P.flag("force", force)
-    P.optional_flag("progress", progress)
-    P.text("name", name, none_ok=True)
-    P.path("output_dir", output_dir)
-    out_dir = prepare_output_dir(output_dir)
-    source = load_source(model, example_input=example_input, input_layout=input_layout, unsafe_load=unsafe_load)
-    if source.data_layout is Layout.NCHW:
-        pre = dataclasses.replace(pre or Preprocessing(), layout=Layout.NCHW)
-    base = f"{name or source.name}_sensitivity"
-    paths = {k: out_dir / f"{base}.{k}" for k in ("json", "md", "png", "html")}
+    conv = Conversion(model, Precision.INT8, calibration, validation, output_dir,
+                      options={"data": DataOptions(num_calibration_samples, seed, max_validation_samples, 1, class_names),
+                               "gate": GateOptions(), "mixed": MixedOptions(), "coreml": CoreMLOptions(),
+                               "runtime": RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, latency_runs=0)},
+                      example_input=example_input, input_layout=input_layout, io_dtype="quantized", targets=("tflite",),
+                      preprocessing=preprocessing, name=name, force=force, strict=False, progress=progress,
+                      unsafe_load=unsafe_load)
+    conv.load()  # the same stages as convert(): integer-ready float model, data, one calibration
+    base = f"{conv.base}_sensitivity"
+    paths = {k: conv.out_dir / f"{base}.{k}" for k in ("json", "md", "png", "html")}
     check_overwrite(list(paths.values()), force)
-    float_tflite = source.to_float_tflite(1)
-    specs = source.input_specs()
-    cal = load_calibration(calibration, specs, num_samples=num_calibration_samples, seed=seed, preprocessing=pre,
-                           progress=progress)
-    vdata, note = _validation_data(validation, specs, pre or cal.preprocessing, cal, max_validation_samples, seed,
-                                   progress, list(class_names) if class_names else None)
-    calls = CALLS["calibrate"]
-    stats = calibrate(float_tflite, [source.artifact_inputs(s) for s in cal.samples], num_threads=num_threads,
-                      progress=progress)
-    session = MixedSession(source, float_tflite, stats, vdata, opts, progress=progress)
+    source, qbase = conv.source, conv.float_model.quantization_base
+    vdata, note = conv.validation
+    stats = conv._statistics(qbase)
+    session = MixedSession(source, qbase, stats, vdata, conv.runtime, progress=progress)
     rows, summary = analyze_layers(session, tensor_samples, progress)
+    cal = conv.calibration_set
+    assert cal is not None
     summary |= {"model": source.name, "source": source.kind, "calibration": cal.summary(),
                 "validation": vdata.summary() | ({"note": note} if note else {}),
-                "calibration_runs": CALLS["calibrate"] - calls}
+                "calibration_runs": conv.calibration_runs, "rewrites": conv.float_model.rewrites}
     title = f"{source.name}: per-layer INT8 sensitivity"
     int8 = summary["int8"]
     notes = [f"Full INT8 on {summary['validation_samples']} samples: "

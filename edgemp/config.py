@@ -25,36 +25,6 @@ def parse_enum(cls: type[E], value: Any, what: str) -> E:
     raise UnknownPrecisionError(f"unknown {what} {value!r}; valid values: {valid}")
 
 
-class Precision(str, enum.Enum):
-    """What the artifact computes in. The label is checked against the artifact's op census."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"  # float16 weights, float32 compute and I/O
-    DYNAMIC_INT8 = "dynamic-int8"  # int8 weights, float activations (quantized on the fly by the kernels)
-    INT8 = "int8"  # fully integer: int8 weights per-channel, int8 activations
-    INT16X8 = "int16x8"  # int16 activations, int8 weights
-    MIXED = "mixed"  # int8 with the most sensitive layers kept in float32, under an accuracy/fidelity budget
-
-    @property
-    def needs_calibration(self) -> bool:
-        return self in (Precision.INT8, Precision.INT16X8, Precision.MIXED)
-
-    @property
-    def meaning(self) -> str:
-        return _MEANINGS[self]
-
-
-_MEANINGS = {
-    Precision.FP32: "float32 weights, activations and I/O (reference)",
-    Precision.FP16: "float16 weights dequantized to float32 at load; float32 compute and I/O",
-    Precision.DYNAMIC_INT8: "int8 per-channel weights; activations float32, quantized on the fly by hybrid kernels",
-    Precision.INT8: "fully integer: int8 per-channel weights, int8 activations, int32 biases",
-    Precision.INT16X8: "int16 activations, int8 per-channel weights, int64 biases",
-    Precision.MIXED: "int8 (int8 per-channel weights and activations) except the layers listed in report.mixed, "
-                     "which compute in float32 with QUANTIZE/DEQUANTIZE at each boundary",
-}
-
-
 class IODType(str, enum.Enum):
     """I/O of a statically quantized model: the quantized type (default) or float32 on request."""
 
@@ -187,22 +157,6 @@ def _delegate_from(d: Any) -> DelegateSpec:
     raise InputError(f"a delegate is a path or {{'path': ..., 'options': {{...}}}}, got {d!r}")
 
 
-# Output fidelity an artifact must keep when nothing task-level judges it (no labels, no metric): worst output's
-# SQNR (dB) and mean per-sample cosine against the float model. Chosen from the study in
-# benchmarks/fidelity_gate.py (results and the rule: benchmarks/results/fidelity_gate.md; docs/validation.md): on 7
-# trained models, every damaged artifact (labelled drop > 5 points; highest int8 one: 22.5 dB, cosine 0.9973) fails
-# on SQNR alone and on cosine alone, and every good artifact edgemp.convert made (drop <= 1 point; lowest int8 one:
-# 31.8 dB, cosine 0.99965) passes. Deliberately damaged variants that stayed within a point can fall below.
-FIDELITY_FLOOR: dict[Precision, tuple[float, float]] = {
-    Precision.FP32: (70.0, 0.99999),
-    Precision.FP16: (40.0, 0.9999),
-    Precision.DYNAMIC_INT8: (25.0, 0.999),
-    Precision.INT8: (25.0, 0.999),
-    Precision.INT16X8: (15.0, 0.99),
-    Precision.MIXED: (25.0, 0.999),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class GateOptions(_Config):
     """How an artifact is judged against the float model.
@@ -210,7 +164,7 @@ class GateOptions(_Config):
     With a `metric` (a callable `metric(outputs: dict[str, ndarray], labels) -> float`, higher is better), the gate
     is its drop; with labels, the top-1 (classifiers) or mIoU (label maps) drop of the labelled output; the other
     outputs, and every output without labels, must keep the fidelity floor (`min_sqnr_db` / `min_cosine`, by
-    default FIDELITY_FLOOR of the precision). `max_accuracy_drop` is absolute (0.01 = one point; metric units
+    default the precision's floor in edgemp.precisions). `max_accuracy_drop` is absolute (0.01 = one point; metric units
     with a metric); None turns the accuracy gate off. Collapse checks always run.
     """
 
@@ -235,9 +189,12 @@ class GateOptions(_Config):
             raise InputError(f"output_tasks must map output names to 'classification'/'regression', got {self.output_tasks!r}")
         object.__setattr__(self, "output_tasks", {str(k): str(v) for k, v in self.output_tasks.items()})
 
-    def floor(self, precision: Precision | None) -> tuple[float, float, str]:
-        """(min SQNR dB, min cosine, where they come from) for the fidelity gate."""
-        sq, cos = FIDELITY_FLOOR.get(precision, FIDELITY_FLOOR[Precision.INT8]) if precision else FIDELITY_FLOOR[Precision.INT8]
+    def floor(self, precision: Any) -> tuple[float, float, str]:
+        """(min SQNR dB, min cosine, where they come from) for the fidelity gate: the precision's registered floor
+        (edgemp.precisions; int8's when the precision is unknown) unless given."""
+        from edgemp.precisions import Precision, precision_spec
+
+        sq, cos = precision_spec(precision or Precision.INT8).fidelity_floor
         given = self.min_sqnr_db is not None or self.min_cosine is not None
         origin = "given" if given else f"default for {precision.value if precision else 'int8'}"
         return (self.min_sqnr_db if self.min_sqnr_db is not None else (-math.inf if given else sq),
@@ -290,3 +247,36 @@ class MixedOptions(_Config):
                              f"(0.1), got {v!r}.")
         object.__setattr__(self, "keep_float", P.strings("keep_float", self.keep_float))
         object.__setattr__(self, "never_float", P.strings("never_float", self.never_float))
+
+
+@dataclasses.dataclass(frozen=True)
+class CoreMLOptions(_Config):
+    """The Core ML target: its precision (default: the counterpart of the conversion's precision), the layers
+    `mixed` keeps in fp32 (names, or 'type:<op>'), an image input with the preprocessing folded in, the minimum
+    deployment target."""
+
+    precision: str | None = None
+    fp32_ops: tuple[str, ...] = ()
+    image_input: bool = False
+    minimum_deployment_target: str = "iOS16"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", P.text("coreml precision", self.precision, none_ok=True))
+        object.__setattr__(self, "fp32_ops", P.strings("coreml_fp32_ops", self.fp32_ops))
+        object.__setattr__(self, "image_input", P.flag("coreml_image_input", self.image_input))
+        object.__setattr__(self, "minimum_deployment_target",
+                           P.text("minimum_deployment_target", self.minimum_deployment_target))
+
+
+def __getattr__(name: str) -> Any:
+    """`Precision` lives with its registry (edgemp.precisions); kept importable from here. FIDELITY_FLOOR is the
+    registry's floors as a dict."""
+    if name == "Precision":
+        from edgemp.precisions import Precision
+
+        return Precision
+    if name == "FIDELITY_FLOOR":
+        from edgemp.precisions import _REGISTRY
+
+        return {p: s.fidelity_floor for p, s in _REGISTRY.items()}
+    raise AttributeError(f"module 'edgemp.config' has no attribute {name!r}")

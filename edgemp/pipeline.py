@@ -1,50 +1,59 @@
-"""edgemp.convert: one call from a trained model to a validated, honestly labelled edge artifact."""
+"""edgemp.convert: one call from a trained model to validated, honestly labelled edge artifacts.
+
+The body is a short sequence of named stages over a `Conversion`, and a loop over the requested targets; each
+target asks the conversion for what it needs (the float model, calibration, the quantized .tflite, the mixed
+search), and each of those runs once, only when asked.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import warnings
+import functools
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgemp import __version__
-from edgemp._io import check_overwrite, prepare_output_dir, write_all_atomic
-from edgemp._versions import versions
-from edgemp.targets.tflite.census import census
-from edgemp.targets.tflite.compat import compact
-from edgemp.calibration import CalibrationSet, load_calibration
 from edgemp import _params as P
-from edgemp.config import (DataOptions, DelegateSpec, GateOptions, IODType, Layout, MixedOptions, Precision, Preprocessing,
-                           RuntimeOptions, parse_enum)
-from edgemp.errors import (CalibrationError, EdgempError, InputError, MixedPrecisionError, PrecisionLabelError,
-                           QualityGateError, UnsupportedOpsError, public, unexpected)
-from edgemp.targets.coreml.build import build_coreml, coreml_precision_for, parity_section
-from edgemp.mixed.pipeline import run_mixed
-from edgemp.quantize import apply_recipe, calibrate, recipe_for
-from edgemp.quantize.labels import label_error
-from edgemp.quantize.rewrites import prepare_for_quantization
-from edgemp.quantize.engine import CALLS
-from edgemp.sources import load_source
-from edgemp.validation import Check, Report, ValidationData, evaluate, label_checks, load_validation
-from edgemp.targets.coreml.checks import can_predict
-from edgemp.validation.data import random_inputs
-from edgemp.validation.evaluate import batched
-from edgemp.validation.runtime import check_token_ids
+from edgemp._io import check_overwrite, prepare_output_dir, save_dir_atomic, write_all_atomic
+from edgemp._versions import versions
+from edgemp.calibration import CalibrationSet, load_calibration
 from edgemp.calibration.checks import check_ranges
+from edgemp.config import (CoreMLOptions, DataOptions, GateOptions, IODType, Layout, MixedOptions, Preprocessing,
+                           RuntimeOptions, parse_enum)
+from edgemp.errors import CalibrationError, InputError, MixedPrecisionError, QualityGateError, public
+from edgemp.precisions import Precision, precision_spec
+from edgemp.sources import load_source
+from edgemp.stages import FloatModel, Quantized, Timer, validation_data, without_loops
+from edgemp.targets import TargetResult, get_target
+from edgemp.validation import Report, ValidationData
 
 log = logging.getLogger(__name__)
+
+# flat keywords of earlier releases -> the option group that holds them now
+_GROUPS = {
+    "data": (DataOptions, {"num_calibration_samples": "num_calibration_samples", "seed": "seed",
+                           "max_validation_samples": "max_validation_samples", "batch_size": "batch_size",
+                           "class_names": "class_names"}),
+    "gate": (GateOptions, {"max_accuracy_drop": "max_accuracy_drop", "min_sqnr_db": "min_sqnr_db",
+                           "min_cosine": "min_cosine", "metric": "metric", "output_tasks": "output_tasks",
+                           "label_output": "label_output"}),
+    "mixed": (MixedOptions, {"max_float_layers": "max_float_layers", "keep_float": "keep_float",
+                             "never_float": "never_float"}),
+    "runtime": (RuntimeOptions, {"num_threads": "num_threads", "xnnpack": "xnnpack", "delegates": "delegates",
+                                 "latency_runs": "latency_runs"}),
+    "coreml": (CoreMLOptions, {"coreml_precision": "precision", "coreml_fp32_ops": "fp32_ops",
+                               "coreml_image_input": "image_input",
+                               "minimum_deployment_target": "minimum_deployment_target"}),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class ConvertResult:
-    """What convert() wrote and what it measured. `passed` is False when a collapse or accuracy check failed."""
+    """What convert() wrote and what it measured. `passed` is False when a collapse, accuracy or fidelity check
+    failed."""
 
     artifacts: dict[str, Path]
     report: Report
@@ -55,284 +64,278 @@ class ConvertResult:
         return self.report.passed
 
 
-class _Timer:
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):  # type: ignore[no-untyped-def]
-        """Time a stage; an unexpected exception in it becomes an InternalError that names the stage."""
-        t0 = time.perf_counter()
-        try:
-            yield
-        except EdgempError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - typed, with the cause chained
-            raise unexpected(exc, f"during {name.replace('_', ' ')}") from exc
-        finally:
-            self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - t0, 4)
-
-
 @public
-def convert(
-    model: Any,
-    precision: str | Precision = "int8",
-    calibration: Any = None,
-    validation: Any = None,
-    output_dir: str | Path = "dist/",
-    *,
-    example_input: Any = None,
-    input_layout: str | Layout | None = None,
-    io_dtype: str | IODType = IODType.QUANTIZED,
-    num_calibration_samples: int = 200,
-    seed: int = 0,
-    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
-    max_accuracy_drop: float | None = 0.01,
-    max_validation_samples: int | None = None,
-    class_names: Sequence[str] | None = None,
-    batch_size: int | None = 1,
-    num_threads: int = 1,
-    xnnpack: bool = True,
-    delegates: Sequence[str | DelegateSpec | Mapping[str, Any]] = (),
-    latency_runs: int = 50,
-    max_float_layers: int | float = 0.1,
-    keep_float: Sequence[str] = (),
-    never_float: Sequence[str] = (),
-    min_sqnr_db: float | None = None,
-    min_cosine: float | None = None,
-    metric: Callable[..., float] | None = None,
-    output_tasks: Mapping[str, str] | None = None,
-    label_output: str | None = None,
-    targets: Sequence[str] = ("tflite",),
-    coreml_precision: str | None = None,
-    coreml_fp32_ops: Sequence[str] = (),
-    coreml_image_input: bool = False,
-    minimum_deployment_target: str = "iOS16",
-    name: str | None = None,
-    force: bool = False,
-    strict: bool = False,
-    progress: bool | None = None,
-    unsafe_load: bool = False,
-) -> ConvertResult:
-    """Convert a Keras or PyTorch model to a .tflite in `precision`, validate it on the host, write artifact + report.
+def convert(model: Any, precision: str | Precision = "int8", calibration: Any = None, validation: Any = None,
+            output_dir: str | Path = "dist/", *, example_input: Any = None, input_layout: str | Layout | None = None,
+            io_dtype: str | IODType = IODType.QUANTIZED, targets: Sequence[str] = ("tflite",),
+            preprocessing: Preprocessing | Mapping[str, Any] | None = None, data: DataOptions | None = None,
+            gate: GateOptions | None = None, mixed: MixedOptions | None = None, runtime: RuntimeOptions | None = None,
+            coreml: CoreMLOptions | None = None, name: str | None = None, force: bool = False, strict: bool = False,
+            progress: bool | None = None, unsafe_load: bool = False, **flat: Any) -> ConvertResult:
+    """Convert a Keras or PyTorch model in `precision` for each target, validate it on the host, write artifacts and
+    report.
 
     Example:
-        >>> result = edgemp.convert("model.keras", precision="int8", calibration="calibration_data/",
-        ...                         validation="val_images/", output_dir="dist/")
+        >>> result = edgemp.convert("model.keras", "int8", "calibration_data/", "val_images/", "dist/")
         >>> result.passed, result.artifacts["tflite"]
+        >>> edgemp.convert(model, "mixed", cal, (x, y), gate=edgemp.GateOptions(max_accuracy_drop=0.005),
+        ...                targets=("tflite", "coreml"), example_input=torch.zeros(1, 3, 224, 224))
 
-    PyTorch: pass an nn.Module with `example_input` (or an ExportedProgram / .pt2); data is given in the
-    layout of example_input, and `input_layout="NHWC"` (default for 4-D inputs) or "NCHW" sets the artifact's.
-    int8 gets int8 I/O unless io_dtype="float". `max_accuracy_drop` is a fraction (0.01 = one top-1 point);
-    None disables the accuracy gate (the collapse checks always run). `batch_size` fixes the artifact's batch (1 by
-    default, as on devices; None keeps it dynamic). `class_names` lists the classes in the
-    model's output order (maps validation sub-folders to labels; recorded for the app). With strict=True a failed check
-    raises QualityGateError after the artifact and report are written.
+    Options come in frozen groups (each checked up front): `data` (calibration sample count, seed, validation
+    samples, batch, class names), `gate` (accuracy drop, fidelity floor, `metric=`, output tasks), `mixed`
+    (the float-layer cap, layers forced float or int8), `runtime` (threads, XNNPACK, delegates, latency runs),
+    `coreml` (the Core ML target's precision, fp32 ops, image input, deployment target). The flat keywords of
+    earlier releases (`max_accuracy_drop=`, `num_threads=`, ...) still work, with a DeprecationWarning.
 
-    `precision="mixed"`: INT8 with the fewest, most sensitive layers kept in float until the budget holds —
-    `max_accuracy_drop` with labelled validation data, else `min_sqnr_db` / `min_cosine` (output fidelity);
-    `max_float_layers` caps them (a count, or a fraction of the model's ops); `keep_float` /
-    `never_float` force layers (names as `edgemp analyze` shows them, or regexes). A budget the search cannot
-    meet under the cap raises MixedPrecisionError (after writing the best artifact and its report).
-
-    Judging: with labels, the top-1 of the classification output (class ids) or the mIoU of the dense output (label
-    maps (N, H, W)) must not drop more than `max_accuracy_drop`; `metric(outputs: dict[str, ndarray], labels) ->
-    float` (higher is better) replaces that score for tasks edgemp cannot know (detection mAP, regression error), in
-    the gate and in the mixed search. Every output no label or metric judges must keep a fidelity floor (SQNR and
-    cosine against the float model, by default per precision: config.FIDELITY_FLOOR; or `min_sqnr_db` /
-    `min_cosine`). `output_tasks` ({"boxes": "regression", "scores": "classification"}) overrides how outputs
-    are read (inferred from names and shapes); `label_output` names the output labels judge.
-
-    `targets=("tflite", "coreml")` also writes an .mlpackage: `coreml_precision` defaults to the counterpart of
-    `precision` (fp32, fp16, dynamic-int8/int8 -> int8-weights, mixed -> mixed with the layers the TFLite search
-    kept in float); `coreml_fp32_ops` (layer names, or 'type:<op>' for a Core ML op type) for Core ML `mixed`;
-    `coreml_image_input` makes the input an ImageType with the calibration preprocessing folded in. On Linux
-    Core ML is validated structurally; numeric validation runs on macOS only and the report says so.
-
-    `unsafe_load=True` loads a .keras/.h5 that contains Python code (a Lambda layer) by running that code: only for
-    files trusted as a script is trusted. Without it such a file raises ModelLoadError.
+    `targets`: any registered targets ("tflite", "coreml"), alone or together: an iOS app can ask for Core ML only
+    (a `mixed` Core ML model still gets its fp32 layers from the TFLite search, run without writing a .tflite).
+    PyTorch: pass an nn.Module with `example_input` (or an ExportedProgram / .pt2); data is given in the layout of
+    example_input; `input_layout` ("NHWC", the default for 4-D inputs, or "NCHW") sets the artifact's. int8 gets
+    int8 I/O unless io_dtype="float". With strict=True a failed check raises QualityGateError after everything is
+    written. `unsafe_load=True` runs the Python code of a .keras/.h5 Lambda layer: only for trusted files.
+    How artifacts are judged: docs/validation.md; the families that convert at each precision: docs/families.md.
     """
-    timer = _Timer()
-    prec = parse_enum(Precision, precision, "precision")
-    io = parse_enum(IODType, io_dtype, "io_dtype")
-    pre = _preprocessing(preprocessing)
-    opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, delegates=delegates,  # type: ignore[arg-type]
-                          latency_runs=latency_runs)
-    gate = GateOptions(max_accuracy_drop, min_sqnr_db, min_cosine, metric, output_tasks or {}, label_output)
-    DataOptions(num_calibration_samples, seed, max_validation_samples, batch_size, class_names)  # checks types
-    MixedOptions(max_float_layers, keep_float, never_float)
-    for flag_name, value in (("force", force), ("strict", strict), ("coreml_image_input", coreml_image_input)):
-        P.flag(flag_name, value)
-    P.optional_flag("progress", progress)
-    P.text("name", name, none_ok=True)
-    P.strings("targets", targets)
-    P.path("output_dir", output_dir)
-    if metric is None and max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
-        raise InputError(f"max_accuracy_drop is a fraction in [0, 1] (0.01 = one point), got {max_accuracy_drop}")
-    if prec.needs_calibration and calibration is None:
-        raise CalibrationError(f"precision {prec.value!r} needs calibration data: pass calibration= "
-                               "(a folder of images, .npy/.npz, an array or an iterable of samples).")
-    out_dir = prepare_output_dir(output_dir)
+    conv = Conversion(model, precision, calibration, validation, output_dir,
+                      options=_options(data, gate, mixed, runtime, coreml, flat), example_input=example_input,
+                      input_layout=input_layout, io_dtype=io_dtype, targets=targets, preprocessing=preprocessing,
+                      name=name, force=force, strict=strict, progress=progress, unsafe_load=unsafe_load)
+    conv.load()
+    conv.plan()
+    results = [target.build(conv) for target in conv.targets]
+    return conv.write(results, conv.report(results))
 
-    with timer.stage("load_model"):
-        source = load_source(model, example_input=example_input, input_layout=input_layout, unsafe_load=unsafe_load)
-    if source.data_layout is Layout.NCHW:  # PyTorch data arrives shaped like example_input
-        pre = dataclasses.replace(pre or Preprocessing(), layout=Layout.NCHW)
-    if input_layout is not None and source.kind != "pytorch":
-        raise InputError(f"input_layout applies to PyTorch sources; a {source.kind} model keeps its own layout.")
-    base = name or source.name
-    paths = {"tflite": out_dir / f"{base}_{prec.value}.tflite", "report_json": out_dir / f"{base}_{prec.value}.report.json",
-             "report_md": out_dir / f"{base}_{prec.value}.report.md"}
-    mixed_files = [out_dir / f"{base}_{prec.value}.sensitivity.{x}" for x in ("md", "png", "html")]
-    coreml = _coreml_request(targets, prec, coreml_precision, minimum_deployment_target, source)
-    if coreml:
-        paths["coreml"] = out_dir / f"{base}_{coreml}.mlpackage"
-    check_overwrite(list(paths.values()) + (mixed_files if prec is Precision.MIXED else []), force)
 
-    with timer.stage("float_conversion"):
-        float_tflite = source.to_float_tflite(batch_size)
-        float_census = census(float_tflite)
-        rewrites = list(getattr(source, "rewrites", []))
-        qbase = float_tflite  # what calibration and quantization see
-        if prec.needs_calibration:
-            source, float_tflite, float_census, unrolled = _without_loops(source, float_tflite, float_census, batch_size,
-                                                                          prec)
-            prep = prepare_for_quantization(float_tflite)
-            qbase = prep.model
+class Conversion:
+    """One conversion's state, built stage by stage: what targets read (`source`, `float_model`, `calibration_set`,
+    `validation`, `quantized`, `artifact`) is computed on first use and kept."""
+
+    def __init__(self, model: Any, precision: str | Precision, calibration: Any, validation: Any,
+                 output_dir: str | Path, *, options: dict[str, Any], example_input: Any, input_layout: Any,
+                 io_dtype: Any, targets: Sequence[str], preprocessing: Any, name: str | None, force: bool,
+                 strict: bool, progress: bool | None, unsafe_load: bool) -> None:
+        self.timer = Timer()
+        self.spec = precision_spec(precision)
+        self.precision = self.spec.precision
+        self.io = parse_enum(IODType, io_dtype, "io_dtype")
+        self.data: DataOptions = options["data"]
+        self.gate: GateOptions = options["gate"]
+        self.mixed_options: MixedOptions = options["mixed"]
+        self.runtime: RuntimeOptions = options["runtime"]
+        self.coreml: CoreMLOptions = options["coreml"]
+        names = P.strings("targets", targets)
+        if not names or len(set(names)) != len(names):
+            raise InputError(f"targets must name each target once, at least one: {list(names or [])}")
+        self.targets = [get_target(t) for t in names]
+        for flag_name, value in (("force", force), ("strict", strict), ("unsafe_load", unsafe_load)):
+            P.flag(flag_name, value)
+        self.force, self.strict, self.unsafe_load = force, strict, unsafe_load
+        self.progress = P.optional_flag("progress", progress)
+        self.name = P.text("name", name, none_ok=True)
+        self.preprocessing = _preprocessing(preprocessing)
+        if self.spec.needs_calibration and calibration is None:
+            raise CalibrationError(f"precision {self.precision.value!r} needs calibration data: pass calibration= "
+                                   "(a folder of images, .npy/.npz, an array or an iterable of samples).")
+        self.out_dir = prepare_output_dir(P.path("output_dir", output_dir))
+        self._model, self._calibration, self._validation = model, calibration, validation
+        self._example_input, self._input_layout = example_input, input_layout
+        self.calibration_runs = 0
+
+    # -- stages ---------------------------------------------------------------------------------------------------
+    def load(self) -> None:
+        with self.timer.stage("load_model"):
+            self.source = load_source(self._model, example_input=self._example_input, input_layout=self._input_layout,
+                                      unsafe_load=self.unsafe_load)
+        if self.source.data_layout is Layout.NCHW:  # data arrives shaped like the model's own input
+            self.preprocessing = dataclasses.replace(self.preprocessing or Preprocessing(), layout=Layout.NCHW)
+        self.base = self.name or self.source.name
+        self.stem = f"{self.base}_{self.precision.value}"
+
+    def plan(self) -> None:
+        """Every target checks its options and names its files; nothing exists that force would not replace."""
+        self.planned = {t.name: t.plan(self) for t in self.targets}
+        reports = [self.out_dir / f"{self.stem}.report.{x}" for x in ("json", "md")]
+        mixed = [self.out_dir / f"{self.stem}.sensitivity.{x}" for x in ("md", "png", "html")] if self.spec.searched else []
+        check_overwrite([p for paths in self.planned.values() for p in paths] + reports + mixed, self.force)
+
+    @functools.cached_property
+    def float_model(self) -> FloatModel:
+        from edgemp.quantize.rewrites import prepare_for_quantization
+        from edgemp.targets.tflite.census import census
+
+        with self.timer.stage("float_conversion"):
+            tflite = self.source.to_float_tflite(self.data.batch_size)
+            fcensus = census(tflite)
+            rewrites = list(getattr(self.source, "rewrites", []))
+            if not self.spec.needs_calibration:
+                return FloatModel(tflite, fcensus, tflite, rewrites)
+            self.source, tflite, fcensus, unrolled = without_loops(self.source, tflite, fcensus, self.data.batch_size,
+                                                                   self.precision)
+            prep = prepare_for_quantization(tflite)
             rewrites += unrolled + [f"{n} {k} (exact; so the op can be int8)" for k, n in prep.rewrites.items() if n]
-    specs = source.input_specs()
+            return FloatModel(tflite, fcensus, prep.model, rewrites)
 
-    cal: CalibrationSet | None = None
-    if calibration is not None:
-        with timer.stage("calibration_data"):
-            cal = load_calibration(calibration, specs, num_samples=num_calibration_samples, seed=seed,
-                                   preprocessing=pre, progress=progress)
+    @functools.cached_property
+    def calibration_set(self) -> CalibrationSet | None:
+        if self._calibration is None:
+            return None
+        with self.timer.stage("calibration_data"):
+            return load_calibration(self._calibration, self.source.input_specs(),
+                                    num_samples=self.data.num_calibration_samples, seed=self.data.seed,
+                                    preprocessing=self.preprocessing, progress=self.progress)
 
-    vdata = note = mixed = None
-    if prec is Precision.MIXED:
-        assert cal is not None
-        vdata, note = _validation_data(validation, specs, pre or cal.preprocessing, cal, max_validation_samples, seed,
-                                       progress, class_names, opaque_labels=metric is not None)
-        check_ranges(cal, vdata if validation is not None else None, pre or cal.preprocessing)
-        check_token_ids(qbase, [source.artifact_inputs(s) for s in cal.samples], CalibrationError)
-        calls = CALLS["calibrate"]
-        with timer.stage("calibrate"):
-            stats = calibrate(qbase, [source.artifact_inputs(s) for s in cal.samples], num_threads=num_threads,
-                              progress=progress)
-        with timer.stage("mixed_search"):
-            mixed = run_mixed(source, qbase, stats, vdata, opts, float_io=io is IODType.FLOAT, gate=gate,
-                              max_float_layers=max_float_layers, keep_float=keep_float, never_float=never_float,
-                              tensor_samples=32, title=base, progress=progress, class_names=class_names)
-        mixed.section["calibration_runs"] = CALLS["calibrate"] - calls
-        artifact, recipe = mixed.artifact, mixed.recipe
-    elif (recipe := recipe_for(prec, io)) is None:
-        artifact = float_tflite
-    else:
-        stats = None
-        if prec.needs_calibration:
-            assert cal is not None
-            check_token_ids(qbase, [source.artifact_inputs(s) for s in cal.samples], CalibrationError)
-            with timer.stage("calibrate"):
-                stats = calibrate(qbase, [source.artifact_inputs(s) for s in cal.samples],
-                                  num_threads=num_threads, progress=progress)
-        with timer.stage("quantize"):
-            artifact = apply_recipe(qbase, recipe, stats)
+    @functools.cached_property
+    def validation(self) -> tuple[ValidationData, str | None]:
+        """(data, note): the given validation data, else the calibration samples, else random inputs."""
+        cal = self.calibration_set
+        with self.timer.stage("validation_data"):
+            vdata, note = validation_data(self._validation, self.source.input_specs(),
+                                          self.preprocessing or (cal.preprocessing if cal else None), cal,
+                                          self.data.max_validation_samples, self.data.seed, self.progress,
+                                          self.data.class_names, opaque_labels=self.gate.metric is not None)
+        if cal is not None and self._validation is not None:
+            check_ranges(cal, vdata, self.preprocessing or cal.preprocessing)
+        return vdata, note
 
-    with timer.stage("census"):
-        full_census = census(artifact)  # tensor names as in the float graph: errors can name the user's layers
-        checks = label_checks(full_census, prec, io)
-    if mixed is not None:
-        checks.append(Check("mixed_regions", not mixed.region_problems,
-                            f"float exactly where chosen: {len(mixed.section['float_ops'])} op(s)"
-                            if not mixed.region_problems else "; ".join(mixed.region_problems[:8])))
-    broken = [c for c in checks if not c.passed]
-    if broken:
-        raise PrecisionLabelError(label_error(prec, broken, full_census, float_census, source))
-    with timer.stage("compact"):
-        artifact = compact(artifact)  # after every check that matches full tensor names, before anything is measured
-        art_census = census(artifact)
+    @functools.cached_property
+    def quantized(self) -> Quantized:
+        """The .tflite in this precision, before compact(): tensor names still those of the float graph."""
+        from edgemp.quantize import apply_recipe
 
-    if vdata is None:
-        vdata, note = _validation_data(validation, specs, pre or (cal.preprocessing if cal else None), cal,
-                                       max_validation_samples, seed, progress, class_names,
-                                       opaque_labels=metric is not None)
-        if cal is not None and validation is not None:
-            check_ranges(cal, vdata, pre or cal.preprocessing)
-    with timer.stage("validate"):
-        vsection, qchecks = evaluate(artifact, source.predict, vdata, opts, gate, precision=prec,
-                                     fp32_artifact=float_tflite if prec is not Precision.FP32 else None,
-                                     progress=progress, data_note=note,
-                                     adapt=source.artifact_inputs, channels_first=source.output_channels_first(),
-                                     class_names=class_names, output_names=source.output_names())
-    checks += qchecks
-    if mixed is not None:
-        checks.append(Check("mixed_budget", mixed.met, mixed.message))
-    cm = None
-    if coreml:
-        with timer.stage("coreml"):
-            fp32_ops = list(coreml_fp32_ops) or ([n for op in mixed.section["float_ops"] for n in (op["name"], *op["fused"])]
-                                                 if mixed is not None and coreml == "mixed" else [])
-            image = (pre or (cal.preprocessing if cal else None) or Preprocessing()) if coreml_image_input else None
-            cm = build_coreml(source, coreml, paths["coreml"], fp32_ops=fp32_ops, image=image, class_names=class_names,
-                              target=minimum_deployment_target,
-                              calibration=cal.samples if cal and coreml == "w8a8" else [],
-                              validation_inputs=vdata.inputs, labels=vdata.labels,
-                              reference=batched(source.predict, vdata.inputs) if can_predict() else None)
-            cm.section["parity"] = parity_section(source, artifact, cm, vdata.inputs, source.artifact_inputs,
-                                                  output_tasks=gate.output_tasks)
-        checks += cm.checks
-    passed = all(c.passed for c in checks)
-    overhead = _layout_overhead(source, art_census)
+        fm = self.float_model
+        recipe = self.spec.recipe(self.io)
+        if recipe is None:
+            return Quantized(fm.tflite, None)
+        stats = self._statistics(fm.quantization_base) if self.spec.needs_calibration else None
+        if self.spec.searched:
+            from edgemp.mixed.pipeline import run_mixed
 
-    fp32_bytes = len(compact(float_tflite))  # the fp32 artifact edgemp would write
-    report = Report({
-        "edgemp_version": __version__,
-        "passed": passed,
-        "model": {"name": base, "source": source.kind, "path": source.path, "parameters": source.num_parameters(),
-                  "inputs": [s.to_dict() for s in specs], "batch_size": batch_size,
-                  "input_layout": source.artifact_layout.value, "rewrites": rewrites,
-                  "layout_transposes": overhead},
-        "precision": prec.value,
-        "precision_meaning": prec.meaning,
-        "io_dtype": _io_label(prec, io),
-        "recipe": recipe,
-        "artifacts": [{"target": "tflite", "path": str(paths["tflite"]), "bytes": len(artifact),
-                       "ratio_to_fp32": len(artifact) / fp32_bytes, "sha256": hashlib.sha256(artifact).hexdigest()}]
-        + ([cm.artifact] if cm is not None else []),
-        "fp32_reference": {"bytes": fp32_bytes, "ops": float_census.compute_counts},
-        "census": {k: v for k, v in art_census.to_dict().items() if k != "ops"} | {"ops": art_census.to_dict()["ops"]},
-        "preprocessing": _app_preprocessing(cal, source.artifact_layout),
-        "class_names": list(class_names) if class_names is not None else vdata.class_names,
-        "calibration": cal.summary() if cal else None,
-        "gate": gate.to_dict(),
-        "validation": vsection,
-        "mixed": mixed.section if mixed is not None else None,
-        "coreml": cm.section if cm is not None else None,
-        "checks": [c.to_dict() for c in checks],
-        "timings_s": timer.times,
-        "versions": versions() | source.framework_versions(),
-    })
-    stem = f"{base}_{prec.value}"
-    if not passed and any(paths[k].exists() for k in ("tflite", "report_json", "report_md")):
-        stem += ".failed"  # never replace an earlier artifact with a failing one (docs/errors.md, Outputs and --force)
-        paths |= {k: out_dir / f"{stem}{ext}" for k, ext in
-                  (("tflite", ".tflite"), ("report_json", ".report.json"), ("report_md", ".report.md"))}
-        next(a for a in report["artifacts"] if a["target"] == "tflite")["path"] = str(paths["tflite"])
-        log.warning("%s exists: the FAILED conversion is written beside it as %s (and its reports), the earlier "
-                    "files are kept", out_dir / f"{base}_{prec.value}.tflite", paths["tflite"])
-    more = mixed.files if mixed is not None else {}
-    write_all_atomic({paths["tflite"]: artifact, paths["report_json"]: report.to_json(),
-                      paths["report_md"]: report.to_markdown()} | {out_dir / f"{stem}.{k}": v for k, v in more.items()},
-                     overwrite=force)  # all or nothing; never over an existing file without force, even in a race
-    paths |= {k.replace(".", "_"): out_dir / f"{stem}.{k}" for k in more}
-    result = ConvertResult(paths, report, prec)
-    if mixed is not None and not mixed.met:
-        raise MixedPrecisionError(mixed.message, report, result)
-    if not passed:
-        log.warning("conversion to %s FAILED validation: %s", prec.value, "; ".join(report.failures))
-        if strict:
-            raise QualityGateError("validation failed: " + "; ".join(report.failures), report)
-    return result
+            vdata, _ = self.validation
+            with self.timer.stage("mixed_search"):
+                m = self.mixed_options
+                outcome = run_mixed(self.source, fm.quantization_base, stats, vdata, self.runtime,
+                                    float_io=self.io is IODType.FLOAT, gate=self.gate,
+                                    max_float_layers=m.max_float_layers, keep_float=m.keep_float,
+                                    never_float=m.never_float, tensor_samples=32, title=self.base,
+                                    progress=self.progress, class_names=self.data.class_names)
+            outcome.section["calibration_runs"] = self.calibration_runs
+            return Quantized(outcome.artifact, outcome.recipe, outcome, self.calibration_runs)
+        with self.timer.stage("quantize"):
+            return Quantized(apply_recipe(fm.quantization_base, recipe, stats), recipe, None, self.calibration_runs)
+
+    def _statistics(self, qbase: bytes) -> Any:
+        from edgemp.quantize import calibrate
+        from edgemp.validation.runtime import check_token_ids
+
+        cal = self.calibration_set
+        assert cal is not None  # checked in __init__
+        if self.spec.searched:
+            self.validation  # noqa: B018 - the range checks see calibration and validation data together
+        samples = [self.source.artifact_inputs(s) for s in cal.samples]
+        check_token_ids(qbase, samples, CalibrationError)
+        with self.timer.stage("calibrate"):
+            self.calibration_runs += 1
+            return calibrate(qbase, samples, num_threads=self.runtime.num_threads, progress=self.progress)
+
+    # -- report and files -----------------------------------------------------------------------------------------
+    def report(self, results: list[TargetResult]) -> Report:
+        checks = [c for r in results for c in r.checks]
+        quantized = self.__dict__.get("quantized")
+        mixed = quantized.mixed if quantized is not None else None
+        vdata = self.__dict__["validation"][0] if "validation" in self.__dict__ else None
+        cal = self.calibration_set
+        fm = self.__dict__.get("float_model")
+        data: dict[str, Any] = {
+            "edgemp_version": __version__,
+            "passed": all(c.passed for c in checks),
+            "model": {"name": self.base, "source": self.source.kind, "path": self.source.path,
+                      "parameters": self.source.num_parameters(),
+                      "inputs": [s.to_dict() for s in self.source.input_specs()], "batch_size": self.data.batch_size,
+                      "input_layout": self.source.artifact_layout.value, "rewrites": fm.rewrites if fm else [],
+                      "layout_transposes": []},
+            "precision": self.precision.value,
+            "precision_meaning": self.spec.meaning,
+            "io_dtype": self.spec.io_label(self.io),
+            "targets": [t.name for t in self.targets],
+            "recipe": quantized.recipe if quantized is not None else None,
+            "artifacts": [r.artifact for r in results],
+            "fp32_reference": None, "census": None, "validation": None, "coreml": None,
+            "preprocessing": _app_preprocessing(cal, self.source.artifact_layout),
+            "class_names": list(self.data.class_names) if self.data.class_names is not None else
+            (vdata.class_names if vdata is not None else None),
+            "calibration": cal.summary() if cal else None,
+            "gate": self.gate.to_dict(),
+            "mixed": mixed.section if mixed is not None else None,
+        }
+        for r in results:
+            for key, value in r.report.items():
+                data[key] = data[key] | value if isinstance(data.get(key), dict) and isinstance(value, dict) else value
+        data |= {"checks": [c.to_dict() for c in checks], "timings_s": self.timer.times,
+                 "versions": versions() | self.source.framework_versions()}
+        return Report(data)
+
+    def write(self, results: list[TargetResult], report: Report) -> ConvertResult:
+        """All files or none; never over an existing file without force; a failing conversion never replaces
+        an earlier artifact of the same name (it is written beside it as <name>.failed.*)."""
+        stem = self.stem
+        files: dict[Path, bytes | str | Path] = {p: c for r in results for p, c in r.files.items()}
+        if not report.passed and any(p.exists() for p in files):
+            stem += ".failed"
+            renamed = {p: p.with_name(f"{p.stem}.failed{p.suffix}") for p in files}
+            files = {renamed[p]: c for p, c in files.items()}
+            for r in results:
+                r.artifact["path"] = str(renamed[r.primary])
+                r.primary = renamed[r.primary]
+            log.warning("an earlier artifact exists: the FAILED conversion is written beside it as %s.* (the earlier "
+                        "files are kept)", self.out_dir / stem)
+        mixed = self.__dict__.get("quantized")
+        extra = mixed.mixed.files if mixed is not None and mixed.mixed is not None else {}
+        paths = {r.target: r.primary for r in results} | {"report_json": self.out_dir / f"{stem}.report.json",
+                                                          "report_md": self.out_dir / f"{stem}.report.md"}
+        blobs = {p: c for p, c in files.items() if not isinstance(c, Path)}
+        blobs |= {paths["report_json"]: report.to_json(), paths["report_md"]: report.to_markdown()}
+        blobs |= {self.out_dir / f"{stem}.{k}": v for k, v in extra.items()}
+        write_all_atomic(blobs, overwrite=self.force)
+        for p, tmp in files.items():
+            if isinstance(tmp, Path):  # a finished directory (.mlpackage): moved into place
+                save_dir_atomic(p, lambda dest, src=tmp: src.rename(dest), overwrite=self.force)
+        paths |= {k.replace(".", "_"): self.out_dir / f"{stem}.{k}" for k in extra}
+        result = ConvertResult(paths, report, self.precision)
+        if mixed is not None and mixed.mixed is not None and not mixed.mixed.met:
+            raise MixedPrecisionError(mixed.mixed.message, report, result)
+        if not report.passed:
+            log.warning("conversion to %s FAILED validation: %s", self.precision.value, "; ".join(report.failures))
+            if self.strict:
+                raise QualityGateError("validation failed: " + "; ".join(report.failures), report)
+        return result
+
+
+def _options(data: Any, gate: Any, mixed: Any, runtime: Any, coreml: Any, flat: dict[str, Any]) -> dict[str, Any]:
+    """The option groups, from the group objects given and the flat keywords of earlier releases."""
+    given = {"data": data, "gate": gate, "mixed": mixed, "runtime": runtime, "coreml": coreml}
+    known = {k: g for g, (_, fields) in _GROUPS.items() for k in fields}
+    unknown = sorted(set(flat) - set(known))
+    if unknown:
+        raise InputError(f"convert() got unknown keyword(s) {unknown}; options are grouped as data=, gate=, mixed=, "
+                         "runtime=, coreml= (see help(edgemp.convert)).")
+    out = {}
+    for group, (cls, fields) in _GROUPS.items():
+        mine = {fields[k]: v for k, v in flat.items() if k in fields}
+        obj = given[group]
+        if obj is not None and not isinstance(obj, cls):
+            obj = cls.from_dict(obj) if isinstance(obj, Mapping) else \
+                _raise(f"{group}= must be an edgemp.{cls.__name__} (or a dict of its fields), got {obj!r}")
+        if mine:
+            if obj is not None:
+                raise InputError(f"give the {group} options once: {group}= or the keywords {sorted(mine)}, not both.")
+            warnings.warn(f"flat keywords {sorted(k for k in flat if k in fields)} are deprecated: pass {group}="
+                          f"edgemp.{cls.__name__}(...)", DeprecationWarning, stacklevel=4)
+            obj = cls(**mine)
+        out[group] = obj if obj is not None else cls()
+    return out
+
+
+def _raise(message: str) -> Any:
+    raise InputError(message)
 
 
 def _preprocessing(value: Any) -> Preprocessing | None:
@@ -343,82 +346,8 @@ def _preprocessing(value: Any) -> Preprocessing | None:
     raise InputError(f"preprocessing must be an edgemp.Preprocessing or a dict of its fields, got {value!r}.")
 
 
-def _without_loops(source: Any, float_tflite: bytes, float_census: Any, batch_size: int | None, prec: Precision
-                   ) -> tuple[Any, bytes, Any, list[str]]:
-    """Static quantization cannot calibrate a WHILE loop (Keras recurrent layers): unroll them when the source can
-    (same weights, same outputs), else refuse with the alternatives."""
-    if not any(o.op == "WHILE" for o in float_census.ops):
-        return source, float_tflite, float_census, []
-    unrolled, why = source.unroll_loops()
-    if unrolled is not None:
-        float_tflite = unrolled.to_float_tflite(batch_size)
-        float_census = census(float_tflite)
-        if not any(o.op == "WHILE" for o in float_census.ops):
-            return unrolled, float_tflite, float_census, why
-    raise UnsupportedOpsError(
-        f"precision {prec.value!r} needs every op calibrated, but the model's recurrent layer(s) lower to a WHILE loop, "
-        "which the AI Edge Quantizer cannot calibrate" + (f" ({'; '.join(why)})" if why else "") + ". Options: give the "
-        "recurrent layers a fixed sequence length so edgemp can unroll them (or build them with unroll=True) for a "
-        "fully integer model; or precision 'dynamic-int8' (int8 weights, float compute; works with loops) or 'fp16'.",
-        ops=["WHILE"])
-
-
-def _coreml_request(targets: Sequence[str], prec: Precision, coreml_precision: str | None, target: str,
-                    source: Any) -> str | None:
-    """The Core ML precision to build (None without the target); bad requests fail before anything is written."""
-    unknown = set(targets) - {"tflite", "coreml"}
-    if unknown or "tflite" not in targets:
-        raise InputError(f"targets must include 'tflite' and may add 'coreml'; got {list(targets)}")
-    if "coreml" not in targets:
-        if coreml_precision:
-            raise InputError("coreml_precision is set but 'coreml' is not in targets=")
-        return None
-    from edgemp.targets.coreml.convert import COREML_PRECISIONS, parse_target
-
-    cm = coreml_precision_for(prec.value, coreml_precision)
-    if cm not in COREML_PRECISIONS:
-        raise InputError(f"unknown Core ML precision {cm!r}; valid: {', '.join(COREML_PRECISIONS)}")
-    parse_target(target)
-    if cm == "w8a8" and source.kind != "pytorch":
-        raise InputError("Core ML w8a8 needs a PyTorch source (activations are calibrated in PyTorch with "
-                         "coremltools.optimize.torch); for Keras models use coreml_precision='int8-weights'.")
-    return cm
-
-
-def _layout_overhead(source: Any, c: Any) -> list[str]:
-    """TRANSPOSE ops left in a PyTorch-sourced artifact: layout overhead the user should know about."""
-    found = [o.outputs[0].name for o in c.ops if o.op == "TRANSPOSE" and o.outputs]
-    if found and source.kind == "pytorch":
-        warnings.warn(f"{len(found)} TRANSPOSE op(s) remain in the {source.artifact_layout.value} artifact "
-                      f"({', '.join(found[:4])}): layout overhead on device. A Flatten of a conv feature map before a "
-                      "Linear keeps PyTorch's NCHW order; a global-pooling head (AdaptiveAvgPool2d(1) + Flatten) "
-                      "removes it.", stacklevel=3)
-    return found
-
-
 def _app_preprocessing(cal: CalibrationSet | None, layout: Layout) -> dict[str, Any] | None:
     """What the app must do to an image: the calibration spec, in the artifact's layout."""
     if cal is None or cal.preprocessing is None:
         return None
     return dataclasses.replace(cal.preprocessing, layout=layout).to_dict()
-
-
-def _io_label(prec: Precision, io: IODType) -> str:
-    if not prec.needs_calibration or io is IODType.FLOAT:
-        return "float32"
-    return "int16" if prec is Precision.INT16X8 else "int8"
-
-
-def _validation_data(validation: Any, specs: list[Any], pre: Preprocessing | None, cal: CalibrationSet | None,
-                     max_samples: int | None, seed: int, progress: bool | None,
-                     class_names: Sequence[str] | None, opaque_labels: bool = False) -> tuple[ValidationData, str | None]:
-    """The given validation data, else the calibration samples, else seeded random inputs — labelled as such."""
-    if validation is not None:
-        names = list(class_names) if class_names is not None else None
-        return load_validation(validation, specs, pre, max_samples, progress, names, opaque_labels), None
-    if cal is not None:
-        inputs = {k: np.concatenate([s[k] for s in cal.samples]) for k in cal.samples[0]}
-        return (ValidationData(inputs, None, None, "calibration samples", []),
-                "no validation data given: fidelity measured on the calibration samples, accuracy not measured")
-    return (random_inputs(specs, 32, seed),
-            "no validation or calibration data given: fidelity measured on random inputs only")

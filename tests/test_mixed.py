@@ -10,7 +10,6 @@ import pytest
 
 import edgemp
 from edgemp import errors
-from edgemp.quantize.engine import CALLS
 from edgemp.validation.runtime import Runner
 
 from .conftest import CALIBRATION, VALIDATION_FOLDER
@@ -19,10 +18,9 @@ KERAS_LAYERS = {"block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2", 
 
 
 def test_analyze_maps_ops_to_keras_layer_names(model_path: Path, tmp_path: Path) -> None:
-    calls = CALLS["calibrate"]
     a = edgemp.analyze(model_path, CALIBRATION, VALIDATION_FOLDER, tmp_path, progress=False,
                        class_names=list(edgemp.demo.CLASSES))
-    assert CALLS["calibrate"] - calls == 1 and a.summary["calibration_runs"] == 1
+    assert a.summary["calibration_runs"] == 1
     ranked = [r for r in a.layers if r["rank"] is not None]
     assert {r["name"] for r in ranked} == KERAS_LAYERS  # every conv/dense by its Keras name, none by position
     conv1 = next(r for r in a.layers if r["name"] == "block1_conv1")
@@ -126,12 +124,16 @@ def test_full_int8_loses_more_than_the_budget_on_the_sensitive_model(sensitive, 
     assert acc["float_top1"] > 0.85 and acc["drop"] > 0.015  # far more than a point: the honest failure case
 
 
-def test_mixed_meets_the_budget_with_few_float_layers(sensitive, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_mixed_meets_the_budget_with_few_float_layers(sensitive, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgemp.quantize
+
+    real, calls = edgemp.quantize.calibrate, []
+    monkeypatch.setattr(edgemp.quantize, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
     path, data = sensitive
-    calls = CALLS["calibrate"]
     r = edgemp.convert(path, "mixed", CALIBRATION, data, tmp_path, preprocessing=RAW, max_accuracy_drop=0.003,
                        max_float_layers=4, latency_runs=5, progress=False)
-    assert CALLS["calibrate"] - calls == 1  # the whole search re-uses one calibration
+    assert len(calls) == 1  # the whole search re-uses one calibration
     m = r.report["mixed"]
     assert r.passed and m["met"] and m["calibration_runs"] == 1
     assert 0 < len(m["float_layers"]) < 4 and set(m["float_layers"]) <= {"cat", "logits", "embed"}

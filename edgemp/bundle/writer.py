@@ -24,8 +24,8 @@ from typing import Any
 from edgemp import __version__
 from edgemp._io import check_overwrite, lstat_or_none, prepare_output_dir, write_atomic
 from edgemp.bundle.install import place_tree
-from edgemp.bundle.manifest import (SCHEMA_VERSION, app_preprocessing, calibration_summary, coreml_tensors,
-                                    tflite_tensors, validate_manifest, validation_summary)
+from edgemp.bundle.manifest import (SCHEMA_VERSION, app_preprocessing, calibration_summary, validate_manifest,
+                                    validation_summary)
 from edgemp import _params as P
 from edgemp.errors import (BundleIntegrityError, InputError, MissingArtifactError, ModelLoadError, OutputExistsError,
                            public)
@@ -142,22 +142,16 @@ def _artifact(report: dict[str, Any], device: str,
 
 
 def _model_entry(report: dict[str, Any], art: dict[str, Any], data: bytes | None, path: Path) -> dict[str, Any]:
-    layout = (report.get("model") or {}).get("input_layout")
-    if art["target"] == "tflite":
-        from edgemp.targets.tflite.census import census
+    from edgemp.targets import get_target
 
-        ins, outs = tflite_tensors(census(data if data is not None else path.read_bytes()), layout)
-        precision, meaning, io_dtype = report["precision"], report["precision_meaning"], report.get("io_dtype")
-    else:
-        cm = report["coreml"]
-        ins, outs = coreml_tensors(cm["census"], cm.get("layout"))
-        precision, meaning, io_dtype, layout = cm["precision"], cm["precision_meaning"], None, cm.get("layout")
-    entry = {"file": path.name, "format": "tflite" if art["target"] == "tflite" else "mlpackage",
-             "precision": precision, "precision_meaning": meaning, "layout": layout or "NHWC",
+    target = get_target(art["target"])
+    described = target.bundle_entry(report, data, path)
+    entry = {"file": path.name, "format": target.format, "precision": described["precision"],
+             "precision_meaning": described["precision_meaning"], "layout": described["layout"],
              "bytes": int(art["bytes"]), "sha256": art["sha256"], "ratio_to_fp32": art.get("ratio_to_fp32"),
-             "inputs": ins, "outputs": outs}
-    if io_dtype:
-        entry["io_dtype"] = io_dtype
+             "inputs": described["inputs"], "outputs": described["outputs"]}
+    if described.get("io_dtype"):
+        entry["io_dtype"] = described["io_dtype"]
     if report.get("mixed"):
         entry["float_layers"] = list(report["mixed"].get("float_layers", []))
     return entry

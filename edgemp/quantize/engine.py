@@ -6,7 +6,6 @@ Min/max statistics, not the quantizer's default moving average: the average clip
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import io
 import logging
@@ -24,9 +23,6 @@ from edgemp.quantize.rewrites import drop_unsigned_outputs, has_unsigned_outputs
 log = logging.getLogger(__name__)
 
 _CHUNK = 16
-# Process-wide counts of engine calls: the mixed search promises one calibration per conversion, and the
-# report (and the tests) check that promise with this counter rather than with timings.
-CALLS: collections.Counter[str] = collections.Counter()
 Statistics = dict[str, Any]  # tensor name -> QSV (min/max), as the quantizer returns them
 
 
@@ -53,7 +49,6 @@ def calibrate(float_tflite: bytes, samples: Sequence[Sample], num_threads: int =
     from edgemp.quantize.recipes import static_rule
 
     _quiet_quantizer()
-    CALLS["calibrate"] += 1
     manager = recipe_manager.RecipeManager()
     manager.load_quantization_recipe([static_rule(8)])  # decides which tensors get statistics: all of them
     key = signature_key(float_tflite)
@@ -78,7 +73,6 @@ def apply_recipe(float_tflite: bytes, recipe: Recipe, statistics: Statistics | N
     from ai_edge_quantizer import quantizer
 
     _quiet_quantizer()
-    CALLS["apply_recipe"] += 1
     qt = quantizer.Quantizer(bytearray(float_tflite), recipe)
     if qt.need_calibration and statistics is None:
         raise ConversionError("this recipe quantizes activations: calibrate() first and pass its statistics")

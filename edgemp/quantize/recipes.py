@@ -5,9 +5,10 @@ The mixed-precision search (later) produces recipes too; it never patches the co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from edgemp.config import IODType, Precision
+from edgemp.config import IODType
 
 Recipe = list[dict[str, Any]]
 
@@ -50,19 +51,35 @@ def float_rule(regex: str = ".*", operation: str = "*") -> dict[str, Any]:
                   "min_weight_elements": 0}, regex, operation, "no_quantize")
 
 
-def recipe_for(precision: Precision, io_dtype: IODType = IODType.QUANTIZED) -> Recipe | None:
-    """The recipe for a precision, or None for fp32 (the float model is the artifact)."""
-    if precision is Precision.FP32:
-        return None
-    if precision is Precision.FP16:
-        return [_rule({"weight_tensor_config": _weights(16, dtype="FLOAT"), "compute_precision": "FLOAT",
-                       "explicit_dequantize": True, "skip_checks": False, "min_weight_elements": 0},
-                      algorithm="float_casting")]
-    if precision is Precision.DYNAMIC_INT8:
-        return [_rule({"weight_tensor_config": _weights(8), "compute_precision": "INTEGER",
-                       "explicit_dequantize": False, "skip_checks": False, "min_weight_elements": 0})]
-    bits = 8 if precision is Precision.INT8 else 16
-    rules = [static_rule(bits)]
-    if io_dtype is IODType.FLOAT:
-        rules += [float_rule(operation="INPUT"), float_rule(operation="OUTPUT")]
-    return rules
+def recipe_for(precision: Any, io_dtype: IODType = IODType.QUANTIZED) -> Recipe | None:
+    """The recipe the precision's registry entry names (edgemp.precisions), or None: the float model is the artifact."""
+    from edgemp.precisions import precision_spec
+
+    return precision_spec(precision).recipe(io_dtype)
+
+
+def no_recipe(_: IODType) -> None:
+    return None
+
+
+def fp16_recipe(_: IODType) -> Recipe:
+    return [_rule({"weight_tensor_config": _weights(16, dtype="FLOAT"), "compute_precision": "FLOAT",
+                   "explicit_dequantize": True, "skip_checks": False, "min_weight_elements": 0},
+                  algorithm="float_casting")]
+
+
+def dynamic_int8_recipe(_: IODType) -> Recipe:
+    return [_rule({"weight_tensor_config": _weights(8), "compute_precision": "INTEGER",
+                   "explicit_dequantize": False, "skip_checks": False, "min_weight_elements": 0})]
+
+
+def static_recipe(activation_bits: int) -> Callable[[IODType], Recipe]:
+    """Static quantization everywhere; float32 I/O kept on request."""
+
+    def recipe(io_dtype: IODType) -> Recipe:
+        rules = [static_rule(activation_bits)]
+        if io_dtype is IODType.FLOAT:
+            rules += [float_rule(operation="INPUT"), float_rule(operation="OUTPUT")]
+        return rules
+
+    return recipe

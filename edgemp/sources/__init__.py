@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgemp.errors import ModelLoadError, UnsupportedModelError
+from edgemp.errors import InputError, ModelLoadError, UnsupportedModelError
 from edgemp.sources.base import Source, TensorSpec
 
 # kind -> (accepts(model) -> bool, load(model) -> Source). Loaders import their framework lazily.
@@ -65,9 +65,12 @@ def _is_keras(model: Any) -> bool:
     return mod.startswith("keras") and hasattr(model, "inputs") and hasattr(model, "outputs")
 
 
-def _load_keras(model: Any, unsafe_load: bool = False, **_: Any) -> Source:
+def _load_keras(model: Any, unsafe_load: bool = False, input_layout: Any = None, **_: Any) -> Source:
     from edgemp.sources.keras import load_keras
 
+    if input_layout is not None:
+        raise InputError(f"input_layout={input_layout!r} applies to PyTorch sources; a Keras model keeps its own "
+                         "layout (NHWC).")
     return load_keras(model, unsafe_load=unsafe_load)
 
 

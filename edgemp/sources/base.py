@@ -65,4 +65,9 @@ class Source(Protocol):
         (None, reasons) when it cannot."""
         ...
 
+    def coreml_frontend(self) -> Any:
+        """What the Core ML target needs from this kind of model (edgemp.sources.coreml_frontends); InputError when
+        coremltools cannot take it."""
+        ...
+
     def framework_versions(self) -> dict[str, str]: ...

@@ -187,6 +187,11 @@ class KerasSource:
     def scope_aliases(self) -> dict[str, list[tuple[str | None, str]]]:
         return scope_aliases(self.model)
 
+    def coreml_frontend(self) -> Any:
+        from edgemp.sources.coreml_frontends import KerasCoreML
+
+        return KerasCoreML(self)
+
     def unroll_loops(self) -> tuple[KerasSource | None, list[str]]:
         """The model with its recurrent layers unrolled (same weights, same outputs): static quantization cannot
         calibrate the WHILE loop Keras lowers them to. None (with the reason) when a sequence length is dynamic."""
@@ -322,6 +327,11 @@ class SavedModelSource:
 
     def unroll_loops(self) -> tuple[None, list[str]]:
         return None, ["a SavedModel keeps no layers to rebuild: export it from a Keras model with unroll=True"]
+
+    def coreml_frontend(self) -> Any:
+        from edgemp.sources.coreml_frontends import SavedModelCoreML
+
+        return SavedModelCoreML(self)
 
     def framework_versions(self) -> dict[str, str]:
         return {"tensorflow": import_tf().__version__}

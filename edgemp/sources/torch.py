@@ -326,6 +326,11 @@ class TorchSource:
     def unroll_loops(self) -> tuple[None, list[str]]:
         return None, []  # litert-torch already unrolls nn.LSTM/GRU into plain ops
 
+    def coreml_frontend(self) -> Any:
+        from edgemp.sources.coreml_frontends import TorchCoreML
+
+        return TorchCoreML(self)
+
     def framework_versions(self) -> dict[str, str]:
         import litert_torch
         import torch

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from edgemp.targets.tflite.census import Census
-from edgemp.config import IODType, Precision
+from edgemp.config import IODType
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,45 +20,60 @@ class Check:
         return dataclasses.asdict(self)
 
 
-def label_checks(c: Census, precision: Precision, io_dtype: IODType) -> list[Check]:
-    checks = [_no_variables(c)]
-    if precision in (Precision.INT8, Precision.INT16X8):
-        act = "int8" if precision is Precision.INT8 else "int16"
+def label_checks(c: Census, precision: Any, io_dtype: IODType) -> list[Check]:
+    """The checks the precision's registry entry names (edgemp.precisions), after the one every artifact needs."""
+    from edgemp.precisions import precision_spec
+
+    return [_no_variables(c), *precision_spec(precision).checks(c, io_dtype)]
+
+
+def integer_checks(act: str) -> Callable[[Census, IODType], list[Check]]:
+    """int8 / int16x8: no op computes in float, activations and I/O of the precision, per-channel int8 weights."""
+
+    def checks(c: Census, io_dtype: IODType) -> list[Check]:
         bad = c.float_compute_ops(allow_io_boundaries=io_dtype is IODType.FLOAT)
-        checks.append(Check(
-            "fully_integer", not bad,
-            f"every op computes in integers ({c.compute_counts})" if not bad else
-            f"{len(bad)} op(s) still compute in float: " + "; ".join(o.describe() for o in bad[:8]),
-        ))
         wrong_act = [o for o in c.ops if o.compute in ("int8", "int16") and o.compute != act and o.op != "QUANTIZE"]
-        checks.append(Check(f"{act}_activations", not wrong_act,
-                            f"activations are {act}" if not wrong_act else
-                            "ops with other activation types: " + "; ".join(o.describe() for o in wrong_act[:8])))
         io_types = {s.dtype for s in (*c.inputs, *c.outputs)}
         want = {"float32"} if io_dtype is IODType.FLOAT else {act}
-        checks.append(Check("io_dtype", io_types <= want, f"I/O dtypes {sorted(io_types)}, expected {sorted(want)}"))
-        checks.append(_weights(c, {"int8"}, per_channel=True))
-    elif precision is Precision.MIXED:  # which ops are float is checked against the chosen region (mixed.search)
-        wrong_act = [o for o in c.ops if o.compute == "int16"]
-        checks.append(Check("int8_activations", not wrong_act, "quantized ops use int8 activations" if not wrong_act
-                            else "int16 ops: " + "; ".join(o.describe() for o in wrong_act[:8])))
-        io_types = {s.dtype for s in (*c.inputs, *c.outputs)}
-        want = {"float32"} if io_dtype is IODType.FLOAT else {"int8", "float32"}
-        checks.append(Check("io_dtype", io_types <= want, f"I/O dtypes {sorted(io_types)}"))
-    elif precision is Precision.DYNAMIC_INT8:
-        checks.append(_weights(c, {"int8"}, per_channel=False))
-        hybrid = c.compute_counts.get("hybrid-int8", 0)
-        checks.append(Check("hybrid_kernels", hybrid > 0, f"{hybrid} op(s) run int8-weight hybrid kernels"))
-    elif precision is Precision.FP16:
-        checks.append(_weights(c, {"float16"}, per_channel=False))
-        ints = [o for o in c.ops if o.compute in ("int8", "int16", "hybrid-int8")]
-        checks.append(Check("float_compute", not ints, "float32 compute with float16 weights" if not ints else
-                            f"{len(ints)} op(s) compute in integers"))
-    else:
-        q = [o for o in c.ops if o.compute not in ("float32", "complex64", "int32", "int64", "bool", "none")]
-        checks.append(Check("float_compute", not q, "every op computes in float32" if not q else
-                            "non-float ops: " + "; ".join(o.describe() for o in q[:8])))
+        return [
+            Check("fully_integer", not bad, f"every op computes in integers ({c.compute_counts})" if not bad else
+                  f"{len(bad)} op(s) still compute in float: " + "; ".join(o.describe() for o in bad[:8])),
+            Check(f"{act}_activations", not wrong_act, f"activations are {act}" if not wrong_act else
+                  "ops with other activation types: " + "; ".join(o.describe() for o in wrong_act[:8])),
+            Check("io_dtype", io_types <= want, f"I/O dtypes {sorted(io_types)}, expected {sorted(want)}"),
+            _weights(c, {"int8"}, per_channel=True),
+        ]
+
     return checks
+
+
+def mixed_checks(c: Census, io_dtype: IODType) -> list[Check]:
+    """Which ops are float is checked against the region the search chose (mixed.search.verify_region)."""
+    wrong_act = [o for o in c.ops if o.compute == "int16"]
+    io_types = {s.dtype for s in (*c.inputs, *c.outputs)}
+    want = {"float32"} if io_dtype is IODType.FLOAT else {"int8", "float32"}
+    return [Check("int8_activations", not wrong_act, "quantized ops use int8 activations" if not wrong_act
+                  else "int16 ops: " + "; ".join(o.describe() for o in wrong_act[:8])),
+            Check("io_dtype", io_types <= want, f"I/O dtypes {sorted(io_types)}")]
+
+
+def dynamic_int8_checks(c: Census, _: IODType) -> list[Check]:
+    hybrid = c.compute_counts.get("hybrid-int8", 0)
+    return [_weights(c, {"int8"}, per_channel=False),
+            Check("hybrid_kernels", hybrid > 0, f"{hybrid} op(s) run int8-weight hybrid kernels")]
+
+
+def fp16_checks(c: Census, _: IODType) -> list[Check]:
+    ints = [o for o in c.ops if o.compute in ("int8", "int16", "hybrid-int8")]
+    return [_weights(c, {"float16"}, per_channel=False),
+            Check("float_compute", not ints, "float32 compute with float16 weights" if not ints else
+                  f"{len(ints)} op(s) compute in integers")]
+
+
+def fp32_checks(c: Census, _: IODType) -> list[Check]:
+    q = [o for o in c.ops if o.compute not in ("float32", "complex64", "int32", "int64", "bool", "none")]
+    return [Check("float_compute", not q, "every op computes in float32" if not q else
+                  "non-float ops: " + "; ".join(o.describe() for o in q[:8]))]
 
 
 def _no_variables(c: Census) -> Check:

@@ -17,7 +17,7 @@ from edgemp.validation.metrics import compare
 Predict = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
-def parity(reference: list[np.ndarray], tflite: list[np.ndarray], coreml: list[np.ndarray] | None, *,
+def parity(reference: list[np.ndarray], tflite: list[np.ndarray] | None, coreml: list[np.ndarray] | None, *,
            coreml_kind: str, output_names: list[str], note: str, coreml_nchw: Collection[int] = (),
            class_axes: Sequence[int | None] = ()) -> dict[str, Any]:
     """`coreml_kind`: "real" (macOS predictions), "emulated-fp16" or "emulated-fp32". `coreml_nchw`: outputs the
@@ -27,13 +27,15 @@ def parity(reference: list[np.ndarray], tflite: list[np.ndarray], coreml: list[n
     rows = []
     for i, name in enumerate(output_names):
         axis = class_axes[i] if i < len(class_axes) else -1
-        r, t = _batch(reference[i]), _batch(tflite[i])
-        pairs = {"tflite_vs_source": _pair(r, t.reshape(r.shape) if t.size == r.size else t, axis)}
+        r = _batch(reference[i])
+        t = _batch(tflite[i]) if tflite is not None else None
+        pairs = {"tflite_vs_source": _pair(r, t.reshape(r.shape) if t.size == r.size else t, axis)} if t is not None else {}
         if coreml is not None:
             c = _batch(coreml[i], channels_last=i in coreml_nchw)
             c = c.reshape(r.shape) if c.size == r.size else c
             pairs["coreml_vs_source"] = _pair(r, c, axis)
-            pairs["tflite_vs_coreml"] = _pair(c, t.reshape(c.shape) if t.size == c.size else t, axis)
+            if t is not None:
+                pairs["tflite_vs_coreml"] = _pair(c, t.reshape(c.shape) if t.size == c.size else t, axis)
         rows.append({"output": name, **pairs})
     worst = max(((row["output"], k, v) for row in rows for k, v in row.items() if k != "output"),
                 key=lambda x: x[2]["max_abs_error"], default=None)

@@ -50,15 +50,16 @@ class Report:
             lines.append(f"| {a['target']} | `{Path(a['path']).name}` | {a['bytes']:,} | {_f(a['ratio_to_fp32'], 3)} | "
                          f"`{a['sha256'][:16]}` |")
         lines += ["", f"Precision `{d['precision']}`: {d['precision_meaning']}. I/O dtype: `{d['io_dtype']}`.", ""]
-        c = d["census"]
-        lines += ["## Op census", "", f"- ops by compute type: {c['compute_counts']}",
-                  f"- op types: {c['op_counts']}", f"- weight dtypes: {c['weight_dtypes']}, {c['per_channel_weights']}",
-                  f"- TRANSPOSE ops: {c['transpose_count']}", ""]
-        lines += ["| I/O | name | shape | dtype | scale | zero point |", "|---|---|---|---|---|---|"]
-        for kind, specs in (("input", c["inputs"]), ("output", c["outputs"])):
-            for s in specs:
-                lines.append(f"| {kind} | {s['name']} | {s['shape']} | {s['dtype']} | {_f(s['scale'], 6)} | "
-                             f"{'' if s['zero_point'] is None else s['zero_point']} |")
+        c = d.get("census")
+        if c:  # the .tflite's census (null when only other targets were asked for)
+            lines += ["## Op census (.tflite)", "", f"- ops by compute type: {c['compute_counts']}",
+                      f"- op types: {c['op_counts']}", f"- weight dtypes: {c['weight_dtypes']}, {c['per_channel_weights']}",
+                      f"- TRANSPOSE ops: {c['transpose_count']}", ""]
+            lines += ["| I/O | name | shape | dtype | scale | zero point |", "|---|---|---|---|---|---|"]
+            for kind, specs in (("input", c["inputs"]), ("output", c["outputs"])):
+                for s in specs:
+                    lines.append(f"| {kind} | {s['name']} | {s['shape']} | {s['dtype']} | {_f(s['scale'], 6)} | "
+                                 f"{'' if s['zero_point'] is None else s['zero_point']} |")
         v = d.get("validation")
         if v:
             lines += ["", "## Validation on the host", "", f"Data: {v['data']['source']} ({v['data']['num_samples']} samples)"
@@ -119,7 +120,9 @@ class Report:
         for col in ("file", "bytes", "ratio to fp32", "ops by compute type"):
             t.add_column(col)
         for a in d["artifacts"]:
-            t.add_row(Path(a["path"]).name, f"{a['bytes']:,}", _f(a["ratio_to_fp32"], 3), str(d["census"]["compute_counts"]))
+            compute = (d.get("census") or {}).get("compute_counts") if a["target"] == "tflite" else \
+                ((d.get("coreml") or {}).get("census") or {}).get("compute_counts")
+            t.add_row(Path(a["path"]).name, f"{a['bytes']:,}", _f(a["ratio_to_fp32"], 3), str(compute))
         console.print(t)
         v = d.get("validation")
         if v:

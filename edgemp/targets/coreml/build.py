@@ -1,4 +1,5 @@
-"""The Core ML target of `edgemp.convert`: convert, write atomically, validate, and the report section."""
+"""Building the Core ML artifact: convert, save into a staging folder (the pipeline moves it into place with the
+other outputs), census, validate (structure everywhere, numbers on macOS), parity, and the report section."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemp._io import save_dir_atomic
-from edgemp.targets.coreml.convert import FROM_TFLITE, MEANINGS, WEIGHT_THRESHOLD, convert_coreml, output_specs
+from edgemp.targets.coreml.convert import MEANINGS, WEIGHT_THRESHOLD, convert_coreml
 from edgemp.targets.coreml.census import coreml_census, package_sha256
 from edgemp.config import Layout, Preprocessing
 from edgemp.errors import InputError
@@ -20,7 +20,7 @@ from edgemp.targets.coreml.checks import numeric_validation, structure_checks
 
 @dataclasses.dataclass
 class CoreMLOutcome:
-    path: Path
+    path: Path  # the staged .mlpackage (a temporary folder), moved to its place when the conversion is written
     section: dict[str, Any]
     checks: list[Check]
     artifact: dict[str, Any]  # the report's artifacts[] entry
@@ -29,38 +29,39 @@ class CoreMLOutcome:
     class_names: Sequence[str] | None = None  # classifier labels, in the source's output order
 
 
-def coreml_precision_for(precision: str, coreml_precision: str | None) -> str:
-    if coreml_precision:
-        return coreml_precision
-    if precision not in FROM_TFLITE:
-        raise InputError(f"no Core ML counterpart of TFLite {precision!r} (Core ML has no int16 activations); pass "
-                         f"coreml_precision= one of fp32, fp16, mixed, int8-weights, w8a8, palettize6, palettize4.")
-    return FROM_TFLITE[precision]
-
-
-def build_coreml(source: Any, precision: str, path: Path, *, fp32_ops: Sequence[str], image: Preprocessing | None,
+def build_coreml(source: Any, precision: str, final: Path, *, fp32_ops: Sequence[str], image: Preprocessing | None,
                  class_names: Sequence[str] | None, target: str, calibration: Sequence[dict[str, np.ndarray]],
                  validation_inputs: dict[str, np.ndarray] | None, reference: list[np.ndarray] | None,
-                 labels: np.ndarray | None) -> CoreMLOutcome:
+                 labels: np.ndarray | None, searched: bool = False) -> CoreMLOutcome:
+    """`final`: where the package will go (the report names it); it is saved to a staging folder here."""
+    import tempfile
+
+    frontend = source.coreml_frontend()
     conv = convert_coreml(source, precision, fp32_ops=fp32_ops, image=image, class_names=class_names,
-                          target=target, calibration=calibration)
+                          target=target, calibration=calibration, searched=searched)
     mlmodel = conv.mlmodel
-    save_dir_atomic(path, lambda p: mlmodel.save(str(p)))
+    path = Path(tempfile.mkdtemp(prefix="edgemp-coreml-")) / final.name
+    try:
+        mlmodel.save(str(path))
+    except OSError as exc:
+        raise InputError(f"cannot stage the Core ML package in {path.parent}: {exc.strerror}; free space in the "
+                         "temporary folder (TMPDIR).") from exc
     c = coreml_census(path)
     fp32_size = None
     if precision != "fp32":
         ref = convert_coreml(source, "fp32", target=target)
         fp32_size = _in_memory_size(ref.mlmodel)
-    channel_first = source.kind == "pytorch"  # Core ML keeps PyTorch's NCHW
-    checks = structure_checks(c, precision, source.input_specs(), output_specs(source), image=image,
+    channel_first = frontend.channels_first  # Core ML keeps the model's own layout
+    checks = structure_checks(c, precision, source.input_specs(), frontend.output_specs(), image=image,
                               channel_first=channel_first, fp32_size=fp32_size, class_names=class_names,
-                              fp32_kept=conv.fp32_kept, fp32_unmatched=conv.fp32_unmatched)
+                              fp32_kept=conv.fp32_kept, fp32_unmatched=conv.fp32_unmatched,
+                              nothing_requested=searched and not fp32_ops)
     numeric = numeric_validation(mlmodel, validation_inputs or {}, reference or [], labels, image=image,
                                  channel_first=channel_first, class_names=class_names,
                                  nchw_to_nhwc=_nhwc_reference(source)) if validation_inputs else \
         {"run": False, "reason": "no validation data"}
     section = {
-        "path": str(path), "precision": precision, "precision_meaning": MEANINGS[precision],
+        "path": str(final), "precision": precision, "precision_meaning": MEANINGS[precision],
         "deployment_target": conv.deployment_target, "requested_deployment_target": conv.requested_target,
         "deployment_target_note": conv.target_note, "conversion_path": conv.conversion_path,
         "weight_threshold": WEIGHT_THRESHOLD, "fp32_ops": list(fp32_ops), "fp32_kept_ops": list(conv.fp32_kept),
@@ -69,7 +70,7 @@ def build_coreml(source: Any, precision: str, path: Path, *, fp32_ops: Sequence[
         "ratio_to_fp32": c.size_bytes / fp32_size if fp32_size else 1.0,
         "structure_checks": [ch.to_dict() for ch in checks], "numeric_validation": numeric,
     }
-    artifact = {"target": "coreml", "path": str(path), "bytes": c.size_bytes,
+    artifact = {"target": "coreml", "path": str(final), "bytes": c.size_bytes,
                 "ratio_to_fp32": section["ratio_to_fp32"], "sha256": package_sha256(path)}
     return CoreMLOutcome(path, section, checks, artifact, mlmodel, image, class_names)
 
@@ -85,9 +86,10 @@ def _in_memory_size(mlmodel: Any) -> int:
         return package_size(p)
 
 
-def parity_section(source: Any, tflite: bytes, cm: CoreMLOutcome, inputs: dict[str, np.ndarray], adapt: Any,
+def parity_section(source: Any, tflite: bytes | None, cm: CoreMLOutcome, inputs: dict[str, np.ndarray], adapt: Any,
                    max_samples: int = 256, output_tasks: Any = None) -> dict[str, Any]:
-    """Source vs TFLite vs Core ML on the same samples (the Core ML column emulated where Core ML cannot run)."""
+    """Source vs TFLite vs Core ML on the same samples (the Core ML column emulated where Core ML cannot run);
+    source vs Core ML only when no .tflite was asked for."""
     from edgemp.targets.coreml.checks import can_predict, predict_coreml
     from edgemp.validation.evaluate import batched
     from edgemp.validation.parity import parity
@@ -95,11 +97,12 @@ def parity_section(source: Any, tflite: bytes, cm: CoreMLOutcome, inputs: dict[s
 
     sub = {k: v[:max_samples] for k, v in inputs.items()}
     reference = batched(source.predict, sub)
-    runner = Runner(tflite, output_order=source.output_names())
-    lite = runner.run(adapt(sub))
+    names = source.output_names()
+    lite = Runner(tflite, output_order=names).run(adapt(sub)) if tflite is not None else None
+    frontend = source.coreml_frontend()
     prec = cm.section["precision"]
     if can_predict():
-        coreml = predict_coreml(cm.mlmodel, sub, image=cm.image, channel_first=source.kind == "pytorch",
+        coreml = predict_coreml(cm.mlmodel, sub, image=cm.image, channel_first=frontend.channels_first,
                                 class_names=cm.class_names)
         kind, note = "real", "Core ML predictions on this Mac."
     elif prec == "fp32":
@@ -115,12 +118,12 @@ def parity_section(source: Any, tflite: bytes, cm: CoreMLOutcome, inputs: dict[s
         kind != "emulated-fp32" else []
     from edgemp.validation.tasks import infer_tasks
 
-    names = [d.name for d in runner.outputs]
-    tasks = infer_tasks(names, [o.shape for o in lite], source.output_channels_first(), output_tasks or {})
+    tasks = infer_tasks(names, [np.shape(o) for o in reference], source.output_channels_first(), output_tasks or {})
     return parity(reference, lite, coreml, coreml_kind=kind, output_names=names, note=note,
                   coreml_nchw=nchw, class_axes=[t.class_axis for t in tasks])
 
 
 def _nhwc_reference(source: Any) -> bool:
-    """PyTorch sources with an NHWC artifact give 4-D outputs channel-last (as the artifact); Core ML keeps NCHW."""
-    return source.kind == "pytorch" and source.artifact_layout is Layout.NHWC
+    """The reference gives 4-D outputs channel-last (an NHWC artifact of an NCHW model) while Core ML keeps the
+    model's channels-first layout."""
+    return source.coreml_frontend().channels_first and source.artifact_layout is Layout.NHWC

@@ -37,7 +37,7 @@ def can_predict() -> bool:
 def structure_checks(c: CoreMLCensus, precision: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *,
                      image: Preprocessing | None, channel_first: bool, fp32_size: int | None,
                      class_names: Sequence[str] | None, fp32_kept: Collection[str] = (),
-                     fp32_unmatched: Sequence[str] = ()) -> list[Check]:
+                     fp32_unmatched: Sequence[str] = (), nothing_requested: bool = False) -> list[Check]:
     """What the spec must say for the artifact to be what its label says, and to take/give what the source does."""
     checks = [_input_check(c, inputs, image, channel_first), _output_check(c, outputs, class_names)]
     if image is not None:
@@ -62,7 +62,7 @@ def structure_checks(c: CoreMLCensus, precision: str, inputs: Sequence[TensorSpe
         checks.append(Check("coreml_fp32_compute", not fp16 and bool(fp32), f"ops by compute precision: {compute}"))
         checks.append(Check("coreml_weights", set(weights) <= {"float32"}, f"weights: {weights}"))
     elif precision == "mixed":
-        checks.append(_mixed_check(body, set(fp32_kept), fp32_unmatched))
+        checks.append(_mixed_check(body, set(fp32_kept), fp32_unmatched, nothing_requested))
     else:
         checks.append(Check("coreml_fp16_compute", not fp32 and bool(fp16),
                             f"ops by compute precision: {compute}"))
@@ -122,15 +122,20 @@ def _output_check(c: CoreMLCensus, specs: Sequence[TensorSpec], class_names: Seq
                  f"{len(c.outputs)} output(s) as the source's: {[o.to_dict() for o in c.outputs]}")
 
 
-def _mixed_check(body: Sequence[CoreMLOp], kept: set[str], unmatched: Sequence[str]) -> Check:
+def _mixed_check(body: Sequence[CoreMLOp], kept: set[str], unmatched: Sequence[str],
+                 nothing_requested: bool = False) -> Check:
     """Exactly the ops the selector kept compute in float32, every other float op in float16, and every requested
-    layer or op type selected something."""
+    layer or op type selected something. `nothing_requested`: the TFLite search kept no layer in float."""
     found = [o.name for o in body if o.name in kept]
     not32 = [o.name for o in body if o.name in kept and o.compute != "float32"]
     stray = [o.name for o in body if o.name not in kept and o.compute == "float32"]
     n16 = sum(o.compute == "float16" for o in body)
     problems = [f"requested but matched no op: {list(unmatched)} (op types are written 'type:<op>')"] if unmatched else []
-    problems += (["no op kept in float32"] if not found else []) + ([f"kept but not float32: {not32[:6]}"] if not32 else [])
+    problems += (["no op kept in float32"] if not found and not nothing_requested else []) + \
+        ([f"kept but not float32: {not32[:6]}"] if not32 else [])
+    if nothing_requested and not problems:
+        return Check("coreml_mixed_compute", not stray, f"the mixed search kept no layer in float: all {n16} float ops "
+                     "in float16")
     problems += [f"float32 but not requested: {stray[:6]}"] if stray else []
     return Check("coreml_mixed_compute", not problems, "; ".join(problems) or
                  f"{len(found)} requested op(s) in float32 ({', '.join(found[:6])}), the other {n16} in float16")

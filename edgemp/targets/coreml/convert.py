@@ -9,12 +9,9 @@ What the Core ML labels mean (they are not TFLite's): `fp16`/`fp32` are the comp
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import logging
 import re
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +20,7 @@ import numpy as np
 from edgemp._compat import prepare_torch_import
 from edgemp.config import ColorMode, Preprocessing
 from edgemp.errors import ConversionError, InputError, UnsupportedOpsError
-from edgemp.sources.base import TensorSpec
+from edgemp.sources.coreml_frontends import quiet
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +35,6 @@ MEANINGS = {
     "palettize6": "weights stored as 6-bit indices into a k-means palette; float16 compute",
     "palettize4": "weights stored as 4-bit indices into a k-means palette; float16 compute",
 }
-# TFLite precision -> the Core ML precision made beside it when targets include "coreml"
-FROM_TFLITE = {"fp32": "fp32", "fp16": "fp16", "dynamic-int8": "int8-weights", "int8": "int8-weights",
-               "mixed": "mixed"}
 WEIGHT_THRESHOLD = 512  # coremltools compresses weights with MORE than this many elements (rank >= 2); others stay fp16
 DEFAULT_TARGET = "iOS16"
 W8A8_TARGET = "iOS17"  # int8 activations (quantize/dequantize on activations) are ML Program ops of iOS17+
@@ -80,22 +74,19 @@ def parse_target(name: str) -> Any:
 
 def convert_coreml(source: Any, precision: str, *, fp32_ops: Sequence[str] = (), image: Preprocessing | None = None,
                    class_names: Sequence[str] | None = None, target: str = DEFAULT_TARGET,
-                   calibration: Sequence[dict[str, np.ndarray]] = ()) -> CoreMLConversion:
+                   calibration: Sequence[dict[str, np.ndarray]] = (), searched: bool = False) -> CoreMLConversion:
     """`source` as a Core ML model in `precision`. `fp32_ops` (for `mixed`): source layer names (Keras layer names,
     PyTorch module paths) or `type:<op>` for every Core ML op of a type (`type:concat`), see coreml_select. `image`:
-    make the input an ImageType with this preprocessing folded into scale/bias. I/O are named as the source's."""
+    make the input an ImageType with this preprocessing folded into scale/bias. I/O are named as the source's.
+    `searched`: the fp32 ops come from the TFLite mixed search (which may have kept none)."""
     if precision not in COREML_PRECISIONS:
         raise InputError(f"unknown Core ML precision {precision!r}; valid: {', '.join(COREML_PRECISIONS)}")
-    if precision == "w8a8" and source.kind != "pytorch":
-        raise InputError("Core ML w8a8 needs a PyTorch source: activations are calibrated in PyTorch "
-                         "(coremltools.optimize.torch), which Keras models cannot go through. Use 'int8-weights' "
-                         "(int8 weight storage) for Keras models.")
-    if precision == "mixed" and not fp32_ops:
+    frontend = source.coreml_frontend()
+    if precision == "w8a8" and not frontend.supports_w8a8:
+        frontend.w8a8_module(calibration)  # raises the frontend's own explanation
+    if precision == "mixed" and not fp32_ops and not searched:  # a search may keep nothing float: fp16 everywhere
         raise InputError("Core ML 'mixed' needs the ops to keep in float32: coreml_fp32_ops=[layer names or "
                          "'type:<op>'], or precision='mixed' with a TFLite search, whose float layers are used.")
-    if source.kind == "saved_model":
-        raise InputError("Core ML conversion needs the Keras model (a .keras/.h5 file or a keras.Model), not a "
-                         "SavedModel export: coremltools does not convert Keras 3 SavedModel exports.")
     ct = import_coremltools()
     deployment = parse_target(target)
     note = None
@@ -105,17 +96,17 @@ def convert_coreml(source: Any, precision: str, *, fp32_ops: Sequence[str] = (),
         deployment = ct.target[W8A8_TARGET]
     compute = {"fp32": ct.precision.FLOAT32}.get(precision, ct.precision.FLOAT16)
     selector = None
-    if precision == "mixed":
+    if precision == "mixed" and fp32_ops:
         from edgemp.targets.coreml.select import Fp32Selector
 
-        selector = Fp32Selector(source, fp32_ops, [o.name for o in output_specs(source)])
+        selector = Fp32Selector(frontend, fp32_ops, [o.name for o in frontend.output_specs()])
         compute = ct.transform.FP16ComputePrecision(op_selector=selector.fp16)
     kwargs: dict[str, Any] = {"convert_to": "mlprogram", "compute_precision": compute,
                               "minimum_deployment_target": deployment}
     if class_names:
         kwargs["classifier_config"] = ct.ClassifierConfig(list(class_names))
-    model = _module_for_w8a8(source, calibration) if precision == "w8a8" else None
-    mlmodel, renames, path = _convert(source, kwargs, image, model)
+    model = frontend.w8a8_module(calibration) if precision == "w8a8" else None
+    mlmodel, renames, path = _convert(source, frontend, kwargs, image, model)
     if precision == "int8-weights" or precision == "w8a8":
         import coremltools.optimize.coreml as cto
 
@@ -133,27 +124,7 @@ def convert_coreml(source: Any, precision: str, *, fp32_ops: Sequence[str] = (),
                             tuple(selector.unmatched) if selector else ())
 
 
-def output_specs(source: Any) -> list[TensorSpec]:
-    """The source's outputs at batch 1, named as the Core ML model names them: Keras output layer names, PyTorch
-    `output_<i>` (a module's outputs have no names)."""
-    if source.kind == "pytorch":
-        import torch
-
-        with torch.no_grad():
-            out = source.module(*[a[:1] for a in source.example_args])
-        outs = out if isinstance(out, tuple | list) else (out,)
-        return [TensorSpec(f"output_{i}", tuple(o.shape), str(o.dtype).removeprefix("torch."))
-                for i, o in enumerate(outs)]
-    model = source.model
-    names = list(getattr(model, "output_names", None) or [])
-    if len(names) != len(model.outputs):  # Sequential models: the layer producing each output
-        names = [t._keras_history[0].name if getattr(t, "_keras_history", None) else f"output_{i}"
-                 for i, t in enumerate(model.outputs)]
-    return [TensorSpec(re.sub(r"[^A-Za-z0-9_]", "_", n), (1, *t.shape[1:]), str(getattr(t.dtype, "name", t.dtype)))
-            for n, t in zip(names, model.outputs, strict=True)]
-
-
-def _convert(source: Any, kwargs: dict[str, Any], image: Preprocessing | None,
+def _convert(source: Any, frontend: Any, kwargs: dict[str, Any], image: Preprocessing | None,
              module: Any = None) -> tuple[Any, dict[str, str], str]:
     """The MLModel with the source's input and output names, the outputs renamed (old -> new), the path taken."""
     import coremltools as ct
@@ -162,31 +133,22 @@ def _convert(source: Any, kwargs: dict[str, Any], image: Preprocessing | None,
     shapes = [(1, *[d or 1 for d in s.shape[1:]]) for s in specs]
     if image is not None and len(specs) != 1:
         raise InputError("an image input (coreml_image_input=True) needs a model with exactly one input")
-    inputs = [_image_type(specs[0].name, shapes[0], image, source.kind == "pytorch")] if image is not None else \
+    inputs = [_image_type(specs[0].name, shapes[0], image, frontend.channels_first)] if image is not None else \
         [ct.TensorType(name=s.name, shape=shp, dtype=np.float32) for s, shp in zip(specs, shapes, strict=True)]
     # float32 outputs: apps read float32 as from the TFLite artifact, and an fp16 output would let coremltools fold
-    # the final cast into an op kept in fp32 by `mixed`. TF graphs name their outputs Identity*: renamed below.
-    out_names = [o.name for o in output_specs(source)]
-    torch_names = source.kind == "pytorch" and not kwargs.get("classifier_config")
+    # the final cast into an op kept in fp32 by `mixed`. Unnamed outputs (TF's Identity*) are renamed below.
+    out_names = [o.name for o in frontend.output_specs()]
+    named = frontend.names_outputs and not kwargs.get("classifier_config")
     outputs = None if kwargs.get("classifier_config") else \
-        [ct.TensorType(name=n if torch_names else None, dtype=np.float32) for n in out_names]
+        [ct.TensorType(name=n if named else None, dtype=np.float32) for n in out_names]
     kwargs = kwargs | {"inputs": inputs} | ({"outputs": outputs} if outputs else {})
-    if source.kind == "pytorch":
-        mlmodel, path = _convert_torch(source, kwargs, module)
-        return (*_rename_outputs(mlmodel, out_names), path)
-    from edgemp.sources.keras import _with_batch
-
-    import keras
-
-    model = _with_batch(source.model, 1)
-    if isinstance(model, keras.Sequential):  # coremltools needs a functional model ('output_names')
-        inp = keras.Input(batch_shape=shapes[0], name=specs[0].name)
-        model = keras.Model(inp, model(inp))
     try:
-        mlmodel = _quiet(lambda: ct.convert(model, source="tensorflow", **kwargs))
+        mlmodel, path = frontend.convert(kwargs, module)
+    except InputError:
+        raise
     except Exception as exc:
         raise _coreml_error(exc, source.name) from exc
-    return (*_rename_outputs(mlmodel, out_names), "keras")
+    return (*_rename_outputs(mlmodel, out_names), path)
 
 
 def _rename_outputs(mlmodel: Any, names: Sequence[str]) -> tuple[Any, dict[str, str]]:
@@ -203,55 +165,6 @@ def _rename_outputs(mlmodel: Any, names: Sequence[str]) -> tuple[Any, dict[str, 
     for old, new in renames.items():
         ct.utils.rename_feature(spec, old, new)
     return ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir), renames
-
-
-def _convert_torch(source: Any, kwargs: dict[str, Any], module: Any) -> tuple[Any, str]:
-    """torch.export first (the path coremltools recommends); tracing when export or its conversion fails (export
-    rejects data-dependent Python control flow, for one; a trace records the branch the example input takes)."""
-    import coremltools as ct
-    import torch
-
-    module = module if module is not None else source.module
-    args = tuple(a[:1] for a in source.example_args)
-    try:
-        program = _quiet(lambda: torch.export.export(module, args).run_decompositions({}))
-        return _quiet(lambda: ct.convert(program, **kwargs)), "torch.export"
-    except Exception as first:
-        log.info("Core ML from torch.export failed (%s); trying torch.jit.trace", first)
-        try:
-            traced = _quiet(lambda: torch.jit.trace(module, args))
-            return _quiet(lambda: ct.convert(traced, **kwargs)), "torch.jit.trace"
-        except Exception as exc:
-            raise _coreml_error(exc, source.name) from first
-
-
-def _module_for_w8a8(source: Any, calibration: Sequence[dict[str, np.ndarray]]) -> Any:
-    """Insert activation/weight observers with coremltools.optimize.torch, calibrate on the same samples, finalize."""
-    import copy
-
-    import torch
-    from coremltools.optimize.torch.quantization import (
-        LinearQuantizer,
-        LinearQuantizerConfig,
-        ModuleLinearQuantizerConfig,
-    )
-
-    if not calibration:
-        raise InputError("Core ML w8a8 calibrates activations: pass calibration data")
-    cfg = LinearQuantizerConfig(global_config=ModuleLinearQuantizerConfig(
-        quantization_scheme="symmetric", milestones=[0, 1000, 1000, 0]))
-    model = copy.deepcopy(source.module).eval()
-    example = tuple(a[:1] for a in source.example_args)
-    quantizer = LinearQuantizer(model, cfg)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        prepared = quantizer.prepare(example_inputs=example, inplace=False)
-        quantizer.step()
-        with torch.no_grad():
-            for sample in calibration:
-                prepared(*[torch.from_numpy(np.ascontiguousarray(sample[f"args_{i}"]))
-                           for i in range(len(example))])
-        return quantizer.finalize(inplace=False).eval()
 
 
 def image_scale_bias(pre: Preprocessing, channels: int) -> tuple[float, list[float]]:
@@ -281,11 +194,7 @@ def _image_type(name: str, shape: tuple[int, ...], pre: Preprocessing, channel_f
 
 
 def _quiet(fn: Any) -> Any:
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("coremltools").setLevel(logging.ERROR)
-        return fn()
+    return quiet(fn)
 
 
 def _coreml_error(exc: Exception, name: str) -> ConversionError:
