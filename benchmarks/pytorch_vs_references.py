@@ -126,7 +126,12 @@ def main() -> None:
             attempts.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
             traceback.print_exc(limit=2)
 
-    km = demo.keras_twin_of_torch_example(tm)
+    import sys
+
+    sys.path.insert(0, str(REPO))  # tests.models holds the Keras twin (the test suite's model)
+    from tests.models import keras_twin_of_torch_example
+
+    km = keras_twin_of_torch_example(tm)
     for prec in ("fp32", "int8"):
         arts[f"edgemp {prec} (Keras twin)"], t = edgemp_convert(km, prec, work)
         rows[f"edgemp {prec} (Keras twin)"] = {"conversion_s": t}

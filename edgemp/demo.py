@@ -24,6 +24,14 @@ MODEL_VERSION = "v1"  # bump when the architecture or training changes: the cach
 _REL = Path("usr/share/datasets/fashion-mnist")
 
 
+def calibration_folder() -> Path:
+    """The 200 Fashion-MNIST training images shipped in the package (calibration_data/fashion_mnist in the
+    repository points at them), so `edgemp demo` works from an installed wheel too."""
+    from importlib import resources
+
+    return Path(str(resources.files("edgemp").joinpath("_data", "fashion_mnist_calibration")))
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("EDGEMP_CACHE", Path.home() / ".cache" / "edgemp"))
 
@@ -159,52 +167,6 @@ def torch_example_model(epochs: int = 1) -> Any:
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
     return model.eval()
-
-
-def keras_twin_of_torch_example(torch_model: Any) -> Any:
-    """The PyTorch example rebuilt in Keras with the same weights (NHWC): same numbers, native TFLite layout.
-
-    Converting both and comparing op census and latency is how the benchmarks show that a PyTorch-sourced
-    artifact pays no layout tax.
-    """
-    from edgemp.sources.keras import import_tf
-
-    import_tf()
-    import keras
-    from keras import layers
-    from torch import nn
-
-    mods = list(torch_model)
-    inp = keras.Input((28, 28, 1), name="image")
-    x, weights = inp, []
-    for m in mods:
-        if isinstance(m, nn.Conv2d):
-            conv = layers.Conv2D(m.out_channels, m.kernel_size, padding="same", use_bias=m.bias is not None)
-            x = conv(x)
-            weights.append((conv, [m.weight.detach().numpy().transpose(2, 3, 1, 0)]
-                            + ([m.bias.detach().numpy()] if m.bias is not None else [])))
-        elif isinstance(m, nn.BatchNorm2d):
-            bn = layers.BatchNormalization(epsilon=m.eps)
-            x = bn(x)
-            weights.append((bn, [t.detach().numpy() for t in (m.weight, m.bias, m.running_mean, m.running_var)]))
-        elif isinstance(m, nn.ReLU):
-            x = layers.ReLU()(x)
-        elif isinstance(m, nn.MaxPool2d):
-            x = layers.MaxPooling2D(m.kernel_size)(x)
-        elif isinstance(m, nn.AdaptiveAvgPool2d):
-            x = layers.GlobalAveragePooling2D()(x)
-        elif isinstance(m, nn.Flatten):
-            continue
-        elif isinstance(m, nn.Linear):
-            dense = layers.Dense(m.out_features)
-            x = dense(x)
-            weights.append((dense, [m.weight.detach().numpy().T, m.bias.detach().numpy()]))
-        else:
-            raise TypeError(f"no Keras twin for {type(m).__name__}")
-    model = keras.Model(inp, x, name="fashion_cnn_torch_twin")
-    for layer, w in weights:
-        layer.set_weights(w)
-    return model
 
 
 # -- an honestly trained model that full INT8 hurts (the mixed-precision benchmark and tests) -----------------

@@ -109,6 +109,53 @@ def keras_rnn(kind: str = "LSTM", unroll: bool = False) -> Any:
 
 
 # -- PyTorch ----------------------------------------------------------------------------------------------
+def keras_twin_of_torch_example(torch_model: Any) -> Any:
+    """The PyTorch example rebuilt in Keras with the same weights (NHWC): same numbers, native TFLite layout.
+
+    Converting both and comparing op census and latency is how the benchmarks show that a PyTorch-sourced
+    artifact pays no layout tax.
+    """
+    from edgemp.sources.keras import import_tf
+
+    import_tf()
+    import keras
+    from keras import layers
+    from torch import nn
+
+    mods = list(torch_model)
+    inp = keras.Input((28, 28, 1), name="image")
+    x, weights = inp, []
+    for m in mods:
+        if isinstance(m, nn.Conv2d):
+            conv = layers.Conv2D(m.out_channels, m.kernel_size, padding="same", use_bias=m.bias is not None)
+            x = conv(x)
+            weights.append((conv, [m.weight.detach().numpy().transpose(2, 3, 1, 0)]
+                            + ([m.bias.detach().numpy()] if m.bias is not None else [])))
+        elif isinstance(m, nn.BatchNorm2d):
+            bn = layers.BatchNormalization(epsilon=m.eps)
+            x = bn(x)
+            weights.append((bn, [t.detach().numpy() for t in (m.weight, m.bias, m.running_mean, m.running_var)]))
+        elif isinstance(m, nn.ReLU):
+            x = layers.ReLU()(x)
+        elif isinstance(m, nn.MaxPool2d):
+            x = layers.MaxPooling2D(m.kernel_size)(x)
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            x = layers.GlobalAveragePooling2D()(x)
+        elif isinstance(m, nn.Flatten):
+            continue
+        elif isinstance(m, nn.Linear):
+            dense = layers.Dense(m.out_features)
+            x = dense(x)
+            weights.append((dense, [m.weight.detach().numpy().T, m.bias.detach().numpy()]))
+        else:
+            raise TypeError(f"no Keras twin for {type(m).__name__}")
+    model = keras.Model(inp, x, name="fashion_cnn_torch_twin")
+    for layer, w in weights:
+        layer.set_weights(w)
+    return model
+
+
+
 def _torch_fit(model: Any, name: str, batches: Any, loss_fn: Any, steps: int, lr: float = 3e-3,
                train: Any = None) -> Any:
     """Train `model` (through `train(model)`, a module sharing its parameters, when given) once; cache its weights."""

@@ -56,7 +56,7 @@ def test_pytorch_size_ratios(torch_conversions) -> None:  # type: ignore[no-unty
 def test_no_layout_tax_against_the_keras_twin(torch_model, torch_conversions, heldout, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Same architecture and weights built in Keras (native NHWC): the PyTorch-sourced int8 artifact has the same
     ops and no extra TRANSPOSE; the only difference is litert-torch lowering the 1-channel first conv as depthwise."""
-    from edgemp.demo import keras_twin_of_torch_example
+    from .models import keras_twin_of_torch_example
 
     twin = edgemp.convert(keras_twin_of_torch_example(torch_model), "int8", CALIBRATION, heldout, tmp_path,
                           latency_runs=2)

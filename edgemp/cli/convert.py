@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-
 from pathlib import Path
-
 
 import click
 
-from edgemp.config import IODType, Layout, Precision
+from edgemp.config import IODType, Layout
+from edgemp.precisions import registered_precisions
+from edgemp.targets import registered_targets
+from edgemp.targets.coreml.convert import COREML_PRECISIONS
 
 from edgemp.cli.app import EXIT_GATE_FAILED, main
 from edgemp.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, THREADS, CountOrFraction, FiniteFloat, _console, _delegates,
@@ -19,7 +20,8 @@ from edgemp.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, THREADS, CountOrF
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.option("-p", "--precision", type=click.Choice([p.value for p in Precision]), default="int8", show_default=True,
+@click.option("-p", "--precision", type=click.Choice([p.value for p in registered_precisions()]), default="int8",
+              show_default=True,
               help="Target precision; mixed keeps the most INT8-sensitive layers in float.")
 @click.option("-c", "--calibration", type=click.Path(), help="Folder of images, .npy or .npz.")
 @click.option("--validation", type=click.Path(), help="Folder with one sub-folder per class, or .npz with x/y.")
@@ -47,9 +49,11 @@ from edgemp.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, THREADS, CountOrF
 @click.option("--min-sqnr-db", type=FiniteFloat(), help="mixed: output-fidelity budget (without labels), e.g. 30.")
 @click.option("--min-cosine", type=FiniteFloat(min=-1, max=1),
               help="mixed: output-fidelity budget (without labels), e.g. 0.999.")
-@click.option("--coreml", "with_coreml", is_flag=True, help="Also write a Core ML .mlpackage.")
-@click.option("--coreml-precision", type=click.Choice(["fp32", "fp16", "mixed", "int8-weights", "w8a8", "palettize6",
-                                                       "palettize4"]), help="Default: the counterpart of --precision.")
+@click.option("-t", "--target", "targets", multiple=True, type=click.Choice(registered_targets()),
+              help="Artifact format to build (repeatable; default tflite): e.g. -t coreml alone for an iOS app.")
+@click.option("--coreml", "with_coreml", is_flag=True, help="Also write a Core ML .mlpackage (same as adding -t coreml).")
+@click.option("--coreml-precision", type=click.Choice(list(COREML_PRECISIONS)),
+              help="Default: the counterpart of --precision.")
 @click.option("--coreml-fp32-op", "coreml_fp32_ops", multiple=True,
               help="Core ML mixed: a layer name kept fp32, or type:OP for every Core ML op of that type.")
 @click.option("--coreml-image-input", is_flag=True, help="Core ML input as an image with the preprocessing folded in.")
@@ -59,30 +63,40 @@ from edgemp.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, THREADS, CountOrF
 def convert(model: str, precision: str, calibration: str | None, validation: str | None, output_dir: str,
             unsafe_load: bool, io_dtype: str, input_layout: str | None, num_calibration_samples: int, seed: int, max_validation_samples: int | None,
             name: str | None, force: bool, as_json: bool, max_float_layers: int | float, keep_float: tuple[str, ...],
-            never_float: tuple[str, ...], min_sqnr_db: float | None, min_cosine: float | None, with_coreml: bool,
+            never_float: tuple[str, ...], min_sqnr_db: float | None, min_cosine: float | None,
+            targets: tuple[str, ...], with_coreml: bool,
             coreml_precision: str | None, coreml_fp32_ops: tuple[str, ...], coreml_image_input: bool,
             deployment_target: str,
             size: tuple[int, int] | None, resize: str, color: str, scale: float,
             mean: tuple[float, ...] | None, std: tuple[float, ...] | None, layout: str, threads: int, no_xnnpack: bool,
             delegates: tuple[str, ...], delegate_options: tuple[str, ...], latency_runs: int,
             max_accuracy_drop: float, progress: bool | None, labels_file: str | None) -> None:
-    """Convert MODEL (.keras, .h5, SavedModel dir or torch.export .pt2) to a validated .tflite.
+    """Convert MODEL (.keras, .h5, SavedModel dir or torch.export .pt2) to validated artifacts (.tflite by default).
 
     Data for a .pt2 model is given in the layout of its example input (NCHW for images). With
     `--precision mixed` the most INT8-sensitive layers stay in float until the budget holds."""
+    from edgemp.config import CoreMLOptions, DataOptions, GateOptions, MixedOptions, RuntimeOptions
     from edgemp.pipeline import convert as do_convert
 
+    chosen = list(targets) or ["tflite"]
+    if with_coreml and "coreml" not in chosen:
+        chosen.append("coreml")
     result = do_convert(
         model, precision, calibration, validation, output_dir, io_dtype=io_dtype, input_layout=input_layout,
-        num_calibration_samples=num_calibration_samples, seed=seed,
-        preprocessing=_preprocessing(size, resize, color, scale, mean, std, layout),
-        max_accuracy_drop=max_accuracy_drop, max_validation_samples=max_validation_samples, num_threads=threads,
-        xnnpack=not no_xnnpack, delegates=_delegates(delegates, delegate_options), latency_runs=latency_runs,
-        name=name, force=force, progress=progress, class_names=_labels(labels_file),
-        max_float_layers=max_float_layers, keep_float=keep_float, never_float=never_float,
-        min_sqnr_db=min_sqnr_db, min_cosine=min_cosine, targets=("tflite", "coreml") if with_coreml else ("tflite",),
-        coreml_precision=coreml_precision, coreml_fp32_ops=coreml_fp32_ops, coreml_image_input=coreml_image_input,
-        minimum_deployment_target=deployment_target, unsafe_load=unsafe_load,
+        targets=chosen, preprocessing=_preprocessing(size, resize, color, scale, mean, std, layout),
+        data=DataOptions.from_dict({"num_calibration_samples": num_calibration_samples, "seed": seed,
+                                    "max_validation_samples": max_validation_samples, "class_names": _labels(labels_file)}),
+        gate=GateOptions.from_dict({"max_accuracy_drop": max_accuracy_drop, "min_sqnr_db": min_sqnr_db,
+                                    "min_cosine": min_cosine}),
+        mixed=MixedOptions.from_dict({"max_float_layers": max_float_layers, "keep_float": keep_float,
+                                      "never_float": never_float}),
+        runtime=RuntimeOptions.from_dict({"num_threads": threads, "xnnpack": not no_xnnpack,
+                                          "delegates": _delegates(delegates, delegate_options),
+                                          "latency_runs": latency_runs}),
+        coreml=CoreMLOptions.from_dict({"precision": coreml_precision, "fp32_ops": coreml_fp32_ops,
+                                        "image_input": coreml_image_input,
+                                        "minimum_deployment_target": deployment_target}),
+        name=name, force=force, progress=progress, unsafe_load=unsafe_load,
     )
     _print_report(result.report, as_json)
     if not as_json:
@@ -216,18 +230,18 @@ def inspect(model: str, as_json: bool, show_ops: bool) -> None:
 @click.option("-o", "--output-dir", type=click.Path(), default="dist/demo", show_default=True,
               help="Where the demo writes its artifacts and reports (overwritten on every run).")
 @click.option("-p", "--precision", "precisions", multiple=True, default=("fp16", "int8"), show_default=True,
-              type=click.Choice([p.value for p in Precision]), help="Precision to convert to; repeatable.")
+              type=click.Choice([p.value for p in registered_precisions()]), help="Precision to convert to; repeatable.")
 def demo(output_dir: str, precisions: tuple[str, ...]) -> None:
     """Main job on shipped defaults: the example Fashion-MNIST CNN, calibration_data/, validated on 10k test images.
 
     Trains the example model once (cached) and overwrites its own outputs in OUTPUT_DIR on every run.
     """
     from edgemp import demo as demo_data
+    from edgemp.config import DataOptions
     from edgemp.pipeline import convert as do_convert
 
     console = _console()
-    root = Path(__file__).resolve().parents[1]
-    calibration = root / "calibration_data" / "fashion_mnist"
+    calibration = demo_data.calibration_folder()
     # the file example_model_path() caches (its default epochs=1): there, it loads; else it trains first
     cached = demo_data.cache_dir() / "models" / f"fashion_cnn_{demo_data.MODEL_VERSION}_e1.keras"
     if cached.exists():
@@ -240,7 +254,7 @@ def demo(output_dir: str, precisions: tuple[str, ...]) -> None:
     for precision in precisions:
         console.rule(f"{precision}")
         result = do_convert(model, precision, calibration, test, output_dir, force=True, progress=None,
-                            class_names=list(demo_data.CLASSES))
+                            data=DataOptions(class_names=demo_data.CLASSES))
         result.report.render(console)
         console.print(f"wrote {', '.join(str(p) for p in result.artifacts.values())}")
         failed |= not result.passed

@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from edgemp.cli.app import main
+from edgemp.bundle.writer import DEVICES
 from edgemp.cli.common import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, THREADS, _delegates, _labels
 
-DEVICE_CHOICES = ["android", "ios", "jetson", "linux-arm64"]
+DEVICE_CHOICES = list(DEVICES)
 
 
 @main.command()
