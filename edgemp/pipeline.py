@@ -285,8 +285,9 @@ class Conversion:
             for r in results:
                 r.artifact["path"] = str(renamed[r.primary])
                 r.primary = renamed[r.primary]
-            log.warning("an earlier artifact exists: the FAILED conversion is written beside it as %s.* (the earlier "
-                        "files are kept)", self.out_dir / stem)
+            log.warning("an earlier artifact exists: the FAILED conversion is written beside it (%s, and its reports "
+                        "%s.report.*); the earlier files are kept", ", ".join(str(r.primary) for r in results),
+                        self.out_dir / stem)
         mixed = self.__dict__.get("quantized")
         extra = mixed.mixed.files if mixed is not None and mixed.mixed is not None else {}
         paths = {r.target: r.primary for r in results} | {"report_json": self.out_dir / f"{stem}.report.json",

@@ -27,6 +27,8 @@ from edgemp.calibration.images import load_image, resolve
 from edgemp.config import Preprocessing
 from edgemp.validation.runtime import IODetail
 
+pytestmark = pytest.mark.slow  # compiles and runs the app's Kotlin on the JVM against real bundles
+
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "android_demo" / "app"
 KOTLIN = APP / "src" / "main" / "kotlin" / "dev" / "edgemp" / "demo"

@@ -153,7 +153,7 @@ def test_an_unexpected_failure_inside_a_stage_is_typed_and_named(tiny_model: Any
     naming the stage, with the original exception chained for --debug."""
     import importlib
 
-    conv = importlib.import_module("edgemp.pipeline")  # the module (edgemp.convert is the function)
+    conv = importlib.import_module("edgemp.targets.tflite.census")  # what the float-conversion stage calls
 
     def broken(_: bytes) -> None:
         raise RuntimeError("flatbuffer walk failed")

@@ -29,6 +29,7 @@ def artifacts(conversions) -> dict[str, Path]:  # type: ignore[no-untyped-def]
     return {p: conversions(p).artifacts["tflite"] for p in PRECISIONS}
 
 
+@pytest.mark.slow
 def test_harness_benchmarks_every_precision_in_one_comparison(artifacts: dict[str, Path], tmp_path: Path) -> None:
     r = edgemp.benchmark([artifacts[p] for p in PRECISIONS], runs=5, warmup=1)
     assert r.data["schema"] == "edgemp-bench/1" and [x["model"] for x in r.results] == [artifacts[p].name for p in PRECISIONS]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -21,6 +23,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edgemp", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_convert_inspect_validate_round_trip(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "dist"
     p = _run("convert", str(model_path), "--precision", "int8", "--calibration", str(CALIBRATION),
@@ -85,6 +88,7 @@ def test_exit_code_4_when_the_converter_cannot_lower(tmp_path: Path) -> None:
     assert r.exit_code == 4 and "tf.MatrixInverse" in r.output
 
 
+@pytest.mark.slow
 def test_analyze_and_mixed_from_the_cli(model_path: Path, tmp_path: Path) -> None:
     p = _run("analyze", str(model_path), "-c", str(CALIBRATION), "--validation", str(VALIDATION_FOLDER),
              "--max-validation-samples", "200", "--tensor-samples", "8", "-o", str(tmp_path), "--top", "5")

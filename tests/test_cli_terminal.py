@@ -193,7 +193,7 @@ def test_bad_validation_file_in_a_real_process_is_one_line(tmp_path: Path, model
 
 _INJECTED = """
 import sys
-import edgemp.convert
+import edgemp.pipeline
 def boom(*a, **k):
     raise ValueError("operands could not be broadcast together with shapes (8,10) (3,)")
 sys.modules["edgemp.pipeline"].convert = boom

@@ -65,8 +65,9 @@ def keras_artifacts(model_path) -> dict[str, bytes]:  # type: ignore[no-untyped-
     return _artifacts(load_source(model_path), x[:32], more=True)
 
 
-@pytest.fixture(params=["torch-fp32", "torch-int8", "keras-fp32", "keras-int8", "keras-fp16", "keras-dynamic-int8",
-                        "keras-int16x8", "keras-mixed"])
+@pytest.fixture(params=[pytest.param("torch-fp32", marks=pytest.mark.slow),  # a real torchvision architecture
+                        pytest.param("torch-int8", marks=pytest.mark.slow),
+                        "keras-fp32", "keras-int8", "keras-fp16", "keras-dynamic-int8", "keras-int16x8", "keras-mixed"])
 def artifact(request) -> bytes:  # type: ignore[no-untyped-def]
     kind, prec = request.param.split("-", 1)
     return request.getfixturevalue(f"{kind}_artifacts")[prec]

@@ -16,6 +16,8 @@ from edgemp import errors
 
 from .conftest import CALIBRATION
 
+pytestmark = pytest.mark.slow  # Core ML conversions of the trained examples at every Core ML precision
+
 pytest.importorskip("coremltools")  # safe: importing edgemp settled the Triton/TensorFlow import order
 KERAS_PRECISIONS = ["fp32", "fp16", "int8-weights", "palettize6", "palettize4"]
 SIZE_LIMITS = {"fp16": 0.55, "int8-weights": 0.30}

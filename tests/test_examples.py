@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from .conftest import REPO
+
+pytestmark = pytest.mark.slow  # the example scripts train and convert real models
 
 
 def test_keras_quickstart(model_path: Path, tmp_path: Path) -> None:

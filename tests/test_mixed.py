@@ -14,6 +14,8 @@ from edgemp.validation.runtime import Runner
 
 from .conftest import CALIBRATION, VALIDATION_FOLDER
 
+pytestmark = pytest.mark.slow  # mixed-precision searches on trained models
+
 KERAS_LAYERS = {"block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2", "fc1", "logits"}
 
 

@@ -10,6 +10,8 @@ from edgemp.config import Precision
 
 from .conftest import CALIBRATION
 
+pytestmark = pytest.mark.slow  # every precision of the trained example, validated on the 10k test split
+
 ALL = [p.value for p in Precision if p is not Precision.MIXED]  # mixed: tests/test_mixed.py
 
 

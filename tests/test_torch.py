@@ -15,6 +15,8 @@ from edgemp import errors
 
 from .conftest import CALIBRATION
 
+pytestmark = pytest.mark.slow  # real torchvision architectures and the trained PyTorch example at every precision
+
 torch = pytest.importorskip("torch")
 ALL = [p.value for p in edgemp.Precision if p is not edgemp.Precision.MIXED]
 

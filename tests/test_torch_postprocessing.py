@@ -244,6 +244,7 @@ def test_cli_exits_4_with_one_line(tmp_path: Path) -> None:
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_in_a_fresh_process_exits_4(tmp_path: Path) -> None:
     pt2 = _nms_pt2(tmp_path / "nms.pt2")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
