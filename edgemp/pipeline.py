@@ -224,7 +224,7 @@ class Conversion:
 
     def _statistics(self, qbase: bytes) -> Any:
         from edgemp.quantize import calibrate
-        from edgemp.validation.runtime import check_token_ids
+        from edgemp.validation.inputs import check_token_ids
 
         cal = self.calibration_set
         assert cal is not None  # checked in __init__

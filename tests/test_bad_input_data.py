@@ -556,7 +556,7 @@ def test_cli_bad_data_exits_2_without_a_traceback(tmp_path: Path, gray_model_pat
 
 
 def test_token_ids_checked_before_calibration(embedding_tflite: Path) -> None:
-    from edgemp.validation.runtime import check_token_ids
+    from edgemp.validation.inputs import check_token_ids
 
     model = embedding_tflite.read_bytes()
     samples = [{"ids": _ids()[i : i + 1]} for i in range(20)]
@@ -568,7 +568,7 @@ def test_token_ids_checked_before_calibration(embedding_tflite: Path) -> None:
 
 def test_failure_hint_names_dynamic_inputs(dynamic_model) -> None:  # type: ignore[no-untyped-def]
     from edgemp.sources import load_source
-    from edgemp.validation.runtime import failure_hint
+    from edgemp.validation.inputs import failure_hint
 
     tflite = load_source(dynamic_model).to_float_tflite(1)
     hint = failure_hint(tflite, RuntimeError("XNNPack delegate failed to reshape runtimeNode number 3 (X) failed to prepare."))

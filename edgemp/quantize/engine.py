@@ -60,7 +60,7 @@ def calibrate(float_tflite: bytes, samples: Sequence[Sample], num_threads: int =
             with _silenced():
                 cal.calibrate({key: chunk}, manager)
     except Exception as exc:
-        from edgemp.validation.runtime import failure_hint
+        from edgemp.validation.inputs import failure_hint
 
         hint = failure_hint(float_tflite, exc)
         raise ConversionError(f"calibration failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}"
