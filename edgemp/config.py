@@ -171,8 +171,8 @@ class RuntimeOptions(_Config):
     def __post_init__(self) -> None:
         object.__setattr__(self, "num_threads", P.integer("num_threads", self.num_threads, 1, 1024))
         object.__setattr__(self, "xnnpack", P.flag("xnnpack", self.xnnpack))
-        object.__setattr__(self, "latency_runs", P.integer("latency_runs", self.latency_runs, 0, 10**6))
-        object.__setattr__(self, "warmup_runs", P.integer("warmup_runs", self.warmup_runs, 0, 10**6))
+        object.__setattr__(self, "latency_runs", P.integer("latency_runs", self.latency_runs, 0))
+        object.__setattr__(self, "warmup_runs", P.integer("warmup_runs", self.warmup_runs, 0))
         if isinstance(self.delegates, str | bytes) or not isinstance(self.delegates, Sequence):
             raise InputError(f"delegates must be a list of delegate paths or DelegateSpec, got {self.delegates!r}")
         specs = tuple(d if isinstance(d, DelegateSpec) else _delegate_from(d) for d in self.delegates)

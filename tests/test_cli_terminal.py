@@ -272,7 +272,10 @@ def test_verbose_and_edgemp_log_debug_show_the_framework_output(model_path: Path
 
 @pytest.mark.slow
 def test_python_api_import_is_quiet_and_edgemp_log_debug_restores_it() -> None:
-    code = "import edgemp, tensorflow, coremltools"
+    # `import coremltools` alone segfaults in this stack (it loads TensorFlow, then torch's Triton): the process settles
+    # the order first, as edgemp does before it imports either (import edgemp itself leaves Triton alone)
+    code = ("import edgemp\nfrom edgemp._compat import prepare_torch_import\nprepare_torch_import()\n"
+            "import tensorflow, coremltools")
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_clean_env(), timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
