@@ -7,6 +7,7 @@ Each subcommand rebuilds one zoo model exactly as benchmarks/zoo.py does and sho
   transformer      vit_tiny / torch_transformer int8: ops XNNPACK does not take, edgemp int8 and mixed vs PT2E
   vit-class-token  vit_tiny int8 fidelity with torchvision's zero class token and with a trained-like one
   lraspp           LR-ASPP int8: HARD_SWISH placement, edgemp vs PT2E
+  anchor-crash     TFLiteConverter int8 PTQ of the Keras LSTM / GRU, each in a child process: its exit code (SIGSEGV)
 
     cd /work/wt/zoo && PYTHONPATH=. epy benchmarks/zoo_findings.py {fp16,dynamic,transformer,vit-class-token,lraspp}
 """
@@ -183,8 +184,20 @@ def lraspp() -> None:
     compare(case, arts, "litert-torch PT2E int8", 9, 60)
 
 
+def anchor_crash() -> None:
+    import subprocess
+
+    code = ("import sys; sys.path[:0] = {paths!r}; import zoo, _common; from edgemp.sources.keras import _with_batch; "
+            "zoo.FIT, zoo.EVAL, _ = zoo.photo_sets(); c = zoo.keras_tokens({kind!r})(); "
+            "print(len(_common.tf_converter(_with_batch(c.model, 1), 'int8', c.calib)))")
+    paths = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+    for kind in ("LSTM", "GRU"):
+        rc = subprocess.run([sys.executable, "-c", code.format(paths=paths, kind=kind)], capture_output=True).returncode
+        print(f"keras_{kind.lower()}: TFLiteConverter int8 PTQ exit code {rc}" + (" (SIGSEGV)" if rc == -11 else ""))
+
+
 def main() -> None:
-    steps = {"fp16": fp16, "dynamic": dynamic, "transformer": transformer, "vit-class-token": vit_class_token,
+    steps = {"anchor-crash": anchor_crash, "fp16": fp16, "dynamic": dynamic, "transformer": transformer, "vit-class-token": vit_class_token,
              "lraspp": lraspp}
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("finding", choices=list(steps))
