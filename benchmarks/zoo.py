@@ -33,6 +33,7 @@ import gc
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -948,6 +949,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 reused += 1
                 continue
             row = measure_row(spec, case, p, args, work, journal)
+            shutil.rmtree(work / f"{name}-{p}", ignore_errors=True)  # edgemp's artifact and report, measured
             rows.append(row)
             cached[key] = row
             save(t_start)
@@ -963,6 +965,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
             keras.backend.clear_session()
 
+    shutil.rmtree(work, ignore_errors=True)
     runtime = prior_runtime + time.perf_counter() - t_start
     return finish({"rows": rows, "host": cpu_description(), "cpu_flags": cpu_flags(), "photos": photo_note,
                    "settings": settings, "cached_rows": reused, "crashes": crashed, "runtime_s": round(runtime, 1),
