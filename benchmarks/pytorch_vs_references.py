@@ -12,18 +12,15 @@ Writes benchmarks/results/pytorch_vs_references.{json,md}.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import tempfile
 import time
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import cpu_description, side_by_side_latency
+from _common import cpu_description, pt2e_int8, side_by_side_latency
 
 import edgemp
 from edgemp import demo
@@ -37,31 +34,6 @@ from edgemp.validation.runtime import Runner
 REPO = Path(__file__).resolve().parents[1]
 CAL = REPO / "calibration_data" / "fashion_mnist"
 OUT = REPO / "benchmarks" / "results"
-
-
-def pt2e_int8(model: Any, example: Any, calib_nchw: np.ndarray) -> bytes:
-    """litert-torch's documented static INT8 path: PT2E observers, calibration in PyTorch, convert, NHWC I/O."""
-    import litert_torch
-    import torch
-    from litert_torch.quantize import pt2e_quantizer
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import quantize_pt2e
-
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    m = torch.export.export(model, (example,)).module()
-    m = quantize_pt2e.prepare_pt2e(m, quantizer)
-    with torch.no_grad():
-        for s in calib_nchw:
-            m(torch.from_numpy(s[None]))
-    m = quantize_pt2e.convert_pt2e(m, fold_quantize=False)
-    m = litert_torch.to_channel_last_io(m, args=[0])
-    nhwc = example.permute(0, 2, 3, 1).contiguous()
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        edge = litert_torch.convert(m, (nhwc,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
-    content = edge.model_content
-    return bytes(content() if callable(content) else content)
 
 
 def constant_bytes(art: bytes) -> int:

@@ -19,17 +19,15 @@ Writes benchmarks/results/size_parity.{json,md}.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import time
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import cpu_description
+from _common import (cpu_description, imagenet, interleaved_latency, photo_crops, pt2e_int8, round_ratio,
+                     tf_converter)
 
 import edgemp.targets.tflite.compat as compat
 from edgemp import demo
@@ -38,7 +36,6 @@ from edgemp.calibration import load_calibration
 from edgemp.config import Precision, RuntimeOptions
 from edgemp.quantize import apply_recipe, calibrate, recipe_for
 from edgemp.sources import load_source
-from edgemp.sources.keras import convert_with_tf, import_tf
 from edgemp.validation.runtime import make_interpreter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,83 +43,6 @@ OUT = REPO / "benchmarks" / "results"
 TORCH = ["mobilenet_v3_small", "resnet18", "squeezenet1_1", "shufflenet_v2_x0_5"]
 KERAS = ["mobilenetv2_035_96", "example_cnn"]
 SIZE = 96
-MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def photos() -> list[Path]:
-    import matplotlib
-
-    paths = [Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"]
-    with contextlib.suppress(ImportError):
-        import sklearn.datasets
-
-        paths += [Path(sklearn.datasets.__file__).parent / "images" / f for f in ("china.jpg", "flower.jpg")]
-    return [p for p in paths if p.exists()]
-
-
-def photo_crops(n: int, size: int, seed: int) -> np.ndarray:
-    """n random square crops (20-100 % of the short side, random flips), NHWC float32 in 0..255."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    ims = [Image.open(p).convert("RGB") for p in photos()]
-    out = []
-    for _ in range(n):
-        im = ims[rng.integers(len(ims))]
-        w, h = im.size
-        s = rng.uniform(0.2, 1.0) * min(w, h)
-        x0, y0 = rng.uniform(0, w - s), rng.uniform(0, h - s)
-        a = np.asarray(im.crop((int(x0), int(y0), int(x0 + s), int(y0 + s))).resize((size, size), Image.BILINEAR),
-                       np.float32)
-        out.append(a[:, ::-1] if rng.random() < 0.5 else a)
-    return np.stack(out)
-
-
-def imagenet(x: np.ndarray) -> np.ndarray:
-    return ((x / 255.0 - MEAN) / STD).astype(np.float32)
-
-
-def pt2e_int8(model: Any, example: Any, calib_nchw: np.ndarray) -> bytes:
-    """litert-torch's documented static INT8 path: PT2E observers, calibration in PyTorch, convert, NHWC I/O."""
-    import litert_torch
-    import torch
-    from litert_torch.quantize import pt2e_quantizer
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import quantize_pt2e
-
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    m = torch.export.export(model, (example,)).module()
-    m = quantize_pt2e.prepare_pt2e(m, quantizer)
-    with torch.no_grad():
-        for s in calib_nchw:
-            m(torch.from_numpy(s[None]))
-    m = quantize_pt2e.convert_pt2e(m, fold_quantize=False)
-    m = litert_torch.to_channel_last_io(m, args=[0])
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        edge = litert_torch.convert(m, (example.permute(0, 2, 3, 1).contiguous(),),
-                                    quant_config=QuantConfig(pt2e_quantizer=quantizer))
-    content = edge.model_content
-    return bytes(content() if callable(content) else content)
-
-
-def tf_converter(model: Any, precision: str, calib: np.ndarray) -> bytes:
-    tf = import_tf()
-
-    def make():  # type: ignore[no-untyped-def]
-        conv = tf.lite.TFLiteConverter.from_keras_model(model)
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        if precision == "fp16":
-            conv.target_spec.supported_types = [tf.float16]
-        else:
-            conv.representative_dataset = lambda: ([s[None]] for s in calib)
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            conv.inference_input_type = tf.int8
-            conv.inference_output_type = tf.int8
-        return conv
-
-    return convert_with_tf(make, f"{precision} reference")
 
 
 def edgemp_artifacts(source: Any, calib: np.ndarray, precisions: list[str]) -> dict[str, bytes]:
@@ -204,40 +124,6 @@ def outputs(model: bytes, xs: np.ndarray, xnnpack: bool) -> list[np.ndarray]:
 def bit_identical(a: bytes, b: bytes, xs: np.ndarray) -> bool:
     return all(len(oa) == len(ob) and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(oa, ob))
                for oa, ob in ((outputs(a, xs, f), outputs(b, xs, f)) for f in (True, False)))
-
-
-def interleaved_latency(models: dict[str, bytes], sample: np.ndarray, rounds: int, per_round: int
-                        ) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Invoke by invoke, the models take turns (order rotated every step), so a burst of load from other jobs
-    on this shared machine hits all of them alike. Returns the median ms per model over all invokes, and each
-    model's per-round medians (ratios are taken round by round)."""
-    itps = {}
-    for name, m in models.items():
-        itp = make_interpreter(m, RuntimeOptions(num_threads=1))
-        d = itp.get_input_details()[0]
-        x = sample
-        if d["dtype"] != np.float32:
-            scale, zp = d["quantization"]
-            x = np.clip(np.round(sample / scale + zp), -128, 127)
-        itp.set_tensor(d["index"], x.astype(d["dtype"]))
-        for _ in range(10):
-            itp.invoke()
-        itps[name] = itp
-    names = list(itps)
-    ts = np.zeros((rounds, len(names), per_round))
-    for r in range(rounds):
-        for i in range(per_round):
-            for k in np.roll(np.arange(len(names)), i):
-                t0 = time.perf_counter()
-                itps[names[k]].invoke()
-                ts[r, k, i] = time.perf_counter() - t0
-    per_round_ms = np.median(ts, axis=2) * 1e3
-    return ({n: float(np.median(ts[:, k]) * 1e3) for k, n in enumerate(names)},
-            {n: per_round_ms[:, k].tolist() for k, n in enumerate(names)})
-
-
-def round_ratio(rounds: dict[str, list[float]], a: str, b: str) -> float:
-    return float(np.median(np.array(rounds[a]) / np.array(rounds[b])))
 
 
 def signatures(model: bytes) -> dict[str, Any]:
