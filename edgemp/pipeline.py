@@ -220,7 +220,10 @@ class Conversion:
             outcome.section["calibration_runs"] = self.calibration_runs
             return Quantized(outcome.artifact, outcome.recipe, outcome, self.calibration_runs)
         with self.timer.stage("quantize"):
-            return Quantized(apply_recipe(fm.quantization_base, recipe, stats), recipe, None, self.calibration_runs)
+            artifact = apply_recipe(fm.quantization_base, recipe, stats)
+            if self.spec.finish is not None:
+                artifact, _ = self.spec.finish(artifact)
+            return Quantized(artifact, recipe, None, self.calibration_runs)
 
     def _statistics(self, qbase: bytes) -> Any:
         from edgemp.quantize import calibrate

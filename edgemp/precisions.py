@@ -53,6 +53,7 @@ class PrecisionSpec:
     coreml: str | None  # the Core ML precision made beside it (targets include "coreml"), None: no counterpart
     fidelity_floor: tuple[float, float]  # (min SQNR dB, min cosine) without labels: benchmarks/fidelity_gate.py
     searched: bool = False  # the mixed-precision search chooses the recipe
+    finish: Callable[[bytes], tuple[bytes, int]] | None = None  # a pass over the quantized model (returns it, count)
 
 
 _REGISTRY: dict[Precision, PrecisionSpec] = {}
@@ -86,13 +87,15 @@ def _float_io(_: IODType) -> str:
 
 def _register_builtin() -> None:
     from edgemp.quantize.recipes import dynamic_int8_recipe, fp16_recipe, no_recipe, static_recipe
+    from edgemp.quantize.rewrites import constants_to_fp16
     from edgemp.validation import checks
 
     for spec in (
         PrecisionSpec(Precision.FP32, "float32 weights, activations and I/O (reference)", False, no_recipe,
                       checks.fp32_checks, _float_io, "fp32", (70.0, 0.99999)),
-        PrecisionSpec(Precision.FP16, "float16 weights dequantized to float32 at load; float32 compute and I/O", False,
-                      fp16_recipe, checks.fp16_checks, _float_io, "fp16", (40.0, 0.9999)),
+        PrecisionSpec(Precision.FP16, "float16 weights and constants dequantized to float32 at load; float32 compute "
+                      "and I/O", False, fp16_recipe, checks.fp16_checks, _float_io, "fp16", (40.0, 0.9999),
+                      finish=constants_to_fp16),
         PrecisionSpec(Precision.DYNAMIC_INT8, "int8 per-channel weights; activations float32, quantized on the fly by "
                       "hybrid kernels", False, dynamic_int8_recipe, checks.dynamic_int8_checks, _float_io,
                       "int8-weights", (25.0, 0.999)),

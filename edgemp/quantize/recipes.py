@@ -68,9 +68,15 @@ def fp16_recipe(_: IODType) -> Recipe:
                   algorithm="float_casting")]
 
 
+DYNAMIC_MIN_WEIGHTS = 1024  # as the TF converter: smaller weights stay float (hybrid kernels would cost more than they save)
+
+
 def dynamic_int8_recipe(_: IODType) -> Recipe:
+    """int8 weights with hybrid kernels for weights of at least DYNAMIC_MIN_WEIGHTS elements: the TF converter's rule.
+    With every weight int8, XNNPACK could not take the hybrid depthwise convs (3x slower than the TF converter's
+    artifact on MobileNetV2, and 11 dB less SQNR: benchmarks/results/zoo.md)."""
     return [_rule({"weight_tensor_config": _weights(8), "compute_precision": "INTEGER",
-                   "explicit_dequantize": False, "skip_checks": False, "min_weight_elements": 0})]
+                   "explicit_dequantize": False, "skip_checks": False, "min_weight_elements": DYNAMIC_MIN_WEIGHTS})]
 
 
 def static_recipe(activation_bits: int) -> Callable[[IODType], Recipe]:

@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from edgemp.targets.tflite.census import Census
 from edgemp.config import IODType
 
@@ -58,8 +60,17 @@ def mixed_checks(c: Census, io_dtype: IODType) -> list[Check]:
 
 
 def dynamic_int8_checks(c: Census, _: IODType) -> list[Check]:
+    """int8 weights where they are big enough to pay (recipes.DYNAMIC_MIN_WEIGHTS elements, as the TF converter),
+    float32 below; at least one hybrid kernel."""
+    from edgemp.quantize.recipes import DYNAMIC_MIN_WEIGHTS
+
     hybrid = c.compute_counts.get("hybrid-int8", 0)
-    return [_weights(c, {"int8"}, per_channel=False),
+    wrong = [(o, w) for o, w in c.weights() if not (w.dtype == "int8" or (w.dtype == "float32" and
+                                                                         int(np.prod(w.shape)) < DYNAMIC_MIN_WEIGHTS))]
+    dtypes = c.weight_dtypes
+    return [Check("weights_int8", bool(dtypes.get("int8")) and not wrong,
+                  f"weights of weighted ops: {dtypes} (float32 only below {DYNAMIC_MIN_WEIGHTS} elements)" if not wrong
+                  else "weights neither int8 nor small float32: " + "; ".join(o.describe() for o, _ in wrong[:6])),
             Check("hybrid_kernels", hybrid > 0, f"{hybrid} op(s) run int8-weight hybrid kernels")]
 
 
