@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import edgemp
+from edgemp.targets.coreml.convert import COREML_PRECISIONS
 from edgemp import errors
 
 from .conftest import CALIBRATION
@@ -19,7 +20,7 @@ from .conftest import CALIBRATION
 pytestmark = pytest.mark.slow  # Core ML conversions of the trained examples at every Core ML precision
 
 pytest.importorskip("coremltools")  # safe: importing edgemp settled the Triton/TensorFlow import order
-KERAS_PRECISIONS = ["fp32", "fp16", "int8-weights", "palettize6", "palettize4"]
+KERAS_PRECISIONS = [p for p in COREML_PRECISIONS if p not in ("w8a8", "mixed")]  # w8a8: PyTorch only; mixed: below
 SIZE_LIMITS = {"fp16": 0.55, "int8-weights": 0.30}
 
 
@@ -77,7 +78,7 @@ def test_keras_model_to_every_coreml_precision(model_path: Path, small_heldout, 
 TORCH_FP32_MODULES = ["0", "1", "2", "19"]  # the first conv block and the classifier of the example CNN
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "mixed", "int8-weights", "w8a8", "palettize6", "palettize4"])
+@pytest.mark.parametrize("precision", COREML_PRECISIONS)
 def test_pytorch_model_to_coreml(torch_model, heldout_nchw, tmp_path: Path, precision: str) -> None:  # type: ignore[no-untyped-def]
     torch = pytest.importorskip("torch")
     x, y = heldout_nchw
