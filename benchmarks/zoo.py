@@ -428,8 +428,10 @@ def edgemp_convert(spec: Spec, case: Case, precision: str, work: Path) -> tuple[
         kw: dict[str, Any] = {"example_input": case.example} if spec.family == "torch" else {}
         needs = precision in ("int8", "int16x8", "mixed")
         r = edgemp.convert(case.model, precision, case.calib if needs else None, validation=case.evalx,
-                           output_dir=work / f"{spec.name}-{precision}", num_calibration_samples=N_CALIB,
-                           max_accuracy_drop=None, latency_runs=0, progress=False, force=True, **kw)
+                           output_dir=work / f"{spec.name}-{precision}",
+                           data=edgemp.DataOptions(num_calibration_samples=N_CALIB),
+                           gate=edgemp.GateOptions(max_accuracy_drop=None), runtime=edgemp.RuntimeOptions(latency_runs=0),
+                           progress=False, force=True, **kw)
         art = r.artifacts["tflite"].read_bytes()
         info |= {"status": "ok" if r.passed else "ok, report gate FAILED: " + "; ".join(r.report.failures)[:300],
                  "gate_passed": r.passed, "rewrites": r.report["model"]["rewrites"],
