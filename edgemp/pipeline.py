@@ -202,7 +202,7 @@ class Conversion:
         from edgemp.quantize import apply_recipe
 
         fm = self.float_model
-        recipe = self.spec.recipe(self.io)
+        recipe = self.spec.recipe(self.io, fm.census)
         if recipe is None:
             return Quantized(fm.tflite, None)
         stats = self._statistics(fm.quantization_base) if self.spec.needs_calibration else None

@@ -47,7 +47,8 @@ class PrecisionSpec:
     precision: Precision
     meaning: str
     needs_calibration: bool
-    recipe: Callable[[IODType], list[dict[str, Any]] | None]  # what the quantizer does; None: the float model is it
+    recipe: Callable[[IODType, Any], list[dict[str, Any]] | None]  # (I/O, float census) -> the quantizer's recipe;
+    # None: the float model is the artifact
     checks: Callable[[Census, IODType], list[Check]]  # what makes the label true, on the artifact's census
     io_label: Callable[[IODType], str]
     coreml: str | None  # the Core ML precision made beside it (targets include "coreml"), None: no counterpart

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from edgemp.config import IODType
 
 Recipe = list[dict[str, Any]]
@@ -51,18 +53,19 @@ def float_rule(regex: str = ".*", operation: str = "*") -> dict[str, Any]:
                   "min_weight_elements": 0}, regex, operation, "no_quantize")
 
 
-def recipe_for(precision: Any, io_dtype: IODType = IODType.QUANTIZED) -> Recipe | None:
-    """The recipe the precision's registry entry names (edgemp.precisions), or None: the float model is the artifact."""
+def recipe_for(precision: Any, io_dtype: IODType = IODType.QUANTIZED, float_census: Any = None) -> Recipe | None:
+    """The recipe the precision's registry entry names (edgemp.precisions), or None: the float model is the artifact.
+    `float_census`: the census of the float model the recipe is for (some recipes adapt to its weights)."""
     from edgemp.precisions import precision_spec
 
-    return precision_spec(precision).recipe(io_dtype)
+    return precision_spec(precision).recipe(io_dtype, float_census)
 
 
-def no_recipe(_: IODType) -> None:
+def no_recipe(_: IODType, __: Any = None) -> None:
     return None
 
 
-def fp16_recipe(_: IODType) -> Recipe:
+def fp16_recipe(_: IODType, __: Any = None) -> Recipe:
     return [_rule({"weight_tensor_config": _weights(16, dtype="FLOAT"), "compute_precision": "FLOAT",
                    "explicit_dequantize": True, "skip_checks": False, "min_weight_elements": 0},
                   algorithm="float_casting")]
@@ -71,18 +74,28 @@ def fp16_recipe(_: IODType) -> Recipe:
 DYNAMIC_MIN_WEIGHTS = 1024  # as the TF converter: smaller weights stay float (hybrid kernels would cost more than they save)
 
 
-def dynamic_int8_recipe(_: IODType) -> Recipe:
+def dynamic_int8_recipe(_: IODType, float_census: Any = None) -> Recipe:
     """int8 weights with hybrid kernels for weights of at least DYNAMIC_MIN_WEIGHTS elements: the TF converter's rule.
     With every weight int8, XNNPACK could not take the hybrid depthwise convs (3x slower than the TF converter's
-    artifact on MobileNetV2, and 11 dB less SQNR: benchmarks/results/zoo.md)."""
+    artifact on MobileNetV2, and 11 dB less SQNR: benchmarks/results/zoo.md). A model with no weight that large
+    gets every weight int8 (else "dynamic-int8" would be a float model under another name)."""
     return [_rule({"weight_tensor_config": _weights(8), "compute_precision": "INTEGER",
-                   "explicit_dequantize": False, "skip_checks": False, "min_weight_elements": DYNAMIC_MIN_WEIGHTS})]
+                   "explicit_dequantize": False, "skip_checks": False,
+                   "min_weight_elements": dynamic_threshold(float_census)})]
 
 
-def static_recipe(activation_bits: int) -> Callable[[IODType], Recipe]:
+def dynamic_threshold(float_census: Any) -> int:
+    """DYNAMIC_MIN_WEIGHTS, or 0 when no weight of the model reaches it (unknown model: DYNAMIC_MIN_WEIGHTS)."""
+    if float_census is None:
+        return DYNAMIC_MIN_WEIGHTS
+    largest = max((int(np.prod(w.shape)) for _, w in float_census.weights()), default=0)
+    return DYNAMIC_MIN_WEIGHTS if largest >= DYNAMIC_MIN_WEIGHTS else 0
+
+
+def static_recipe(activation_bits: int) -> Callable[..., Recipe]:
     """Static quantization everywhere; float32 I/O kept on request."""
 
-    def recipe(io_dtype: IODType) -> Recipe:
+    def recipe(io_dtype: IODType, _: Any = None) -> Recipe:
         rules = [static_rule(activation_bits)]
         if io_dtype is IODType.FLOAT:
             rules += [float_rule(operation="INPUT"), float_rule(operation="OUTPUT")]
