@@ -90,5 +90,5 @@ def _layout_overhead(source: Any, c: Any) -> list[str]:
         warnings.warn(f"{len(found)} TRANSPOSE op(s) remain in the {source.artifact_layout.value} artifact "
                       f"({', '.join(found[:4])}): layout overhead on device. A Flatten of a conv feature map before a "
                       "Linear keeps the model's NCHW order; a global-pooling head (AdaptiveAvgPool2d(1) + Flatten) "
-                      "removes it.", stacklevel=5)
+                      "removes it.", stacklevel=6)  # the user's call of edgemp.convert
     return found
