@@ -31,7 +31,7 @@ import zoo  # noqa: E402
 import edgemp  # noqa: E402
 from edgemp.targets.tflite.census import census  # noqa: E402
 from edgemp.targets.tflite.compat import compact  # noqa: E402
-from edgemp.bench.harness import delegated_nodes  # noqa: E402
+from edgemp.bench.harness import delegated_node_indices  # noqa: E402
 from edgemp.config import Precision, RuntimeOptions  # noqa: E402
 from edgemp.quantize import apply_recipe, recipe_for  # noqa: E402
 from edgemp.quantize.recipes import float_rule  # noqa: E402
@@ -50,20 +50,7 @@ def case_of(name: str) -> tuple[zoo.Spec, zoo.Case]:
 def outside_xnnpack(art: bytes) -> tuple[int, int, dict[str, int]]:
     """(nodes XNNPACK takes, nodes, {op:compute: count} of the nodes it leaves to TFLite's builtin kernels)."""
     itp = make_interpreter(art, RuntimeOptions(num_threads=1))
-    ops = itp._get_ops_details()
-    original = [o for o in ops if o["op_name"] != "DELEGATE"]
-    producer = {t: o["index"] for o in original for t in o["outputs"]}
-    taken: set[int] = set()
-    for d in (o for o in ops if o["op_name"] == "DELEGATE"):
-        boundary, stack, seen = set(d["inputs"]), list(d["outputs"]), set()
-        while stack:
-            t = stack.pop()
-            if t in boundary or t in seen or t not in producer:
-                continue
-            seen.add(t)
-            taken.add(producer[t])
-            stack.extend(i for i in ops[producer[t]]["inputs"] if i >= 0)
-    assert (len(taken), len(original)) == delegated_nodes(itp)
+    taken, original = delegated_node_indices(itp)
     rest = collections.Counter(f"{o.op}:{o.compute}" for o in census(art).ops if o.index not in taken)
     return len(taken), len(original), dict(rest.most_common())
 

@@ -110,7 +110,14 @@ def load_delegate(path: str, options: dict[str, str] | None = None) -> Any:
 
 
 def delegated_nodes(itp: Any) -> tuple[int, int]:
-    """(nodes taken by delegates, original nodes): walk each DELEGATE node's partition back to its inputs."""
+    """(nodes taken by delegates, original nodes)."""
+    taken, original = delegated_node_indices(itp)
+    return len(taken), len(original)
+
+
+def delegated_node_indices(itp: Any) -> tuple[set[int], list[dict[str, Any]]]:
+    """(indices of the nodes delegates took, the original nodes): walk each DELEGATE node's partition back to its
+    inputs."""
     ops = itp._get_ops_details()
     original = [o for o in ops if o["op_name"] != "DELEGATE"]
     producer = {t: o["index"] for o in original for t in o["outputs"]}
@@ -124,7 +131,7 @@ def delegated_nodes(itp: Any) -> tuple[int, int]:
             seen.add(t)
             taken.add(producer[t])
             stack.extend(i for i in ops[producer[t]]["inputs"] if i >= 0)
-    return len(taken), len(original)
+    return taken, original
 
 
 def interpreter(data: bytes, threads: int, xnnpack: bool, delegates: list[Any]) -> Any:

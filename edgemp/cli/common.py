@@ -95,6 +95,11 @@ class CountOrFraction(click.ParamType):
 POSITIVE_INT = click.IntRange(min=1)
 NON_NEGATIVE_INT = click.IntRange(min=0)
 POSITIVE_FLOAT = FiniteFloat(min=0, min_open=True)
+UNSAFE_LOAD = click.option("--unsafe-load", is_flag=True,
+                           help="Load a .keras/.h5 that contains Python code (a Lambda layer) by RUNNING that code: "
+                                "only for files you trust as you trust a script.")
+VALIDATION = click.option("--validation", type=click.Path(),
+                          help="Folder with one sub-folder per class, or .npz with x/y.")
 THREADS = click.option("--threads", type=POSITIVE_INT, default=1, show_default=True, help="Interpreter threads.")
 
 

@@ -14,8 +14,9 @@ from edgemp.targets import registered_targets
 from edgemp.targets.coreml.convert import COREML_PRECISIONS
 
 from edgemp.cli.app import EXIT_GATE_FAILED, main
-from edgemp.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, THREADS, CountOrFraction, FiniteFloat, _console, _delegates,
-                               _labels, _preprocessing, _print_report, preprocessing_options, runtime_options)
+from edgemp.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, THREADS, UNSAFE_LOAD, VALIDATION, CountOrFraction,
+                               FiniteFloat, _console, _delegates, _labels, _preprocessing, _print_report,
+                               preprocessing_options, runtime_options)
 
 
 @main.command()
@@ -24,12 +25,10 @@ from edgemp.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, THREADS, CountOrF
               show_default=True,
               help="Target precision; mixed keeps the most INT8-sensitive layers in float.")
 @click.option("-c", "--calibration", type=click.Path(), help="Folder of images, .npy or .npz.")
-@click.option("--validation", type=click.Path(), help="Folder with one sub-folder per class, or .npz with x/y.")
+@VALIDATION
 @click.option("-o", "--output-dir", type=click.Path(), default="dist", show_default=True,
               help="Where the artifacts and reports are written.")
-@click.option("--unsafe-load", is_flag=True,
-              help="Load a .keras/.h5 that contains Python code (a Lambda layer) by RUNNING that code: only for files "
-                   "you trust as you trust a script.")
+@UNSAFE_LOAD
 @click.option("--io-dtype", type=click.Choice([i.value for i in IODType]), default="quantized", show_default=True,
               help="I/O of int8/int16x8 models: the quantized type, or float32.")
 @click.option("--input-layout", type=click.Choice([x.value for x in Layout]),
@@ -107,12 +106,10 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("-c", "--calibration", type=click.Path(), required=True, help="Folder of images, .npy or .npz.")
-@click.option("--validation", type=click.Path(), help="Folder with one sub-folder per class, or .npz with x/y.")
+@VALIDATION
 @click.option("-o", "--output-dir", type=click.Path(), default="dist", show_default=True,
               help="Where the table, plot and HTML page are written.")
-@click.option("--unsafe-load", is_flag=True,
-              help="Load a .keras/.h5 that contains Python code (a Lambda layer) by RUNNING that code: only for files "
-                   "you trust as you trust a script.")
+@UNSAFE_LOAD
 @click.option("--input-layout", type=click.Choice([x.value for x in Layout]),
               help="PyTorch (.pt2) sources: layout of the artifact's 4-D inputs (default NHWC).")
 @click.option("-n", "--num-calibration-samples", type=POSITIVE_INT, default=200, show_default=True,
@@ -147,9 +144,7 @@ def analyze(model: str, calibration: str, validation: str | None, output_dir: st
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("-r", "--reference", type=click.Path(), help="Float reference: .keras/.h5/SavedModel or a .tflite.")
-@click.option("--unsafe-load", is_flag=True,
-              help="Load a .keras/.h5 that contains Python code (a Lambda layer) by RUNNING that code: only for files "
-                   "you trust as you trust a script.")
+@UNSAFE_LOAD
 @click.option("-d", "--data", type=click.Path(), help="Validation data: class folders, images, .npy or .npz (x/y).")
 @click.option("--max-samples", type=POSITIVE_INT, help="Validate on at most this many samples (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
