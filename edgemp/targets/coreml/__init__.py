@@ -68,7 +68,8 @@ class CoreMLTarget:
                                validation_inputs=vdata.inputs, labels=vdata.labels,
                                reference=batched(conv.source.predict, vdata.inputs) if can_predict() else None,
                                searched=searched)
-            tflite = getattr(conv, "tflite_artifact", None)  # built before, when "tflite" is also a target
+            # the .tflite when it is a target too (compact() leaves its outputs bit-identical: the quantized model serves)
+            tflite = conv.quantized.artifact if any(t.name == "tflite" for t in conv.targets) else None
             out.section["parity"] = parity_section(conv.source, tflite, out, vdata.inputs, conv.source.artifact_inputs,
                                                    output_tasks=conv.gate.output_tasks)
         return TargetResult(self.name, {self._path(conv): out.path}, out.artifact, out.checks, {"coreml": out.section},

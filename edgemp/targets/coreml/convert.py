@@ -112,13 +112,13 @@ def convert_coreml(source: Any, precision: str, *, fp32_ops: Sequence[str] = (),
 
         cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
             mode="linear_symmetric", weight_threshold=WEIGHT_THRESHOLD))
-        mlmodel = _quiet(lambda: cto.linear_quantize_weights(mlmodel, cfg))
+        mlmodel = quiet(lambda: cto.linear_quantize_weights(mlmodel, cfg))
     elif precision in ("palettize6", "palettize4"):
         import coremltools.optimize.coreml as cto
 
         cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(
             mode="kmeans", nbits=int(precision[-1]), weight_threshold=WEIGHT_THRESHOLD))
-        mlmodel = _quiet(lambda: cto.palettize_weights(mlmodel, cfg))
+        mlmodel = quiet(lambda: cto.palettize_weights(mlmodel, cfg))
     return CoreMLConversion(mlmodel, deployment.name, parse_target(target).name, note, path,
                             tuple(sorted(renames.get(n, n) for n in selector.kept)) if selector else (),
                             tuple(selector.unmatched) if selector else ())
@@ -191,10 +191,6 @@ def _image_type(name: str, shape: tuple[int, ...], pre: Preprocessing, channel_f
     layout = ct.colorlayout.GRAYSCALE if gray else rgb
     return ct.ImageType(name=name, shape=shape, scale=scale, bias=bias[0] if gray else bias, color_layout=layout,
                         channel_first=channel_first)
-
-
-def _quiet(fn: Any) -> Any:
-    return quiet(fn)
 
 
 def _coreml_error(exc: Exception, name: str) -> ConversionError:

@@ -55,7 +55,6 @@ class TFLiteTarget:
         checks += quality
         if q.mixed is not None:
             checks.append(Check("mixed_budget", q.mixed.met, q.mixed.message))
-        conv.tflite_artifact = artifact  # the Core ML target's parity table compares with it
         fp32_bytes = len(compact(fm.tflite))  # the fp32 artifact edgemp would write
         path = self._path(conv)
         census_dict = art_census.to_dict()
