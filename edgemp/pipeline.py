@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import shutil
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -99,10 +101,11 @@ def convert(model: Any, precision: str | Precision = "int8", calibration: Any = 
                       options=_options(data, gate, mixed, runtime, coreml, flat), example_input=example_input,
                       input_layout=input_layout, io_dtype=io_dtype, targets=targets, preprocessing=preprocessing,
                       name=name, force=force, strict=strict, progress=progress, unsafe_load=unsafe_load)
-    conv.load()
-    conv.plan()
-    results = [target.build(conv) for target in conv.targets]
-    return conv.write(results, conv.report(results))
+    with conv:
+        conv.load()
+        conv.plan()
+        results = [target.build(conv) for target in conv.targets]
+        return conv.write(results, conv.report(results))
 
 
 class Conversion:
@@ -139,6 +142,20 @@ class Conversion:
         self._model, self._calibration, self._validation = model, calibration, validation
         self._example_input, self._input_layout = example_input, input_layout
         self.calibration_runs = 0
+
+    def __enter__(self) -> Conversion:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Whatever happened, the staging folder goes: a failed run leaves nothing in the temporary folder."""
+        staging = self.__dict__.pop("staging", None)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @functools.cached_property
+    def staging(self) -> Path:
+        """A private temporary folder for artifacts that are folders (.mlpackage) until write() moves them."""
+        return Path(tempfile.mkdtemp(prefix="edgemp-staging-"))
 
     # -- stages ---------------------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -299,9 +316,9 @@ class Conversion:
         blobs |= {paths["report_json"]: report.to_json(), paths["report_md"]: report.to_markdown()}
         blobs |= {self.out_dir / f"{stem}.{k}": v for k, v in extra.items()}
         write_all_atomic(blobs, overwrite=self.force)
-        for p, tmp in files.items():
-            if isinstance(tmp, Path):  # a finished directory (.mlpackage): moved into place
-                save_dir_atomic(p, lambda dest, src=tmp: src.rename(dest), overwrite=self.force)
+        for p, staged in files.items():
+            if isinstance(staged, Path):  # a finished folder (.mlpackage) in self.staging, maybe on another file system
+                save_dir_atomic(p, lambda dest, src=staged: shutil.move(str(src), str(dest)), overwrite=self.force)
         paths |= {k.replace(".", "_"): self.out_dir / f"{stem}.{k}" for k in extra}
         result = ConvertResult(paths, report, self.precision)
         if mixed is not None and mixed.mixed is not None and not mixed.mixed.met:

@@ -188,6 +188,34 @@ def test_existing_mlpackage_is_not_touched_without_force(model_path: Path, tmp_p
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp or backup directories left
 
 
+def test_staging_folder_is_removed_whatever_happens(model_path: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import tempfile
+
+    from edgemp.pipeline import Conversion
+
+    shm = Path("/dev/shm")  # a temporary folder on another file system than the output, where there is one
+    other_fs = shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != tmp_path.stat().st_dev
+    temp = Path(tempfile.mkdtemp(dir=shm)) if other_fs else tmp_path / "tmp"
+    temp.mkdir(exist_ok=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # coremltools and the frameworks leave their own files there
+    try:
+        r = edgemp.convert(model_path, "fp16", output_dir=tmp_path / "out", targets=("coreml",), progress=False)
+        assert (Path(r.artifacts["coreml"]) / "Manifest.json").exists() and not list(temp.glob("edgemp-*"))
+
+        def crash(self, results):  # type: ignore[no-untyped-def]
+            raise RuntimeError("crash between building the package and writing it")
+        monkeypatch.setattr(Conversion, "report", crash)
+        with pytest.raises(errors.InternalError, match="crash between"):
+            edgemp.convert(model_path, "fp16", output_dir=tmp_path / "out2", targets=("coreml",), progress=False)
+        assert not list(temp.glob("edgemp-*")) and not (tmp_path / "out2").exists()
+    finally:
+        if other_fs:
+            import shutil
+            shutil.rmtree(temp)
+
+
 @pytest.mark.skipif(sys.platform != "darwin", reason="Core ML predictions need macOS (coremltools MLModel.predict)")
 def test_numeric_validation_on_macos(model_path: Path, small_heldout, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, y = small_heldout
@@ -304,7 +332,7 @@ def test_torch_export_rejection_falls_back_to_tracing(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="data-dependent"):
         torch.export.export(net, (example,))
     source = load_source(net, example_input=example)
-    out = build_coreml(source, "fp16", tmp_path / "branchy.mlpackage", fp32_ops=(), image=None, class_names=None,
+    out = build_coreml(source, "fp16", tmp_path / "branchy.mlpackage", staging=tmp_path, fp32_ops=(), image=None, class_names=None,
                        target="iOS16", calibration=[], validation_inputs=None, reference=None, labels=None)
     assert out.section["conversion_path"] == "torch.jit.trace"
     assert all(c.passed for c in out.checks), [c.to_dict() for c in out.checks]

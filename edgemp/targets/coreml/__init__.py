@@ -62,7 +62,7 @@ class CoreMLTarget:
         image = (conv.preprocessing or (cal.preprocessing if cal else None) or Preprocessing()) \
             if opts.image_input else None
         with conv.timer.stage("coreml"):
-            out = build_coreml(conv.source, cm, self._path(conv), fp32_ops=fp32_ops, image=image,
+            out = build_coreml(conv.source, cm, self._path(conv), staging=conv.staging, fp32_ops=fp32_ops, image=image,
                                class_names=conv.data.class_names, target=opts.minimum_deployment_target,
                                calibration=cal.samples if cal and cm == "w8a8" else [],
                                validation_inputs=vdata.inputs, labels=vdata.labels,

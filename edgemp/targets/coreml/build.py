@@ -1,5 +1,5 @@
-"""Building the Core ML artifact: convert, save into a staging folder (the pipeline moves it into place with the
-other outputs), census, validate (structure everywhere, numbers on macOS), parity, and the report section."""
+"""Building the Core ML artifact: convert, save into the conversion's staging folder (the pipeline moves it into
+place with the other outputs), census, validate (structure everywhere, numbers on macOS), parity, and the report section."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from edgemp.targets.coreml.checks import numeric_validation, structure_checks
 
 @dataclasses.dataclass
 class CoreMLOutcome:
-    path: Path  # the staged .mlpackage (a temporary folder), moved to its place when the conversion is written
+    path: Path  # the staged .mlpackage, moved to its place when the conversion is written
     section: dict[str, Any]
     checks: list[Check]
     artifact: dict[str, Any]  # the report's artifacts[] entry
@@ -29,18 +29,16 @@ class CoreMLOutcome:
     class_names: Sequence[str] | None = None  # classifier labels, in the source's output order
 
 
-def build_coreml(source: Any, precision: str, final: Path, *, fp32_ops: Sequence[str], image: Preprocessing | None,
+def build_coreml(source: Any, precision: str, final: Path, *, staging: Path, fp32_ops: Sequence[str], image: Preprocessing | None,
                  class_names: Sequence[str] | None, target: str, calibration: Sequence[dict[str, np.ndarray]],
                  validation_inputs: dict[str, np.ndarray] | None, reference: list[np.ndarray] | None,
                  labels: np.ndarray | None, searched: bool = False) -> CoreMLOutcome:
-    """`final`: where the package will go (the report names it); it is saved to a staging folder here."""
-    import tempfile
-
+    """`final`: where the package will go (the report names it); it is saved in `staging` here."""
     frontend = source.coreml_frontend()
     conv = convert_coreml(source, precision, fp32_ops=fp32_ops, image=image, class_names=class_names,
                           target=target, calibration=calibration, searched=searched)
     mlmodel = conv.mlmodel
-    path = Path(tempfile.mkdtemp(prefix="edgemp-coreml-")) / final.name
+    path = staging / final.name
     try:
         mlmodel.save(str(path))
     except OSError as exc:
