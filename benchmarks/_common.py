@@ -3,10 +3,13 @@ batch-norm statistics and calibration, and the official converters' own paths (t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import io
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -17,6 +20,13 @@ import numpy as np
 
 from edgemp.config import RuntimeOptions
 from edgemp.validation.runtime import make_interpreter
+
+
+def work_dir(prefix: str) -> Path:
+    """A temporary folder for one benchmark run's artifacts, removed when the run ends (the figures are kept)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def side_by_side_latency(models: dict[str, bytes], sample: np.ndarray, rounds: int, per_round: int = 50) -> dict[str, float]:

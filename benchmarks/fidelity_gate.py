@@ -30,7 +30,6 @@ import json
 import math
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import cpu_description
+from _common import cpu_description, work_dir
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.models: the small trained models of the test suite
@@ -416,7 +415,7 @@ def main() -> None:
         write_md(data["rows"], data["runtime_s"], data["host"], data["fidelity_floor"])
         return
     t0 = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="edgemp-fidelity-"))
+    work = work_dir("edgemp-fidelity-")
     rows: list[dict[str, Any]] = []
     for case in cases():
         if args.models and not any(s in case.name for s in args.models.split(",")):

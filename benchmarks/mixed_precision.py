@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import cpu_description, side_by_side_latency
+from _common import cpu_description, side_by_side_latency, work_dir
 
 import edgemp
 from edgemp import demo
@@ -55,7 +54,7 @@ def main() -> None:
     x, y = demo.fashion_mnist("test")
     rows: list[dict[str, Any]] = []
     lat_models: dict[str, bytes] = {}
-    work = Path(tempfile.mkdtemp(prefix="edgemp-mixed-"))
+    work = work_dir("edgemp-mixed-")
     for name, model, kw, scale in models():
         torch_src = "example_input" in kw
         xs = x * scale

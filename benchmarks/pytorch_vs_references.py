@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import cpu_description, pt2e_int8, side_by_side_latency
+from _common import cpu_description, pt2e_int8, side_by_side_latency, work_dir
 
 import edgemp
 from edgemp import demo
@@ -78,7 +77,7 @@ def main() -> None:
     cal = load_calibration(CAL, src.input_specs(), num_samples=200, progress=False,
                            preprocessing=Preprocessing(layout=src.data_layout))
     calib_nchw = np.concatenate([s["args_0"] for s in cal.samples])
-    work = Path(tempfile.mkdtemp(prefix="edgemp-bench-"))
+    work = work_dir("edgemp-bench-")
 
     arts: dict[str, bytes] = {}
     rows: dict[str, dict[str, Any]] = {}

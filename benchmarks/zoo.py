@@ -16,7 +16,7 @@ and multi-input models (trained on sklearn digits, cached). Photos: scikit-image
 skimage, or its wheel unpacked with `_common.SKIMAGE_HINT`) plus those of matplotlib and scikit-learn; batch-norm
 statistics and calibration come from one set of photos, fidelity is measured on crops of other photos.
 
-    cd /work/wt/zoo && PYTHONPATH=. epy benchmarks/zoo.py [--quick] [--models a,b] [--out DIR] [--fresh]
+    source scripts/env.sh && python benchmarks/zoo.py [--quick] [--models a,b] [--out DIR] [--fresh]
 Writes DIR/zoo.{json,md} (default benchmarks/results). Finished rows are cached in
 $EDGEMP_CACHE/bench/zoo_rows-<key>.json (key: output folder and settings), so an interrupted run continues where it
 stopped; --fresh ignores the cache. The work runs in a worker process: when a converter's native code kills it
@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -48,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import (SKIMAGE_HINT, cpu_description, cpu_flags, imagenet, interleaved_latency,  # noqa: E402
                      litert_torch_convert, named_photos, photo_crops, pt2e_int8, round_ratio, skimage_data_dir,
-                     tf_converter)
+                     tf_converter, work_dir)
 
 import edgemp  # noqa: E402
 from edgemp.targets.tflite.census import WEIGHTED_OPS, Census, census  # noqa: E402
@@ -679,7 +678,7 @@ def findings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-REPRO = "cd /work/wt/zoo && PYTHONPATH=. epy benchmarks/zoo_findings.py {}"
+REPRO = "source scripts/env.sh && python benchmarks/zoo_findings.py {}"
 _FP16 = (
     "edgemp's fp16 recipe (edgemp/quantize/recipes.py, recipe_for(FP16): one AI Edge Quantizer `float_casting` rule) "
     "casts only the weight operand of the ops the quantizer registers float_casting for (FULLY_CONNECTED, CONV_2D, "
@@ -922,7 +921,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     rows, reused = [], 0
-    work = Path(tempfile.mkdtemp(prefix="edgemp-zoo-"))
+    work = work_dir("edgemp-zoo-")
     for name in args.names:
         spec = specs[name]
         keys = [f"{name}|{p}" for p in spec.precisions]

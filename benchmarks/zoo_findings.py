@@ -9,7 +9,7 @@ Each subcommand rebuilds one zoo model exactly as benchmarks/zoo.py does and sho
   lraspp           LR-ASPP int8: HARD_SWISH placement, edgemp vs PT2E
   anchor-crash     TFLiteConverter int8 PTQ of the Keras LSTM / GRU, each in a child process: its exit code (SIGSEGV)
 
-    cd /work/wt/zoo && PYTHONPATH=. epy benchmarks/zoo_findings.py {fp16,dynamic,transformer,vit-class-token,lraspp}
+    source scripts/env.sh && python benchmarks/zoo_findings.py {fp16,dynamic,transformer,vit-class-token,lraspp}
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +65,8 @@ def compare(case: zoo.Case, arts: dict[str, bytes], anchor: str, rounds: int = 7
 
 
 def convert(case: zoo.Case, precision: str, **kw: Any) -> bytes:
-    r = edgemp.convert(case.model, precision, case.calib, validation=case.evalx, output_dir=tempfile.mkdtemp(),
+    r = edgemp.convert(case.model, precision, case.calib, validation=case.evalx,
+                       output_dir=_common.work_dir("edgemp-findings-"),
                        example_input=case.example, max_accuracy_drop=None, progress=False,
                        num_calibration_samples=zoo.N_CALIB, **kw)
     return r.artifacts["tflite"].read_bytes()
