@@ -199,6 +199,29 @@ def exists_error(path: Path) -> OutputExistsError:
                              "directory.")
 
 
+def place_exclusive(src: str | Path, path: Path) -> None:
+    """Give the finished file `src` the name `path` unless that exists (OutputExistsError), also when another writer
+    claims it at the same moment; `src` may stay behind as a hard link (its caller cleans up its own staging)."""
+    try:
+        os.link(src, path)
+    except FileExistsError:
+        raise exists_error(path) from None
+    except OSError as exc:
+        if exc.errno not in NO_HARDLINKS:
+            raise not_writable(exc, path) from exc
+        try:  # no hard links on this file system: claim the name exclusively, then swap the content in
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            raise exists_error(path) from None
+        except OSError as exc2:
+            raise not_writable(exc2, path) from exc2
+        try:
+            os.replace(src, path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+
 def _commit(tmp: str, path: Path, overwrite: bool) -> str | None:
     """Put the staged file in place. Returns a backup of the file it replaced (None if there was none)."""
     st = lstat_or_none(path)
@@ -206,24 +229,7 @@ def _commit(tmp: str, path: Path, overwrite: bool) -> str | None:
         raise OutputNotWritableError(f"cannot write {path}: a directory is where an output file should go; remove or "
                                      "rename it, or choose another --name or output directory.")
     if not overwrite:
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise exists_error(path) from None
-        except OSError as exc:
-            if exc.errno not in NO_HARDLINKS:
-                raise not_writable(exc, path) from exc
-            try:  # no hard links on this file system: claim the name exclusively, then swap the content in
-                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            except FileExistsError:
-                raise exists_error(path) from None
-            except OSError as exc2:
-                raise not_writable(exc2, path) from exc2
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                path.unlink(missing_ok=True)
-                raise
+        place_exclusive(tmp, path)
         return None
     backup = None
     if st is not None:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgemp._io import (NO_HARDLINKS, exists_error, is_dir, lstat_or_none, make_parent_dirs, not_writable,
+from edgemp._io import (exists_error, is_dir, lstat_or_none, make_parent_dirs, not_writable, place_exclusive,
                         remove_empty_dirs, save_dir_atomic)
 from edgemp.bundle.manifest import validate_manifest
 from edgemp.errors import BundleIntegrityError, OutputExistsError, OutputNotWritableError, UnsafeBundleError
@@ -203,7 +203,7 @@ def _replace_files(new: Path, dest: Path, work: Path, owned: set[str]) -> tuple[
         for rel in sorted(set(incoming) - {"manifest.json"}) + ["manifest.json"]:
             target = dest / rel
             made += make_parent_dirs(target)
-            _link_exclusive(new / rel, target)
+            place_exclusive(new / rel, target)
             placed.append(rel)
     except BaseException as exc:
         for rel in reversed(placed):
@@ -234,19 +234,6 @@ def _replace_files(new: Path, dest: Path, work: Path, owned: set[str]) -> tuple[
             top = PurePosixPath(rel).parts[0]
             kept.add(rel if top in tops else top)
     return tuple(sorted(kept))
-
-
-def _link_exclusive(src: Path, target: Path) -> None:
-    try:
-        os.link(src, target)
-    except FileExistsError:
-        raise exists_error(target) from None
-    except OSError as exc:
-        if exc.errno not in NO_HARDLINKS:
-            raise
-        if lstat_or_none(target) is not None:
-            raise exists_error(target) from None
-        os.rename(src, target)
 
 
 def verify_placed(dest: Path, manifest: dict[str, Any]) -> None:
