@@ -14,7 +14,7 @@ _install_quiet()
 from edgemp import errors  # noqa: E402
 from edgemp.api import inspect_model, validate  # noqa: E402
 from edgemp.config import (CoreMLOptions, DataOptions, DelegateSpec, GateOptions, IODType, MixedOptions,  # noqa: E402
-                           Preprocessing, RuntimeOptions)
+                           OnnxOptions, Preprocessing, RuntimeOptions)
 from edgemp.precisions import Precision  # noqa: E402
 from edgemp.pipeline import ConvertResult, convert  # noqa: E402
 from edgemp.analysis import AnalysisResult, analyze  # noqa: E402
@@ -23,7 +23,7 @@ from edgemp.bundle import Bundle, package, read_bundle, unpack_bundle  # noqa: E
 
 __all__ = [
     "AnalysisResult", "BenchResult", "Bundle", "ConvertResult", "CoreMLOptions", "DataOptions", "DelegateSpec",
-    "GateOptions", "IODType", "MixedOptions", "Precision", "Preprocessing", "RuntimeOptions",
+    "GateOptions", "IODType", "MixedOptions", "OnnxOptions", "Precision", "Preprocessing", "RuntimeOptions",
     "analyze", "benchmark", "convert", "errors", "inspect_model", "package", "read_bundle", "unpack_bundle", "validate",
     "__version__",
 ]

@@ -268,6 +268,18 @@ class CoreMLOptions(_Config):
                            P.text("minimum_deployment_target", self.minimum_deployment_target))
 
 
+@dataclasses.dataclass(frozen=True)
+class OnnxOptions(_Config):
+    """The ONNX target (TensorRT-ready, for Jetson): the opset, and float16 I/O for fp16 (float32 I/O otherwise)."""
+
+    opset: int = 18
+    fp16_io: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "opset", P.integer("onnx opset", self.opset, 13, 21))
+        object.__setattr__(self, "fp16_io", P.flag("onnx_fp16_io", self.fp16_io))
+
+
 def __getattr__(name: str) -> Any:
     """`Precision` lives with its registry (edgemp.precisions); kept importable from here. FIDELITY_FLOOR is the
     registry's floors as a dict."""

@@ -67,6 +67,10 @@ class DeviceError(InputError):
     """A device or tool needed to benchmark on it (adb, a phone, the benchmark binary) is missing or failed."""
 
 
+class MissingDependencyError(InputError):
+    """An optional extra is not installed (the ONNX target needs `edgemp[jetson]`); the message names it."""
+
+
 class BundleError(InputError):
     """A device bundle that cannot be written or trusted."""
 

@@ -23,8 +23,8 @@ from edgemp._io import check_overwrite, prepare_output_dir, save_dir_atomic, wri
 from edgemp._versions import versions
 from edgemp.calibration import CalibrationSet, load_calibration
 from edgemp.calibration.checks import check_ranges
-from edgemp.config import (CoreMLOptions, DataOptions, GateOptions, IODType, Layout, MixedOptions, Preprocessing,
-                           RuntimeOptions, parse_enum)
+from edgemp.config import (CoreMLOptions, DataOptions, GateOptions, IODType, Layout, MixedOptions, OnnxOptions,
+                           Preprocessing, RuntimeOptions, parse_enum)
 from edgemp.errors import CalibrationError, InputError, MixedPrecisionError, QualityGateError, public
 from edgemp.precisions import Precision, precision_spec
 from edgemp.sources import load_source
@@ -49,6 +49,7 @@ _GROUPS = {
     "coreml": (CoreMLOptions, {"coreml_precision": "precision", "coreml_fp32_ops": "fp32_ops",
                                "coreml_image_input": "image_input",
                                "minimum_deployment_target": "minimum_deployment_target"}),
+    "onnx": (OnnxOptions, {}),
 }
 
 
@@ -72,7 +73,7 @@ def convert(model: Any, precision: str | Precision = "int8", calibration: Any = 
             io_dtype: str | IODType = IODType.QUANTIZED, targets: Sequence[str] = ("tflite",),
             preprocessing: Preprocessing | Mapping[str, Any] | None = None, data: DataOptions | None = None,
             gate: GateOptions | None = None, mixed: MixedOptions | None = None, runtime: RuntimeOptions | None = None,
-            coreml: CoreMLOptions | None = None, name: str | None = None, force: bool = False, strict: bool = False,
+            coreml: CoreMLOptions | None = None, onnx: OnnxOptions | None = None, name: str | None = None, force: bool = False, strict: bool = False,
             progress: bool | None = None, unsafe_load: bool = False, **flat: Any) -> ConvertResult:
     """Convert a Keras or PyTorch model in `precision` for each target, validate it on the host, write artifacts and
     report.
@@ -86,10 +87,11 @@ def convert(model: Any, precision: str | Precision = "int8", calibration: Any = 
     Options come in frozen groups (each checked up front): `data` (calibration sample count, seed, validation
     samples, batch, class names), `gate` (accuracy drop, fidelity floor, `metric=`, output tasks), `mixed`
     (the float-layer cap, layers forced float or int8), `runtime` (threads, XNNPACK, delegates, latency runs),
-    `coreml` (the Core ML target's precision, fp32 ops, image input, deployment target). The flat keywords of
+    `coreml` (the Core ML target's precision, fp32 ops, image input, deployment target), `onnx` (the ONNX target's
+    opset and fp16 I/O). The flat keywords of
     earlier releases (`max_accuracy_drop=`, `num_threads=`, ...) still work, with a DeprecationWarning.
 
-    `targets`: any registered targets ("tflite", "coreml"), alone or together: an iOS app can ask for Core ML only
+    `targets`: any registered targets ("tflite", "coreml", "onnx"), alone or together: an iOS app can ask for Core ML only
     (a `mixed` Core ML model still gets its fp32 layers from the TFLite search, run without writing a .tflite).
     PyTorch: pass an nn.Module with `example_input` (or an ExportedProgram / .pt2); data is given in the layout of
     example_input; `input_layout` ("NHWC", the default for 4-D inputs, or "NCHW") sets the artifact's. int8 gets
@@ -98,7 +100,7 @@ def convert(model: Any, precision: str | Precision = "int8", calibration: Any = 
     How artifacts are judged: docs/validation.md; the families that convert at each precision: docs/families.md.
     """
     conv = Conversion(model, precision, calibration, validation, output_dir,
-                      options=_options(data, gate, mixed, runtime, coreml, flat), example_input=example_input,
+                      options=_options(data, gate, mixed, runtime, coreml, onnx, flat), example_input=example_input,
                       input_layout=input_layout, io_dtype=io_dtype, targets=targets, preprocessing=preprocessing,
                       name=name, force=force, strict=strict, progress=progress, unsafe_load=unsafe_load)
     with conv:
@@ -125,6 +127,7 @@ class Conversion:
         self.mixed_options: MixedOptions = options["mixed"]
         self.runtime: RuntimeOptions = options["runtime"]
         self.coreml: CoreMLOptions = options["coreml"]
+        self.onnx: OnnxOptions = options["onnx"]
         names = P.strings("targets", targets)
         if not names or len(set(names)) != len(names):
             raise InputError(f"targets must name each target once, at least one: {list(names or [])}")
@@ -278,7 +281,7 @@ class Conversion:
             "targets": [t.name for t in self.targets],
             "recipe": quantized.recipe if quantized is not None else None,
             "artifacts": [r.artifact for r in results],
-            "fp32_reference": None, "census": None, "validation": None, "coreml": None,
+            "fp32_reference": None, "census": None, "validation": None, "coreml": None, "onnx": None,
             "preprocessing": _app_preprocessing(cal, self.source.artifact_layout),
             "class_names": list(self.data.class_names) if self.data.class_names is not None else
             (vdata.class_names if vdata is not None else None),
@@ -330,14 +333,15 @@ class Conversion:
         return result
 
 
-def _options(data: Any, gate: Any, mixed: Any, runtime: Any, coreml: Any, flat: dict[str, Any]) -> dict[str, Any]:
+def _options(data: Any, gate: Any, mixed: Any, runtime: Any, coreml: Any, onnx: Any,
+             flat: dict[str, Any]) -> dict[str, Any]:
     """The option groups, from the group objects given and the flat keywords of earlier releases."""
-    given = {"data": data, "gate": gate, "mixed": mixed, "runtime": runtime, "coreml": coreml}
+    given = {"data": data, "gate": gate, "mixed": mixed, "runtime": runtime, "coreml": coreml, "onnx": onnx}
     known = {k: g for g, (_, fields) in _GROUPS.items() for k in fields}
     unknown = sorted(set(flat) - set(known))
     if unknown:
         raise InputError(f"convert() got unknown keyword(s) {unknown}; options are grouped as data=, gate=, mixed=, "
-                         "runtime=, coreml= (see help(edgemp.convert)).")
+                         "runtime=, coreml=, onnx= (see help(edgemp.convert)).")
     out = {}
     for group, (cls, fields) in _GROUPS.items():
         mine = {fields[k]: v for k, v in flat.items() if k in fields}

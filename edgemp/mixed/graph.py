@@ -151,9 +151,9 @@ def _layer_names(o: OpInfo, order: dict[str, int], kinds: dict[str, str],
     """[own layer, fused layers...] for an op. Converters write several layers into one tensor name (the op's
     own, fused batch norm/activation, and often its producers), so producers' names are subtracted and a
     weighted op is named after the conv/linear layer its filter comes from."""
-    out = set(_mentions([o.outputs[0].name], order, aliases))
-    producers = set(_mentions([t.name for t in o.inputs if not t.constant], order, aliases))
-    filt = set(_mentions([t.name for t in o.inputs if t.constant][:1], order, aliases))
+    out = set(mentions([o.outputs[0].name], order, aliases))
+    producers = set(mentions([t.name for t in o.inputs if not t.constant], order, aliases))
+    filt = set(mentions([t.name for t in o.inputs if t.constant][:1], order, aliases))
     weighted = [n for n in filt if _WEIGHTED_CLASS.search(kinds.get(n, "")) and "norm" not in kinds.get(n, "").lower()]
     if weighted:
         fresh = [n for n in weighted if n not in producers] or weighted
@@ -167,7 +167,7 @@ def _layer_names(o: OpInfo, order: dict[str, int], kinds: dict[str, str],
     return [primary, *fused]
 
 
-def _mentions(tensor_names: Iterable[str], order: dict[str, int],
+def mentions(tensor_names: Iterable[str], order: dict[str, int],
               aliases: Mapping[str, Sequence[tuple[str | None, str]]] | None = None) -> list[str]:
     """Source layer names a converter wrote into tensor names (Keras: scope paths, mapped through the scope
     aliases when the source gives them, else read with `_N` suffixes stripped; litert-torch: `pkg.Class_attr`

@@ -70,3 +70,4 @@ def get_target(name: str) -> Target:
 
 register_target("tflite", "edgemp.targets.tflite:TFLiteTarget")
 register_target("coreml", "edgemp.targets.coreml:CoreMLTarget")
+register_target("onnx", "edgemp.targets.onnx:OnnxTarget")

@@ -37,17 +37,22 @@ def evaluate(artifact: bytes, reference: Predict | None, data: ValidationData, o
              progress: bool | None = None, data_note: str | None = None,
              adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
              channels_first: Sequence[bool] = (), class_names: Sequence[str] | None = None,
-             output_names: Sequence[str] | None = None) -> tuple[dict[str, Any], list[Check]]:
+             output_names: Sequence[str] | None = None,
+             make_runner: Callable[[bytes, RuntimeOptions], Any] | None = None) -> tuple[dict[str, Any], list[Check]]:
     """Return the report's "validation" section and the quality checks (collapse, accuracy or metric, fidelity).
 
     `data` is in the reference's layout; `adapt` lays a batch out for the artifact (e.g. NCHW -> NHWC).
     `channels_first[i]`: output i is NCHW (its class axis is 1). `class_names`: given by the user (checked
     against the class count of the labelled output). `output_names`: the reference's output names in its order.
+    `make_runner(artifact, opts)`: what runs the artifact (default: LiteRT's `Runner`; the ONNX target passes
+    onnxruntime's).
     """
     gate = gate or GateOptions()
     t0 = time.perf_counter()
     adapt = adapt or (lambda batch: batch)
-    runner = Runner(artifact, opts, list(output_names) if output_names is not None else None)
+    order = list(output_names) if output_names is not None else None
+    make_runner = make_runner or (lambda model, o: Runner(model, o, order))
+    runner = make_runner(artifact, opts)
     out = batched(lambda b: runner.run(adapt(b)), data.inputs, progress=progress, label="Validating artifact")
     ref = reference_outputs
     if ref is None and reference is not None:
@@ -62,8 +67,9 @@ def evaluate(artifact: bytes, reference: Predict | None, data: ValidationData, o
     tasks = infer_tasks(names, [o.shape for o in out], channels_first, gate.output_tasks)
     checks: list[Check] = []
     section: dict[str, Any] = {"data": data.summary() | ({"note": data_note} if data_note else {}),
-                               "runtime": {"interpreter": "ai_edge_litert", "threads": opts.num_threads,
-                                           "xnnpack": opts.xnnpack, "delegates": runner.delegate_report()},
+                               "runtime": runner.runtime_info() if hasattr(runner, "runtime_info") else
+                               {"interpreter": "ai_edge_litert", "threads": opts.num_threads, "xnnpack": opts.xnnpack,
+                                "delegates": runner.delegate_report()},
                                "outputs": [], "accuracy": None, "fidelity_gate": None}
     metrics: dict[str, dict[str, Any]] = {}
     for t, o, r in zip(tasks, out, ref or [None] * len(out), strict=True):
@@ -106,8 +112,8 @@ def evaluate(artifact: bytes, reference: Predict | None, data: ValidationData, o
     sample = adapt({k: v[:1] for k, v in data.inputs.items()})
     lat = runner.latency(sample)
     if fp32_artifact is not None and fp32_artifact != artifact and opts.latency_runs:
-        base = Runner(fp32_artifact, RuntimeOptions(num_threads=opts.num_threads, xnnpack=opts.xnnpack,
-                                                    latency_runs=opts.latency_runs, warmup_runs=opts.warmup_runs))
+        base = make_runner(fp32_artifact, RuntimeOptions(num_threads=opts.num_threads, xnnpack=opts.xnnpack,
+                                                         latency_runs=opts.latency_runs, warmup_runs=opts.warmup_runs))
         lat["fp32_median_ms"] = base.latency(sample)["median_ms"]
         lat["ratio_to_fp32"] = lat["median_ms"] / lat["fp32_median_ms"] if lat["fp32_median_ms"] else None
     section["latency"] = lat

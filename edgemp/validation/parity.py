@@ -29,13 +29,13 @@ def parity(reference: list[np.ndarray], tflite: list[np.ndarray] | None, coreml:
         axis = class_axes[i] if i < len(class_axes) else -1
         r = _batch(reference[i])
         t = _batch(tflite[i]) if tflite is not None else None
-        pairs = {"tflite_vs_source": _pair(r, t.reshape(r.shape) if t.size == r.size else t, axis)} if t is not None else {}
+        pairs = {"tflite_vs_source": pair(r, t.reshape(r.shape) if t.size == r.size else t, axis)} if t is not None else {}
         if coreml is not None:
             c = _batch(coreml[i], channels_last=i in coreml_nchw)
             c = c.reshape(r.shape) if c.size == r.size else c
-            pairs["coreml_vs_source"] = _pair(r, c, axis)
+            pairs["coreml_vs_source"] = pair(r, c, axis)
             if t is not None:
-                pairs["tflite_vs_coreml"] = _pair(c, t.reshape(c.shape) if t.size == c.size else t, axis)
+                pairs["tflite_vs_coreml"] = pair(c, t.reshape(c.shape) if t.size == c.size else t, axis)
         rows.append({"output": name, **pairs})
     worst = max(((row["output"], k, v) for row in rows for k, v in row.items() if k != "output"),
                 key=lambda x: x[2]["max_abs_error"], default=None)
@@ -43,7 +43,7 @@ def parity(reference: list[np.ndarray], tflite: list[np.ndarray] | None, coreml:
             "largest_disagreement": {"output": worst[0], "pair": worst[1], **worst[2]} if worst else None}
 
 
-def _pair(a: np.ndarray, b: np.ndarray, class_axis: int | None = -1) -> dict[str, Any]:
+def pair(a: np.ndarray, b: np.ndarray, class_axis: int | None = -1) -> dict[str, Any]:
     m = compare(a, b, class_axis if a.shape == b.shape else None)
     return {k: m[k] for k in ("max_abs_error", "mean_abs_error", "cosine", "sqnr_db", "top1_agreement")}
 
