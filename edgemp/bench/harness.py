@@ -327,8 +327,9 @@ def _read(path: str) -> str | None:
         return None
 
 
-def device_facts() -> dict[str, Any]:
-    """What the numbers depend on: CPU model and flags (int8 dot product: ARM dotprod/i8mm, x86 VNNI), cores, OS."""
+def device_facts(runtime: tuple[str, str] | None = None) -> dict[str, Any]:
+    """What the numbers depend on: CPU model and flags (int8 dot product: ARM dotprod/i8mm, x86 VNNI), cores, OS.
+    `runtime`: (name, version) of what ran the models (default: the LiteRT runtime)."""
     cpuinfo = _read("/proc/cpuinfo") or ""
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
@@ -340,7 +341,7 @@ def device_facts() -> dict[str, Any]:
         or platform.processor() or platform.machine()
     meminfo = _read("/proc/meminfo") or ""
     mem = next((int(line.split()[1]) // 1024 for line in meminfo.splitlines() if line.startswith("MemTotal:")), None)
-    lib_version = litert()[1:]
+    lib_version = runtime or litert()[1:]
     tegra = _read("/etc/nv_tegra_release")
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -365,7 +366,8 @@ def headline(out: dict[str, Any]) -> str:
     runtime = d.get("runtime") or {}
     return (f"{d.get('board') or d.get('cpu_model')} ({d.get('machine')}, {d.get('cores')} cores, int8 dot product: "
             f"{d.get('int8_dot_product')}), {out.get('tool')} {runtime.get('name', '')} {runtime.get('version', '')}"
-            f"".rstrip() + f", {o['threads']} thread(s), XNNPACK {'on' if o['xnnpack'] else 'off'}")
+            f"".rstrip() + f", {o['threads']} thread(s)"
+            + (f", XNNPACK {'on' if o['xnnpack'] else 'off'}" if "xnnpack" in o else ""))
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -375,7 +377,7 @@ def table(results: list[dict[str, Any]]) -> str:
     base = results[0]["latency_ms"]["p50"] if results and results[0].get("latency_ms") else None
     rows = []
     for r in results:
-        lat, mem, dg = r.get("latency_ms"), r["memory"], r["delegation"]
+        lat, mem, dg = r.get("latency_ms"), r["memory"], r.get("delegation") or {}
         lat = lat or {}
         rows.append([r["model"], _num(r.get("size_bytes"), 1 / 1024, 1), _num(r.get("init_ms")),
                      _num(r.get("first_inference_ms"), digits=3), *(_num(lat.get(k), digits=3) for k in ("p50", "p90", "p99")),

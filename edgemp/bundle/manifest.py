@@ -70,8 +70,9 @@ def app_preprocessing(pre: dict[str, Any] | None, first_input: dict[str, Any] | 
             "std": [float(v) for v in pre.get("std", [1.0])], "layout": layout}
 
 
-def validation_summary(report: dict[str, Any]) -> dict[str, Any]:
-    v = report.get("validation") or {}
+def validation_summary(report: dict[str, Any], fmt: str = "tflite") -> dict[str, Any]:
+    """The host validation of the artifact the bundle ships (`fmt`: the ONNX target validates its own graph)."""
+    v = ((report.get("onnx") or {}).get("validation") if fmt == "onnx" else report.get("validation")) or {}
     acc = v.get("accuracy")
     lat = v.get("latency") or {}
     return {

@@ -3,7 +3,9 @@
 Layouts (paths relative to the bundle root, where manifest.json always is):
 - android:  <model>.tflite, labels.txt, manifest.json — the contents of an app's `assets/edgemp/` folder.
 - ios:      <model>.mlpackage/ (the package tree), labels.txt, manifest.json.
-- jetson, linux-arm64: <model>.tflite, labels.txt, harness.py, requirements.txt (pinned), run.sh, manifest.json.
+- jetson: <model>.onnx (when the result has an ONNX artifact), build_engine.sh (TensorRT via trtexec), harness_trt.py +
+  harness.py, requirements.txt (pinned), run.sh, labels.txt, manifest.json; else as linux-arm64.
+- linux-arm64: <model>.tflite, labels.txt, harness.py, requirements.txt (pinned), run.sh, manifest.json.
 A zip is written deterministically (sorted entries, fixed timestamps): the same inputs give the same bytes.
 """
 
@@ -30,8 +32,9 @@ from edgemp import _params as P
 from edgemp.errors import (BundleIntegrityError, InputError, MissingArtifactError, ModelLoadError, OutputExistsError,
                            public)
 DEVICES = ("android", "ios", "jetson", "linux-arm64")
-_FORMAT = {"android": "tflite", "ios": "coreml", "jetson": "tflite", "linux-arm64": "tflite"}
-_EXECUTABLE = {"run.sh", "harness.py"}
+# the artifact each device takes, in order of preference (jetson: the TensorRT-ready ONNX, else the .tflite on the CPU)
+_TARGETS = {"android": ("tflite",), "ios": ("coreml",), "jetson": ("onnx", "tflite"), "linux-arm64": ("tflite",)}
+_EXECUTABLE = {"run.sh", "harness.py", "harness_trt.py", "build_engine.sh"}
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _NOTES = {
     "android": ["Unzip into app/src/main/assets/edgemp/ and keep .tflite uncompressed in the APK "
@@ -112,13 +115,15 @@ def _candidates(stored: Path, folder: Path | None) -> list[Path]:
 def _artifact(report: dict[str, Any], device: str,
               folder: Path | None = None) -> tuple[dict[str, Any], bytes | None, Path]:
     """The report's artifact for the device, checked against its sha256; a file's bytes are read once, here."""
-    target = _FORMAT[device]
-    art = next((a for a in report["artifacts"] if a["target"] == target), None)
+    wanted = _TARGETS[device]
+    art = next((a for t in wanted for a in report["artifacts"] if a["target"] == t), None)
     if art is None:
-        how = ("convert with targets=(\"tflite\", \"coreml\") (CLI: edgemp convert ... --coreml)" if target == "coreml"
-               else "convert the model to TFLite first (edgemp convert)")
+        how = {"coreml": "convert with targets=(\"tflite\", \"coreml\") (CLI: edgemp convert ... --coreml)",
+               "onnx": "convert with targets including \"onnx\" (CLI: -t onnx) for TensorRT, or \"tflite\" for the CPU",
+               "tflite": "convert the model to TFLite first (edgemp convert)"}[wanted[0]]
+        kind = {"coreml": "Core ML", "onnx": "ONNX or TFLite", "tflite": "TFLite"}[wanted[0]]
         raise MissingArtifactError(f"the {report['precision']} result of {report['model']['name']!r} has no "
-                                   f"{'Core ML' if target == 'coreml' else 'TFLite'} artifact for {device}: {how}")
+                                   f"{kind} artifact for {device}: {how}")
     stored = Path(art["path"])
     candidates = _candidates(stored, folder)
     existing = [p for p in candidates if os.path.lexists(p)]
@@ -160,6 +165,12 @@ def _model_entry(report: dict[str, Any], art: dict[str, Any], data: bytes | None
 def _runtime(device: str, files: list[str]) -> dict[str, Any]:
     if device == "ios":
         return {"engine": "Core ML", "notes": _NOTES[device]}
+    if "build_engine.sh" in files:
+        from edgemp.bundle import jetson
+
+        return {"engine": "TensorRT (engines built on the device by build_engine.sh); onnxruntime otherwise",
+                "harness": "harness_trt.py", "requirements": "requirements.txt", "run": "sh run.sh",
+                "build": "sh build_engine.sh", "notes": jetson.NOTES}
     out: dict[str, Any] = {"engine": "LiteRT (ai_edge_litert / org.tensorflow.lite)", "notes": _NOTES[device]}
     if device in ("jetson", "linux-arm64"):
         out |= {"harness": "harness.py", "requirements": "requirements.txt", "run": "sh run.sh"}
@@ -206,7 +217,15 @@ def _collect(device: str, reports: list[tuple[dict[str, Any], Path | None]],
         models.append(entry)
     if classes:
         files["labels.txt"] = ("\n".join(classes) + "\n").encode()
-    if device in ("jetson", "linux-arm64"):
+    formats = {m["format"] for m in models}
+    if "onnx" in formats:
+        if formats != {"onnx"}:
+            raise InputError("a jetson bundle holds ONNX models (TensorRT) or .tflite models (LiteRT on the CPU), not "
+                             "both: convert every result with targets including 'onnx', or package them separately")
+        from edgemp.bundle import jetson
+
+        files |= jetson.files(models)
+    elif device in ("jetson", "linux-arm64"):
         bench = resources.files("edgemp.bench")
         files["harness.py"] = bench.joinpath("harness.py").read_bytes()
         files["requirements.txt"] = resources.files("edgemp.bundle").joinpath("device_requirements.txt").read_bytes()
@@ -228,7 +247,7 @@ def build_manifest(device: str, reports: list[dict[str, Any]], models: list[dict
         "preprocessing": app_preprocessing(first.get("preprocessing"), models[0]["inputs"][0]
                                            if models[0]["inputs"][0]["kind"] == "tensor" else None),
         "labels": {"file": "labels.txt", "classes": list(classes)} if classes else None,
-        "validation": validation_summary(first), "calibration": calibration_summary(first),
+        "validation": validation_summary(first, models[0]["format"]), "calibration": calibration_summary(first),
         "versions": {k: str(v) for k, v in (first.get("versions") or {}).items()},
         "runtime": _runtime(device, list(files)),
         "files": [{"path": p, "sha256": d, "bytes": n} for p in sorted(files) for d, n in [_digest(files[p])]],

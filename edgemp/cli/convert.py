@@ -57,6 +57,8 @@ from edgemp.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, THREADS, UNSAFE_L
               help="Core ML mixed: a layer name kept fp32, or type:OP for every Core ML op of that type.")
 @click.option("--coreml-image-input", is_flag=True, help="Core ML input as an image with the preprocessing folded in.")
 @click.option("--deployment-target", default="iOS16", show_default=True, help="Core ML minimum deployment target.")
+@click.option("--onnx-opset", type=int, default=18, show_default=True, help="ONNX target (-t onnx): the opset.")
+@click.option("--onnx-fp16-io", is_flag=True, help="ONNX target at fp16: float16 inputs and outputs (default float32).")
 @preprocessing_options
 @runtime_options
 def convert(model: str, precision: str, calibration: str | None, validation: str | None, output_dir: str,
@@ -65,7 +67,7 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
             never_float: tuple[str, ...], min_sqnr_db: float | None, min_cosine: float | None,
             targets: tuple[str, ...], with_coreml: bool,
             coreml_precision: str | None, coreml_fp32_ops: tuple[str, ...], coreml_image_input: bool,
-            deployment_target: str,
+            deployment_target: str, onnx_opset: int, onnx_fp16_io: bool,
             size: tuple[int, int] | None, resize: str, color: str, scale: float,
             mean: tuple[float, ...] | None, std: tuple[float, ...] | None, layout: str, threads: int, no_xnnpack: bool,
             delegates: tuple[str, ...], delegate_options: tuple[str, ...], latency_runs: int,
@@ -74,7 +76,7 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
 
     Data for a .pt2 model is given in the layout of its example input (NCHW for images). With
     `--precision mixed` the most INT8-sensitive layers stay in float until the budget holds."""
-    from edgemp.config import CoreMLOptions, DataOptions, GateOptions, MixedOptions, RuntimeOptions
+    from edgemp.config import CoreMLOptions, DataOptions, GateOptions, MixedOptions, OnnxOptions, RuntimeOptions
     from edgemp.pipeline import convert as do_convert
 
     chosen = list(targets) or ["tflite"]
@@ -95,6 +97,7 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
         coreml=CoreMLOptions.from_dict({"precision": coreml_precision, "fp32_ops": coreml_fp32_ops,
                                         "image_input": coreml_image_input,
                                         "minimum_deployment_target": deployment_target}),
+        onnx=OnnxOptions(opset=onnx_opset, fp16_io=onnx_fp16_io),
         name=name, force=force, progress=progress, unsafe_load=unsafe_load,
     )
     _print_report(result.report, as_json)

@@ -60,37 +60,10 @@ class Report:
                 for s in specs:
                     lines.append(f"| {kind} | {s['name']} | {s['shape']} | {s['dtype']} | {_f(s['scale'], 6)} | "
                                  f"{'' if s['zero_point'] is None else s['zero_point']} |")
-        v = d.get("validation")
-        if v:
-            lines += ["", "## Validation on the host", "", f"Data: {v['data']['source']} ({v['data']['num_samples']} samples)"
-                      + (f" — {v['data']['note']}" if v["data"].get("note") else ""), ""]
-            lines += [f"- note: {n}" for n in v["data"].get("notes") or []]
-            lines += [f"- **warning:** {w}" for w in v["data"].get("warnings") or []]
-            lines += [""] if v["data"].get("notes") or v["data"].get("warnings") else []
-            if v["outputs"]:
-                lines += ["| output | task | max abs err | mean abs err | RMSE | cosine | SQNR dB | top-1 agreement |",
-                          "|---|---|---|---|---|---|---|---|"]
-                for o in v["outputs"]:
-                    lines.append(f"| {o['name']} | {_task(o)} | {_f(o.get('max_abs_error'), 5)} | "
-                                 f"{_f(o.get('mean_abs_error'), 5)} | {_f(o.get('rmse'), 5)} | {_f(o.get('cosine'), 6)} | "
-                                 f"{_f(o.get('sqnr_db'), 2)} | {_f(o.get('top1_agreement'), 4)} |")
-            a = v.get("accuracy")
-            if a:
-                lines += ["", "Accuracy: " + accuracy_line(a)]
-            for w in v.get("warnings") or []:
-                lines += ["", f"**Warning:** {w}"]
-            fg = v.get("fidelity_gate")
-            if fg:
-                lines += ["", f"Fidelity gate ({fg['origin']}): SQNR >= {fg['min_sqnr_db']:g} dB and cosine >= "
-                          f"{fg['min_cosine']:g} for {', '.join(fg['outputs'])} (outputs no label or metric judges)."]
-            lat = v["latency"]
-            lines += ["", f"Host latency (batch 1, {lat['threads']} thread(s), XNNPACK {'on' if lat['xnnpack'] else 'off'}, "
-                      f"median of {lat['runs']}): {_f(lat['median_ms'], 4)} ms"
-                      + (f"; fp32 {_f(lat['fp32_median_ms'], 4)} ms, ratio {_f(lat['ratio_to_fp32'], 2)}" if "fp32_median_ms" in lat else "")]
-            for dl in v["runtime"]["delegates"]:
-                lines.append(f"- delegate {dl['name']}: loaded, {dl['nodes']}/{dl['total_nodes']} nodes")
+        lines += _validation_markdown(d.get("validation"), "## Validation on the host")
         lines += _mixed_markdown(d.get("mixed"))
         lines += _coreml_markdown(d.get("coreml"))
+        lines += _onnx_markdown(d.get("onnx"))
         cal = d.get("calibration")
         if cal:
             lines += ["", "## Calibration", "", f"{cal['num_samples']} samples from {cal['source']}, seed {cal['seed']}, "
@@ -121,7 +94,7 @@ class Report:
             t.add_column(col)
         for a in d["artifacts"]:
             compute = (d.get("census") or {}).get("compute_counts") if a["target"] == "tflite" else \
-                ((d.get("coreml") or {}).get("census") or {}).get("compute_counts")
+                ((d.get(a["target"]) or {}).get("census") or {}).get("compute_counts")
             t.add_row(Path(a["path"]).name, f"{a['bytes']:,}", _f(a["ratio_to_fp32"], 3), str(compute))
         console.print(t)
         v = d.get("validation")
@@ -185,6 +158,68 @@ def accuracy_line(a: dict[str, Any]) -> str:
                 f"{pts}; pixel accuracy {_f(a.get('float_pixel_accuracy'), 4)} -> {_f(a['pixel_accuracy'], 4)}")
     return (f"{a.get('output', 'output')}: top-1 float {_f(a.get('float_top1'), 4)} -> artifact {_f(a['top1'], 4)}, "
             f"drop {drop} {pts}" + (f"; top-5 {_f(a.get('float_top5'), 4)} -> {_f(a['top5'], 4)}" if "top5" in a else ""))
+
+
+def _validation_markdown(v: dict[str, Any] | None, title: str) -> list[str]:
+    lines: list[str] = []
+    if v:
+        lines += ["", title, "", f"Data: {v['data']['source']} ({v['data']['num_samples']} samples)"
+                  + (f" — {v['data']['note']}" if v["data"].get("note") else ""), ""]
+        lines += [f"- note: {n}" for n in v["data"].get("notes") or []]
+        lines += [f"- **warning:** {w}" for w in v["data"].get("warnings") or []]
+        lines += [""] if v["data"].get("notes") or v["data"].get("warnings") else []
+        if v["outputs"]:
+            lines += ["| output | task | max abs err | mean abs err | RMSE | cosine | SQNR dB | top-1 agreement |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for o in v["outputs"]:
+                lines.append(f"| {o['name']} | {_task(o)} | {_f(o.get('max_abs_error'), 5)} | "
+                             f"{_f(o.get('mean_abs_error'), 5)} | {_f(o.get('rmse'), 5)} | {_f(o.get('cosine'), 6)} | "
+                             f"{_f(o.get('sqnr_db'), 2)} | {_f(o.get('top1_agreement'), 4)} |")
+        a = v.get("accuracy")
+        if a:
+            lines += ["", "Accuracy: " + accuracy_line(a)]
+        for w in v.get("warnings") or []:
+            lines += ["", f"**Warning:** {w}"]
+        fg = v.get("fidelity_gate")
+        if fg:
+            lines += ["", f"Fidelity gate ({fg['origin']}): SQNR >= {fg['min_sqnr_db']:g} dB and cosine >= "
+                      f"{fg['min_cosine']:g} for {', '.join(fg['outputs'])} (outputs no label or metric judges)."]
+        lat = v["latency"]
+        lines += ["", f"Host latency (batch 1, {lat['threads']} thread(s), "
+                  + (f"XNNPACK {'on' if lat['xnnpack'] else 'off'}" if "xnnpack" in lat else lat.get("provider", ""))
+                  + f", median of {lat['runs']}): {_f(lat['median_ms'], 4)} ms"
+                  + (f"; fp32 {_f(lat['fp32_median_ms'], 4)} ms, ratio {_f(lat['ratio_to_fp32'], 2)}" if "fp32_median_ms" in lat else "")]
+        for dl in v["runtime"].get("delegates") or []:
+            lines.append(f"- delegate {dl['name']}: loaded, {dl['nodes']}/{dl['total_nodes']} nodes")
+    return lines
+
+
+def _onnx_markdown(o: dict[str, Any] | None) -> list[str]:
+    if not o:
+        return []
+    c = o["census"]
+    lines = ["", "## ONNX (TensorRT-ready)", "", f"Precision `{o['precision']}`: {o['precision_meaning']}. Opset "
+             f"{o['opset']}, exported by {o['exporter']}" + (f"; quantized by {o['quantizer']}" if o["quantizer"] else "")
+             + ".", "", f"- layout {o['layout']}, batch {o['batch'] or 'dynamic'}; the app feeds: {o['app_input']}",
+             f"- compute nodes (Conv/ConvTranspose/Gemm/MatMul) by precision: {c['compute_counts']}; weights: "
+             f"{c['weight_dtypes']}; QuantizeLinear {c['quantize_nodes']}, DequantizeLinear {c['dequantize_nodes']}",
+             f"- inputs: {c['inputs']}", f"- outputs: {c['outputs']}"]
+    if o["precision"] == "mixed":
+        lines.append(f"- kept in FP16: {', '.join(o['fp16_nodes']) or 'none'}"
+                     + (f"; float layers of the search with no Q/DQ in the ONNX graph (already float, FP16 under "
+                        f"TensorRT --fp16): {', '.join(o['unmatched_float_layers'])}" if o["unmatched_float_layers"] else ""))
+    lines += ["", f"Host run: {o['host_runtime']}. {o['not_run']}."]
+    lines += _validation_markdown(o.get("validation"), "### ONNX validation on the host")
+    p = o.get("parity")
+    if p:
+        lines += ["", f"### Parity ({p['samples']} samples)", "", "| output | pair | max abs err | cosine | SQNR dB | "
+                  "top-1 agreement |", "|---|---|---|---|---|---|"]
+        for row in p["outputs"]:
+            for k, m in row.items():
+                if k != "output":
+                    lines.append(f"| {row['output']} | {k.replace('_', ' ')} | {_f(m['max_abs_error'], 5)} | "
+                                 f"{_f(m['cosine'], 6)} | {_f(m['sqnr_db'], 2)} | {_f(m['top1_agreement'], 4)} |")
+    return lines
 
 
 def _coreml_markdown(cm: dict[str, Any] | None) -> list[str]:

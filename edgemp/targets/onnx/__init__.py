@@ -125,10 +125,16 @@ class OnnxTarget:
     def bundle_entry(self, report: dict[str, Any], data: bytes | None, path: Path) -> dict[str, Any]:
         o = report["onnx"]
         c = o["census"]
-        ins = [{"name": t["name"], "dtype": t["dtype"], "shape": t["shape"]} for t in c["inputs"]]
-        outs = [{"name": t["name"], "dtype": t["dtype"], "shape": t["shape"]} for t in c["outputs"]]
-        return {"precision": o["precision"], "precision_meaning": o["precision_meaning"], "io_dtype": ins[0]["dtype"]
-                if ins else None, "layout": o["layout"], "inputs": ins, "outputs": outs}
+
+        def tensor(t: dict[str, Any], is_input: bool) -> dict[str, Any]:
+            shape = [d if isinstance(d, int) and d > 0 else -1 for d in t["shape"]]
+            return {"name": t["name"], "shape": shape, "dtype": t["dtype"], "kind": "tensor",
+                    "layout": o["layout"] if is_input and len(shape) == 4 else None, "quantization": None}
+
+        ins = [tensor(t, True) for t in c["inputs"]]
+        return {"precision": o["precision"], "precision_meaning": o["precision_meaning"],
+                "io_dtype": ins[0]["dtype"] if ins else None, "layout": o["layout"], "inputs": ins,
+                "outputs": [tensor(t, False) for t in c["outputs"]]}
 
     def _path(self, conv: Conversion) -> Path:
         return conv.out_dir / f"{conv.stem}.onnx"
