@@ -417,3 +417,31 @@ def detection_accuracy(outputs: dict[str, np.ndarray], targets: list[dict[str, A
         iou = inter / ((box[2] - box[0]) * (box[3] - box[1]) + (gt[2] - gt[0]) * (gt[3] - gt[1]) - inter + 1e-9)
         hits += int(np.argmax(fg[a]) == t["label"] and iou >= 0.5)
     return hits / len(targets)
+
+
+def torch_digits_cnn() -> Any:
+    """A small CNN (two convolutions with batch norm, a linear head) on 8x8 digits, NCHW: trains in seconds."""
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(32, 10))
+    x, y = digits()
+    return _torch_fit(model, "torch_digits_cnn", _sampler(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y),
+                      nn.CrossEntropyLoss(), 1500)
+
+
+def keras_digits_cnn() -> Any:
+    def build() -> Any:
+        import keras
+        from keras import layers
+
+        inp = keras.Input((8, 8, 1), name="image")
+        t = layers.Conv2D(16, 3, padding="same", activation="relu", name="c1")(inp)
+        t = layers.Conv2D(32, 3, padding="same", activation="relu", name="c2")(t)
+        t = layers.GlobalAveragePooling2D(name="gap")(t)
+        return keras.Model(inp, layers.Dense(10, name="logits")(t), name="digits_cnn")
+
+    x, y = digits()
+    return _keras_fit(build, x, y, "keras_digits_cnn", 40)

@@ -77,9 +77,10 @@ class OnnxTarget:
                 model = quantize_int8(fo.model, cal.samples, fo.batch, exclude=fp16_nodes)
                 if fp16_nodes:
                     model = keep_fp16(model, fp16_nodes)
-            model.producer_name, model.producer_version = "edgemp", _version()
+            for m in (model, fo.model):
+                m.producer_name, m.producer_version = "edgemp", _version()
             data = model.SerializeToString()
-            fp32_data = fo.model.SerializeToString()
+            fp32_data = fo.model.SerializeToString()  # what edgemp writes at fp32: the size and latency reference
         with conv.timer.stage("onnx_census"):
             c = census(model, fo.layers)
             checks = label_checks(c, prec, set(fp16_nodes))

@@ -39,6 +39,9 @@ def export_float(source: Any, batch_size: int | None, opset: int) -> FloatOnnx:
         raise UnsupportedModelError(f"the ONNX target takes Keras and PyTorch models, not a {source.kind} source: "
                                     "load the Keras model (.keras/.h5) or the nn.Module instead.")
     _rename_io(model, [s.name for s in source.input_specs()], source.output_names())
+    for n in model.graph.node:  # the exporter's per-node scope strings, read into `layers` above: not shipped
+        del n.metadata_props[:]
+        n.doc_string = ""
     return FloatOnnx(_pre_process(model), producer, layers, batch_size)
 
 

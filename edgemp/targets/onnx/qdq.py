@@ -70,7 +70,33 @@ def quantize_int8(model: Any, samples: Sequence[dict[str, np.ndarray]], batch: i
 def to_fp16(model: Any, fp16_io: bool) -> Any:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return convert_float_to_float16(model, keep_io_types=not fp16_io, disable_shape_infer=False)
+    return toposort(convert_float_to_float16(model, keep_io_types=not fp16_io, disable_shape_infer=False))
+
+
+def toposort(model: Any) -> Any:
+    """Nodes in dependency order, as the ONNX spec (and TensorRT's parser) require; the float16 converter appends
+    its I/O casts at the end. Stable: nodes keep their order where the dependencies allow."""
+    g = model.graph
+    ready = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
+    pending = list(g.node)
+    ordered = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(x in ready for x in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ValueError(f"the graph has a cycle or a missing input at {[n.name for n in rest[:3]]}")
+        pending = rest
+    nodes = [type(n)() for n in ordered]
+    for new, old in zip(nodes, ordered, strict=True):
+        new.CopyFrom(old)
+    del g.node[:]
+    g.node.extend(nodes)
+    return model
 
 
 def keep_fp16(model: Any, nodes: Sequence[str]) -> Any:
@@ -118,4 +144,4 @@ def keep_fp16(model: Any, nodes: Sequence[str]) -> Any:
                                               to=TensorProto.FLOAT))
     del g.node[:]
     g.node.extend(new_nodes)
-    return model
+    return toposort(model)
