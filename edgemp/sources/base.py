@@ -24,6 +24,7 @@ class Source(Protocol):
     """A loaded model. Heavy frameworks are imported by the concrete class, never at `import edgemp`."""
 
     kind: ClassVar[str]
+    onnx_exporter: ClassVar[str | None]  # what exports it to ONNX (the ONNX target); None: no ONNX export
     name: str
     path: str | None
     data_layout: Layout  # layout of the data users give (image folders are read into it)
@@ -68,6 +69,11 @@ class Source(Protocol):
     def coreml_frontend(self) -> Any:
         """What the Core ML target needs from this kind of model (edgemp.sources.coreml_frontends); InputError when
         coremltools cannot take it."""
+        ...
+
+    def to_float_onnx(self, batch_size: int | None, opset: int) -> tuple[Any, str, dict[str, str]]:
+        """(onnx.ModelProto in the source's own layout, exporter description, ONNX node -> source layer), through
+        the framework's exporter (edgemp.sources.onnx_export)."""
         ...
 
     def framework_versions(self) -> dict[str, str]: ...

@@ -107,6 +107,7 @@ def convert_with_tf(make_converter: Any, what: str) -> bytes:
 
 class KerasSource:
     kind: ClassVar[str] = "keras"
+    onnx_exporter: ClassVar[str | None] = "tf2onnx"
     data_layout: ClassVar[Layout] = Layout.NHWC
     artifact_layout: ClassVar[Layout] = Layout.NHWC
 
@@ -192,6 +193,12 @@ class KerasSource:
 
         return KerasCoreML(self)
 
+    def to_float_onnx(self, batch_size: int | None, opset: int) -> tuple[Any, str, dict[str, str]]:
+        """NHWC as the model takes it (tf2onnx places the transposes TensorRT folds)."""
+        from edgemp.sources.onnx_export import keras_to_onnx
+
+        return keras_to_onnx(self, batch_size, opset)
+
     def unroll_loops(self) -> tuple[KerasSource | None, list[str]]:
         """The model with its recurrent layers unrolled (same weights, same outputs): static quantization cannot
         calibrate the WHILE loop Keras lowers them to. None (with the reason) when a sequence length is dynamic."""
@@ -272,6 +279,7 @@ def scope_aliases(model: Any) -> dict[str, list[tuple[str | None, str]]]:
 
 class SavedModelSource:
     kind: ClassVar[str] = "saved_model"
+    onnx_exporter: ClassVar[str | None] = None  # no ONNX target: load the Keras model instead
     data_layout: ClassVar[Layout] = Layout.NHWC
     artifact_layout: ClassVar[Layout] = Layout.NHWC
 

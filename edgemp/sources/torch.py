@@ -187,6 +187,7 @@ def flatten_outputs(out: Any) -> tuple[list[Any], list[str]]:
 
 class TorchSource:
     kind: ClassVar[str] = "pytorch"
+    onnx_exporter: ClassVar[str | None] = "torch.onnx.export (dynamo)"
     data_layout: ClassVar[Layout] = Layout.NCHW  # what users hand us: shaped like example_input
 
     def __init__(self, module: Any, example_args: tuple[Any, ...], input_layout: str | Layout | None,
@@ -330,6 +331,12 @@ class TorchSource:
         from edgemp.sources.coreml_frontends import TorchCoreML
 
         return TorchCoreML(self)
+
+    def to_float_onnx(self, batch_size: int | None, opset: int) -> tuple[Any, str, dict[str, str]]:
+        """NCHW as the module takes it (TensorRT's native layout), whatever the .tflite's layout."""
+        from edgemp.sources.onnx_export import torch_to_onnx
+
+        return torch_to_onnx(self, batch_size, opset)
 
     def framework_versions(self) -> dict[str, str]:
         import litert_torch

@@ -45,7 +45,7 @@ class OnnxTarget:
         except ImportError as exc:
             raise MissingDependencyError(f"the ONNX target needs onnx and onnxruntime ({exc.name} is missing): "
                                          "pip install 'edgemp[jetson]'") from exc
-        if conv.source.kind not in ("pytorch", "keras"):
+        if getattr(conv.source, "onnx_exporter", None) is None:
             raise InputError(f"the ONNX target takes Keras and PyTorch models, not a {conv.source.kind} source: load "
                              "the Keras model (.keras/.h5) or the nn.Module instead.")
         return [self._path(conv)]

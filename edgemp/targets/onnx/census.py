@@ -64,13 +64,22 @@ def census(model: Any, layers: dict[str, str] | None = None) -> OnnxCensus:
         p = producer.get(t)
         return p is not None and p.op_type == "DequantizeLinear" and int8_data(p.input[0])
 
-    def source_dtype(t: str) -> int | None:
-        """The stored type of a weight: an initializer, or the data behind a DequantizeLinear / Cast of one."""
+    def dtype_name(code: int) -> str:
+        return helper.tensor_dtype_to_np_dtype(code).name
+
+    def source_dtype(t: str) -> str | None:
+        """The stored type of a weight: an initializer, or the data behind a DequantizeLinear / Cast of one; a float
+        initializer quantized by a Q/DQ pair in the graph (TensorRT folds it) is 'float32 (Q/DQ)'."""
         if t in inits:
-            return inits[t].data_type
+            return dtype_name(inits[t].data_type)
         p = producer.get(t)
-        if p is not None and p.op_type in ("DequantizeLinear", "Cast", "Identity") and p.input[0] in inits:
-            return inits[p.input[0]].data_type
+        if p is None or p.op_type not in ("DequantizeLinear", "Cast", "Identity"):
+            return None
+        if p.input[0] in inits:
+            return dtype_name(inits[p.input[0]].data_type)
+        q = producer.get(p.input[0])
+        if p.op_type == "DequantizeLinear" and q is not None and q.op_type == "QuantizeLinear" and q.input[0] in inits:
+            return dtype_name(inits[q.input[0]].data_type) + " (Q/DQ)"
         return None
 
     nodes = []
@@ -83,8 +92,7 @@ def census(model: Any, layers: dict[str, str] | None = None) -> OnnxCensus:
             compute = "int8"
         else:
             compute = {_FLOAT16: "float16"}.get(types.get(data[0], 1), "float32")
-        w = next((source_dtype(x) for x in data if source_dtype(x) is not None), None)
-        wname = helper.tensor_dtype_to_np_dtype(w).name if w is not None else "activation"
+        wname = next((w for x in data if (w := source_dtype(x)) is not None), "activation")
         weights[wname] += 1
         nodes.append({"name": n.name, "op": n.op_type, "layer": (layers or {}).get(n.name), "compute": compute,
                       "weight_dtype": wname})
