@@ -354,3 +354,22 @@ def test_transformer_matmuls_are_int8(tmp_path: Path) -> None:
     ops = {n["op"] for n in o["census"]["nodes"]}
     assert "MatMul" in ops and set(o["census"]["compute_counts"]) == {"int8"}  # attention's activation MatMuls too
     assert o["validation"]["accuracy"]["drop"] <= 0.01
+
+
+def test_dynamic_batch_gets_an_optimization_profile(tmp_path: Path, digits_nchw) -> None:  # type: ignore[no-untyped-def]
+    cal, val = digits_nchw
+    r = edgemp.convert(torch_digits_cnn(), "int8", cal[0], val, tmp_path, example_input=torch.zeros(1, 1, 8, 8),
+                       targets=("onnx",), data=edgemp.DataOptions(batch_size=None), progress=False,
+                       runtime=edgemp.RuntimeOptions(latency_runs=1))
+    assert r.passed and r.report["onnx"]["batch"] is None
+    b = edgemp.package(r, device="jetson", output_dir=tmp_path / "b", as_zip=False)
+    assert b.manifest["models"][0]["inputs"][0]["shape"] == [-1, 1, 8, 8]
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    exe = _fake_trtexec(tools)
+    out = subprocess.run(["sh", "build_engine.sh"], cwd=b.path, capture_output=True, text=True,
+                         env=os.environ | {"TRTEXEC": str(exe), "MAX_BATCH": "16"})
+    assert out.returncode == 0, out.stderr
+    call = (tools / "calls.txt").read_text()
+    assert "--minShapes=args_0:1x1x8x8" in call and "--optShapes=args_0:1x1x8x8" in call
+    assert "--maxShapes=args_0:16x1x8x8" in call
