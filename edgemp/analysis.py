@@ -9,7 +9,8 @@ from typing import Any
 
 from edgemp import _params as P
 from edgemp._io import check_overwrite, write_all_atomic
-from edgemp.config import CoreMLOptions, DataOptions, GateOptions, Layout, MixedOptions, Preprocessing, RuntimeOptions
+from edgemp.config import (CoreMLOptions, DataOptions, GateOptions, Layout, MixedOptions, OnnxOptions, Preprocessing,
+                           RuntimeOptions)
 from edgemp.errors import CalibrationError, public
 from edgemp.mixed.pipeline import analyze_layers, sensitivity_json
 from edgemp.mixed.report import plot_png, to_html, to_markdown
@@ -76,6 +77,7 @@ def analyze(
     conv = Conversion(model, Precision.INT8, calibration, validation, output_dir,
                       options={"data": DataOptions(num_calibration_samples, seed, max_validation_samples, 1, class_names),
                                "gate": GateOptions(), "mixed": MixedOptions(), "coreml": CoreMLOptions(),
+                               "onnx": OnnxOptions(),
                                "runtime": RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, latency_runs=0)},
                       example_input=example_input, input_layout=input_layout, io_dtype="quantized", targets=("tflite",),
                       preprocessing=preprocessing, name=name, force=force, strict=False, progress=progress,

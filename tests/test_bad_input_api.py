@@ -44,7 +44,7 @@ CONVERT_CASES: list[tuple[dict[str, Any], str]] = [
     ({"preprocessing": {"size": (0, 28)}}, "preprocessing size"),
     ({"preprocessing": {"colour": "rgb"}}, "unknown Preprocessing field"),
     ({"targets": "tflite"}, "targets"),
-    ({"targets": ["tflite", "onnx"]}, "targets"),
+    ({"targets": ["tflite", "tensorrt"]}, "targets"),
     ({"force": "yes"}, "force must be True or False"),
     ({"strict": 2}, "strict"),
     ({"progress": "on"}, "progress"),

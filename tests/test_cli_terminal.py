@@ -417,7 +417,8 @@ def fake_cache(tmp_path: Path) -> Path:
     python is a stub, its activate script only sets VIRTUAL_ENV and PATH."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     deps = json.dumps([project["dependencies"], project.get("optional-dependencies", {})], sort_keys=True)
-    key = hashlib.sha256(f"{deps}\ndev,torch,coreml\n".encode()).hexdigest()[:12]
+    extras = re.search(r'EDGEMP_EXTRAS:-([^}]+)}', (REPO / "scripts" / "env.sh").read_text()).group(1)
+    key = hashlib.sha256(f"{deps}\n{extras}\n".encode()).hexdigest()[:12]
     cache = tmp_path / "cache"
     venv = cache / f"venv-{key}"
     (venv / "bin").mkdir(parents=True)
