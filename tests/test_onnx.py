@@ -373,3 +373,46 @@ def test_dynamic_batch_gets_an_optimization_profile(tmp_path: Path, digits_nchw)
     call = (tools / "calls.txt").read_text()
     assert "--minShapes=args_0:1x1x8x8" in call and "--optShapes=args_0:1x1x8x8" in call
     assert "--maxShapes=args_0:16x1x8x8" in call
+
+
+@pytest.mark.slow
+def test_recurrent_models(tmp_path: Path) -> None:
+    """A Keras LSTM lowers to an ONNX Loop whose MatMuls Q/DQ cannot reach: it is unrolled (same weights) and fully
+    int8. A PyTorch nn.LSTM exports as one LSTM op with no Q/DQ form: int8 is refused naming it, mixed keeps it in
+    FP16 (its weights float16), the rest int8."""
+    from .models import digit_tokens, keras_rnn
+
+    x, y = digit_tokens()
+    val = (x[N_TRAIN:], y[N_TRAIN:])
+    kw = {"targets": ("onnx",), "progress": False, "runtime": edgemp.RuntimeOptions(latency_runs=1)}
+    r = edgemp.convert(keras_rnn("LSTM"), "int8", x[:100], val, tmp_path / "keras", **kw)
+    o = r.report["onnx"]
+    assert r.passed and set(o["census"]["compute_counts"]) == {"int8"} and o["census"]["compute_counts"]["int8"] > 8
+    assert "Loop" not in o["census"]["op_counts"] and o["rewrites"]
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = torch.nn.LSTM(8, 32, batch_first=True)
+            self.head = torch.nn.Linear(32, 10)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(t)[0][:, -1])
+
+    torch.manual_seed(0)
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    xt, yt = torch.from_numpy(x[:N_TRAIN]), torch.from_numpy(y[:N_TRAIN])
+    for _ in range(300):
+        idx = torch.randint(0, len(xt), (64,))
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+        opt.step()
+    net.eval()
+    with pytest.raises(errors.PrecisionLabelError, match=r"LSTM, layer rnn.*'mixed' keeps recurrent ops in FP16"):
+        edgemp.convert(net, "int8", x[:100], val, tmp_path / "torch_int8", example_input=torch.zeros(1, 8, 8), **kw)
+    r = edgemp.convert(net, "mixed", x[:100], val, tmp_path / "torch_mixed", example_input=torch.zeros(1, 8, 8), **kw)
+    o = r.report["onnx"]
+    assert r.passed and o["census"]["compute_counts"] == {"float16": 1, "int8": 1}
+    assert [f["op"] for f in o["forced_fp16"]] == ["LSTM"] and o["forced_fp16"][0]["layer"] == "rnn"
+    assert o["validation"]["accuracy"]["drop"] <= 0.01

@@ -55,14 +55,21 @@ class OnnxTarget:
 
         from edgemp.targets.onnx.census import census, label_checks
         from edgemp.targets.onnx.export import export_float
-        from edgemp.targets.onnx.qdq import keep_fp16, quantize_int8, to_fp16
+        from edgemp.targets.onnx.qdq import RECURRENT_OPS, keep_fp16, quantize_int8, to_fp16
         from edgemp.targets.onnx.runtime import OrtRunner
         from edgemp.validation import Check, evaluate
 
         prec = conv.precision.value
+        unrolled: list[str] = []
         with conv.timer.stage("onnx_export"):
             fo = export_float(conv.source, conv.data.batch_size, conv.onnx.opset)
+            if prec in ("int8", "mixed") and _loops(fo.model):  # a Keras RNN: unrolled into MatMuls that take Q/DQ
+                source, why = conv.source.unroll_loops()
+                if source is not None:
+                    fo = export_float(source, conv.data.batch_size, conv.onnx.opset)
+                    unrolled = ["recurrent layers unrolled (same weights) so their MatMuls can be int8"] + why
         fp16_nodes: list[str] = []
+        forced: list[dict[str, Any]] = []
         unmatched: list[str] = []
         with conv.timer.stage("onnx_quantize"):
             if prec == "fp32":
@@ -74,6 +81,10 @@ class OnnxTarget:
                 assert cal is not None  # precisions that quantize need calibration (checked in Conversion)
                 if prec == "mixed":
                     fp16_nodes, unmatched = _chosen_nodes(conv, fo)
+                    forced = [{"name": n.name, "op": n.op_type, "layer": fo.layers.get(n.name),
+                               "reason": f"an ONNX {n.op_type} has no Q/DQ (int8) form; FP16 is the closest"}
+                              for n in fo.model.graph.node if n.op_type in RECURRENT_OPS]
+                    fp16_nodes += [f["name"] for f in forced if f["name"] not in fp16_nodes]
                 model = quantize_int8(fo.model, cal.samples, fo.batch, exclude=fp16_nodes)
                 if fp16_nodes:
                     model = keep_fp16(model, fp16_nodes)
@@ -116,7 +127,8 @@ class OnnxTarget:
             "layout": layout, "batch": fo.batch,
             "app_input": f"{layout} float32 (the same preprocessing as the report's); "
                          + ("float16 I/O" if prec == "fp16" and conv.onnx.fp16_io else "float32 I/O"),
-            "fp32_bytes": len(fp32_data), "census": c.to_dict(), "fp16_nodes": fp16_nodes,
+            "fp32_bytes": len(fp32_data), "census": c.to_dict(), "fp16_nodes": fp16_nodes, "forced_fp16": forced,
+            "rewrites": unrolled,
             "unmatched_float_layers": unmatched, "validation": section, "parity": parity,
             "host_runtime": "onnxruntime CPUExecutionProvider",
             "not_run": "TensorRT was not run here (no NVIDIA GPU): build_engine.sh in the jetson bundle builds the engine",
@@ -151,6 +163,10 @@ def _chosen_nodes(conv: Conversion, fo: Any) -> tuple[list[str], list[str]]:
     nodes = sorted(n for n, layer in fo.layers.items() if layer in layers and n in compute)
     hit = {fo.layers[n] for n in nodes}
     return nodes, [x for x in layers if x not in hit]
+
+
+def _loops(model: Any) -> bool:
+    return any(n.op_type in ("Loop", "Scan") for n in model.graph.node)
 
 
 def _moved_channels(source: Any) -> list[bool]:

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from edgemp.targets.onnx.qdq import QUANTIZED_OPS
+from edgemp.targets.onnx.qdq import QUANTIZED_OPS, RECURRENT_OPS
 from edgemp.validation.checks import Check
+
+COMPUTE_OPS = (*QUANTIZED_OPS, *RECURRENT_OPS)  # ops with weights: what a precision label is about
 
 _INT8 = 3  # onnx.TensorProto.INT8
 _FLOAT16 = 10
@@ -46,11 +48,13 @@ def census(model: Any, layers: dict[str, str] | None = None) -> OnnxCensus:
 
     model = onnx.shape_inference.infer_shapes(model)
     g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input, *g.output]}
+    every = list(walk(g))  # loop and branch bodies too: their MatMuls are compute like any other
+    inits = {i.name: i for sub in subgraphs(g) for i in sub.initializer}
+    producer = {o: n for n in every for o in n.output}
+    types = {vi.name: vi.type.tensor_type.elem_type for sub in subgraphs(g)
+             for vi in [*sub.value_info, *sub.input, *sub.output]}
     types |= {k: v.data_type for k, v in inits.items()}
-    for n in g.node:  # Cast and Constant outputs whose inferred type is missing
+    for n in every:  # Cast and Constant outputs whose inferred type is missing
         if n.op_type == "Cast":
             types.setdefault(n.output[0], next(a.i for a in n.attribute if a.name == "to"))
 
@@ -84,8 +88,9 @@ def census(model: Any, layers: dict[str, str] | None = None) -> OnnxCensus:
 
     nodes = []
     weights: Counter[str] = Counter()
-    for n in g.node:
-        if n.op_type not in QUANTIZED_OPS:
+    inner = {id(n) for n in every} - {id(n) for n in g.node}
+    for n in every:
+        if n.op_type not in COMPUTE_OPS:
             continue
         data = [x for x in n.input[:2] if x]
         if data and all(through_dq(x) for x in data):
@@ -95,9 +100,9 @@ def census(model: Any, layers: dict[str, str] | None = None) -> OnnxCensus:
         wname = next((w for x in data if (w := source_dtype(x)) is not None), "activation")
         weights[wname] += 1
         nodes.append({"name": n.name, "op": n.op_type, "layer": (layers or {}).get(n.name), "compute": compute,
-                      "weight_dtype": wname})
+                      "weight_dtype": wname} | ({"in_subgraph": True} if id(n) in inner else {}))
     bad_zp = []
-    for n in g.node:
+    for n in every:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
             if np.any(numpy_helper.to_array(inits[n.input[2]]) != 0):
                 bad_zp.append(n.name)
@@ -107,9 +112,24 @@ def census(model: Any, layers: dict[str, str] | None = None) -> OnnxCensus:
                  "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                            for d in v.type.tensor_type.shape.dim]} for v in vis if v.name not in inits]
 
-    ops = Counter(n.op_type for n in g.node)
+    ops = Counter(n.op_type for n in every)
     return OnnxCensus(nodes, dict(sorted(ops.items())), ops["QuantizeLinear"], ops["DequantizeLinear"], bad_zp,
                       dict(weights), io(g.input), io(g.output))
+
+
+def subgraphs(g: Any) -> list[Any]:
+    """The graph and every graph nested in its nodes' attributes (Loop, Scan and If bodies)."""
+    out = [g]
+    for n in g.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                out += subgraphs(sub)
+    return out
+
+
+def walk(g: Any) -> Any:
+    for sub in subgraphs(g):
+        yield from sub.node
 
 
 def label_checks(c: OnnxCensus, precision: str, fp16_nodes: set[str] | None = None) -> list[Check]:
@@ -119,7 +139,9 @@ def label_checks(c: OnnxCensus, precision: str, fp16_nodes: set[str] | None = No
     names = {k: [n["name"] for n in c.nodes if n["compute"] == k] for k in ("int8", "float16", "float32")}
 
     def listed(k: str) -> str:
-        return ", ".join(names[k][:6]) + (" ..." if len(names[k]) > 6 else "")
+        shown = [f"{n['name']} ({n['op']}{', layer ' + n['layer'] if n.get('layer') else ''}"
+                 f"{', inside a loop body' if n.get('in_subgraph') else ''})" for n in c.nodes if n["compute"] == k]
+        return ", ".join(shown[:6]) + (" ..." if len(shown) > 6 else "")
 
     checks = []
     if precision == "fp32":
@@ -137,6 +159,10 @@ def label_checks(c: OnnxCensus, precision: str, fp16_nodes: set[str] | None = No
                   + (f", {len(want16)} kept in float16 as chosen" if want16 else "")
                   + (f"; float32 compute: {listed('float32')}" if names["float32"] else "")
                   + (f"; float16 not as chosen: {', '.join(wrong16[:6])}" if wrong16 else "")
+                  + ("; recurrent ops (LSTM/GRU/RNN) and loop bodies have no Q/DQ form: precision 'mixed' keeps "
+                     "recurrent ops in FP16; a Keras recurrent layer needs a fixed sequence length to be unrolled"
+                     if any(n["op"] in RECURRENT_OPS or n.get("in_subgraph") for n in c.nodes
+                            if n["compute"] == "float32") else "")
                   + ("; no compute node is int8" if not names["int8"] else ""))
         checks.append(Check(f"onnx_{precision}", ok, detail))
         checks.append(Check("onnx_symmetric", not c.nonzero_zero_points,

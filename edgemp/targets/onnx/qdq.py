@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")  # weighted ops a Q/DQ graph cannot quantize: FP16 at best (mixed)
 
 
 def input_dtypes(model: Any) -> dict[str, np.dtype]:
@@ -102,10 +103,13 @@ def toposort(model: Any) -> Any:
 def keep_fp16(model: Any, nodes: Sequence[str]) -> Any:
     """Each named node computes in float16: float16 weights, a Cast to float16 on each float input, and a Cast back
     to float32 on each output, so the rest of the graph is untouched."""
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     g = model.graph
     inits = {i.name: i for i in g.initializer}
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.value_info, *inferred.input, *inferred.output]}
     users: dict[str, int] = {}
     for n in g.node:
         for x in n.input:
@@ -130,6 +134,8 @@ def keep_fp16(model: Any, nodes: Sequence[str]) -> Any:
                 else:
                     g.initializer.append(half)
                 n.input[i] = name
+            elif types.get(x, TensorProto.FLOAT) != TensorProto.FLOAT:
+                continue  # integer inputs (an LSTM's sequence lengths), shapes: left as they are
             else:
                 cast = f"{x}_to_fp16_{n.name}"
                 new_nodes.append(helper.make_node("Cast", [x], [cast], name=f"{n.name}_cast_in{i}",
@@ -137,11 +143,14 @@ def keep_fp16(model: Any, nodes: Sequence[str]) -> Any:
                 n.input[i] = cast
         outs = list(n.output)
         for i, y in enumerate(outs):
-            n.output[i] = f"{y}_fp16"
+            if y:
+                n.output[i] = f"{y}_fp16"
         new_nodes.append(n)
         for i, y in enumerate(outs):
-            new_nodes.append(helper.make_node("Cast", [f"{y}_fp16"], [y], name=f"{n.name}_cast_out{i}",
+            if y:
+                new_nodes.append(helper.make_node("Cast", [f"{y}_fp16"], [y], name=f"{n.name}_cast_out{i}",
                                               to=TensorProto.FLOAT))
     del g.node[:]
     g.node.extend(new_nodes)
+    del g.value_info[:]  # types inferred before the change (float32 where there is float16 now); re-inferred on load
     return toposort(model)
