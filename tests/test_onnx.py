@@ -416,3 +416,21 @@ def test_recurrent_models(tmp_path: Path) -> None:
     assert r.passed and o["census"]["compute_counts"] == {"float16": 1, "int8": 1}
     assert [f["op"] for f in o["forced_fp16"]] == ["LSTM"] and o["forced_fp16"][0]["layer"] == "rnn"
     assert o["validation"]["accuracy"]["drop"] <= 0.01
+
+
+def test_keras_constants_captured_by_the_trace_stay_constants(tmp_path: Path) -> None:
+    """A Normalization layer keeps its mean/variance as plain tensors; tf2onnx (and Keras' own ONNX export) turn
+    them into extra graph inputs (keras.applications EfficientNet hit it). They are initializers again."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1), name="image")
+    t = keras.layers.Normalization(mean=0.3, variance=0.1, name="norm")(inp)
+    t = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(t)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(keras.layers.GlobalAveragePooling2D()(t)))
+    x, _ = digits()
+    r = edgemp.convert(model, "fp32", None, x[:64], tmp_path, targets=("onnx",), progress=False,
+                       runtime=edgemp.RuntimeOptions(latency_runs=1))
+    assert r.passed, r.report.failures
+    assert [i["name"] for i in r.report["onnx"]["census"]["inputs"]] == ["image"]
+    assert r.report["onnx"]["validation"]["outputs"][0]["max_abs_error"] < 1e-4

@@ -63,12 +63,15 @@ def keras_to_onnx(source: Any, batch_size: int | None, opset: int) -> tuple[Any,
     def forward(*xs: Any) -> list[Any]:
         return _flat(model(xs[0] if len(xs) == 1 else list(xs), training=False))
 
+    fn = tf.function(forward)
     try:
         with quiet():
-            proto, _ = tf2onnx.convert.from_function(tf.function(forward), input_signature=sig, opset=opset)
+            proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=opset)
+            captures = fn.get_concrete_function(*sig).graph.captures
     except Exception as exc:  # noqa: BLE001
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
         raise ConversionError(f"tf2onnx could not convert Keras model {source.name!r}: {first}") from exc
+    _captured_constants(proto, captures, {s.name for s in specs}, source.name)
     order = {n: i for i, (n, _) in enumerate(source.layers())}
     aliases = source.scope_aliases()
     layers = {}
@@ -77,6 +80,29 @@ def keras_to_onnx(source: Any, batch_size: int | None, opset: int) -> tuple[Any,
         if found:
             layers[n.name] = found[-1]
     return proto, f"tf2onnx {tf2onnx.__version__} (tensorflow {tf.__version__})", layers
+
+
+def _captured_constants(proto: Any, captures: Any, inputs: set[str], name: str) -> None:
+    """Tensors a Keras layer keeps as plain constants (Normalization's mean and variance) are captured by the traced
+    function, and tf2onnx (like Keras' own ONNX export) makes them graph inputs: put their values back as
+    initializers."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    g = proto.graph
+    extra = [i for i in g.input if i.name not in inputs and i.name not in {t.name for t in g.initializer}]
+    if not extra:
+        return
+    values = {internal.name: external for external, internal in captures}
+    for vi in extra:
+        external = values.get(vi.name)
+        if external is None or external.dtype.name == "resource":
+            raise ConversionError(f"tf2onnx left {vi.name!r} of Keras model {name!r} as a graph input edgemp cannot "
+                                  "fill; the model's inputs are " + ", ".join(sorted(inputs)))
+        g.initializer.append(numpy_helper.from_array(np.asarray(external.numpy()), vi.name))
+    kept = [i for i in g.input if i not in extra]
+    del g.input[:]
+    g.input.extend(kept)
 
 
 @contextlib.contextmanager
