@@ -20,10 +20,12 @@ from edgemp.pipeline import ConvertResult, convert  # noqa: E402
 from edgemp.analysis import AnalysisResult, analyze  # noqa: E402
 from edgemp.bench import BenchResult, benchmark  # noqa: E402
 from edgemp.bundle import Bundle, package, read_bundle, unpack_bundle  # noqa: E402
+from edgemp.qat import finetune_qat, prepare_qat  # noqa: E402
 
 __all__ = [
     "AnalysisResult", "BenchResult", "Bundle", "ConvertResult", "CoreMLOptions", "DataOptions", "DelegateSpec",
     "GateOptions", "IODType", "MixedOptions", "OnnxOptions", "Precision", "Preprocessing", "RuntimeOptions",
-    "analyze", "benchmark", "convert", "errors", "inspect_model", "package", "read_bundle", "unpack_bundle", "validate",
+    "analyze", "benchmark", "convert", "errors", "finetune_qat", "inspect_model", "package", "prepare_qat", "read_bundle",
+    "unpack_bundle", "validate",
     "__version__",
 ]

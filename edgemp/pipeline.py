@@ -138,7 +138,10 @@ class Conversion:
         self.progress = P.optional_flag("progress", progress)
         self.name = P.text("name", name, none_ok=True)
         self.preprocessing = _preprocessing(preprocessing)
-        if self.spec.needs_calibration and calibration is None:
+        from edgemp.sources import is_qat_module
+
+        self.qat = is_qat_module(model)
+        if self.spec.needs_calibration and calibration is None and not self.qat:
             raise CalibrationError(f"precision {self.precision.value!r} needs calibration data: pass calibration= "
                                    "(a folder of images, .npy/.npz, an array or an iterable of samples).")
         self.out_dir = prepare_output_dir(P.path("output_dir", output_dir))
@@ -165,10 +168,26 @@ class Conversion:
         with self.timer.stage("load_model"):
             self.source = load_source(self._model, example_input=self._example_input, input_layout=self._input_layout,
                                       unsafe_load=self.unsafe_load)
+        self._check_limits()
         if self.source.data_layout is Layout.NCHW:  # data arrives shaped like the model's own input
             self.preprocessing = dataclasses.replace(self.preprocessing or Preprocessing(), layout=Layout.NCHW)
         self.base = self.name or self.source.name
         self.stem = f"{self.base}_{self.precision.value}"
+
+    def _check_limits(self) -> None:
+        """A source limited to some precisions or targets (a QAT module: int8 .tflite) refuses the others."""
+        from edgemp.sources import source_limits
+
+        limits = source_limits(self.source.kind)
+        if limits is None:
+            return
+        precisions, targets = limits
+        refused = [t.name for t in self.targets if t.name not in targets]
+        if self.precision.value not in precisions or refused:
+            raise InputError(self.source.limits_message(self.precision.value, refused))
+        if self.qat and self.io is IODType.FLOAT:
+            raise InputError("a QAT module's .tflite has int8 inputs and outputs (litert-torch's PT2E conversion); "
+                             "io_dtype='float' is not available for it: quantize inputs with the manifest's scale.")
 
     def plan(self) -> None:
         """Every target checks its options and names its files; nothing exists that force would not replace."""
@@ -221,6 +240,10 @@ class Conversion:
         """The .tflite in this precision, before compact(): tensor names still those of the float graph."""
         from edgemp.quantize import apply_recipe
 
+        if self.qat:  # the scales training learned: no calibration that would replace them
+            with self.timer.stage("qat_export"):
+                artifact = self.source.qat_tflite()
+            return Quantized(artifact, [{"quantization_parameters": "learned by QAT"} | self.source.qat_summary()])
         fm = self.float_model
         recipe = self.spec.recipe(self.io, fm.census)
         if recipe is None:
@@ -288,6 +311,7 @@ class Conversion:
             "calibration": cal.summary() if cal else None,
             "gate": self.gate.to_dict(),
             "mixed": mixed.section if mixed is not None else None,
+            "qat": self.source.qat_summary() if self.qat else None,
         }
         for r in results:
             for key, value in r.report.items():

@@ -11,7 +11,7 @@ import pytest
 
 import edgemp
 from edgemp.precisions import registered_precisions
-from edgemp.sources import registered_sources
+from edgemp.sources import registered_sources, source_limits
 from edgemp.targets import get_target, registered_targets
 
 RELAXED = edgemp.GateOptions(min_sqnr_db=10, min_cosine=0.9)  # untrained tiny models: the pipeline is under test
@@ -37,12 +37,25 @@ def _torch() -> tuple[Any, dict[str, Any]]:
     return model, {"example_input": torch.zeros(1, 3, 12, 12)}
 
 
-TINY = {"keras": _keras, "pytorch": _torch}
+def _torch_qat() -> tuple[Any, dict[str, Any]]:
+    import torch
+
+    model, kw = _torch()
+    return edgemp.prepare_qat(model, kw["example_input"], _data("pytorch"), progress=False), {}
+
+
+TINY = {"keras": _keras, "pytorch": _torch, "pytorch-qat": _torch_qat}
 
 
 def _data(source: str) -> np.ndarray:
     x = np.random.default_rng(1).random((24, 12, 12, 3), dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if source == "pytorch" else x
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if source.startswith("pytorch") else x
+
+
+def _refused(source: str, precision: str, target: str) -> bool:
+    """A source limited to some precisions/targets must refuse the others with an InputError, before converting."""
+    limits = source_limits(source)
+    return limits is not None and (precision not in limits[0] or target not in limits[1])
 
 
 def test_every_registered_source_has_a_tiny_model_here() -> None:
@@ -54,6 +67,11 @@ def test_every_registered_source_has_a_tiny_model_here() -> None:
 def test_every_precision_from_every_source_to_tflite(source: str, precision: str, tmp_path: Path) -> None:
     model, kw = TINY[source]()
     data = _data(source)
+    if _refused(source, precision, "tflite"):
+        with pytest.raises(edgemp.errors.InputError):
+            edgemp.convert(model, precision, data, data, tmp_path, targets=["tflite"], runtime=RUNTIME, **kw)
+        assert not any(tmp_path.iterdir())
+        return
     r = edgemp.convert(model, precision, data, data, tmp_path, targets=["tflite"], gate=RELAXED, runtime=RUNTIME, **kw)
     assert r.passed, r.report.failures
     assert r.report["precision"] == precision and r.report["targets"] == ["tflite"]
@@ -82,6 +100,10 @@ def test_every_precision_with_a_core_ml_counterpart_to_core_ml_alone(source: str
     pytest.importorskip("coremltools")
     model, kw = TINY[source]()
     data = _data(source)
+    if _refused(source, precision, "coreml"):
+        with pytest.raises(edgemp.errors.InputError):
+            edgemp.convert(model, precision, data, data, tmp_path, targets=["coreml"], runtime=RUNTIME, **kw)
+        return
     r = edgemp.convert(model, precision, data, data, tmp_path, targets=["coreml"], gate=RELAXED, runtime=RUNTIME, **kw)
     assert r.passed, r.report.failures
     assert set(r.artifacts) >= {"coreml", "report_json"} and "tflite" not in r.artifacts

@@ -12,12 +12,23 @@ from edgemp.sources.base import Source, TensorSpec
 
 # kind -> (accepts(model) -> bool, load(model) -> Source). Loaders import their framework lazily.
 _REGISTRY: dict[str, tuple[Callable[[Any], bool], Callable[..., Source]]] = {}
+# kind -> (precisions, targets) the source converts to, when it is limited (a QAT module: int8, tflite); others refuse
+_LIMITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
-def register_source(kind: str, accepts: Callable[[Any], bool], load: Callable[..., Source]) -> None:
+def register_source(kind: str, accepts: Callable[[Any], bool], load: Callable[..., Source], *,
+                    precisions: tuple[str, ...] | None = None, targets: tuple[str, ...] | None = None) -> None:
+    """`precisions`/`targets`: what the source converts to when not everything (the rest gets an InputError)."""
     _REGISTRY[kind] = (accepts, load)
+    if precisions is not None or targets is not None:
+        _LIMITS[kind] = (precisions or (), targets or ())
+
+
+def source_limits(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(precisions, targets) a source kind is limited to; None: every registered precision and target."""
+    return _LIMITS.get(kind)
 
 
 def registered_sources() -> list[str]:
@@ -86,7 +97,25 @@ def _load_torch(model: Any, unsafe_load: bool = False, **options: Any) -> Source
     return load_torch(model, **options)
 
 
+def is_qat_module(model: Any) -> bool:
+    """A module from edgemp.prepare_qat (checked without importing torch)."""
+    return type(model).__name__ == "QATModel" and type(model).__module__ == "edgemp.qat.model"
+
+
+def _is_qat(model: Any) -> bool:
+    return is_qat_module(model)
+
+
+def _load_qat(model: Any, **options: Any) -> Source:
+    from edgemp.sources.torch_qat import load_qat
+
+    return load_qat(model, **options)
+
+
 register_source("keras", _is_keras, _load_keras)
+# before pytorch (a QAT module is an nn.Module too); its learned int8 scales make an int8 .tflite only
+register_source("pytorch-qat", _is_qat, _load_qat, precisions=("int8",), targets=("tflite",))
 register_source("pytorch", _is_torch, _load_torch)
 
-__all__ = ["Source", "TensorSpec", "load_source", "register_source", "registered_sources"]
+__all__ = ["Source", "TensorSpec", "is_qat_module", "load_source", "register_source", "registered_sources",
+           "source_limits"]

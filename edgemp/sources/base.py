@@ -71,6 +71,9 @@ class Source(Protocol):
         coremltools cannot take it."""
         ...
 
+    # A source registered with limits (register_source(..., precisions=, targets=)) also has
+    # limits_message(precision, refused_targets) -> str: the InputError text for what it does not convert to.
+
     def to_float_onnx(self, batch_size: int | None, opset: int) -> tuple[Any, str, dict[str, str]]:
         """(onnx.ModelProto in the source's own layout, exporter description, ONNX node -> source layer), through
         the framework's exporter (edgemp.sources.onnx_export)."""

@@ -1,0 +1,163 @@
+"""Quantization-aware training (PyTorch): when neither PTQ nor mixed precision is good enough.
+
+    qat = edgemp.prepare_qat(model, example_input=x0, calibration=cal)   # fake-quant in the forward pass
+    edgemp.finetune_qat(qat, (x_train, y_train), epochs=3)               # or your own training loop
+    edgemp.convert(qat, "int8", cal, (x_val, y_val), "dist/")            # the learned scales, fully integer
+
+See docs/qat.md for the recipe and what Keras users can do.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from edgemp import _params as P
+from edgemp.errors import ConversionError, InputError, public
+
+
+@public
+def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_calibration_samples: int = 256,
+                preprocessing: Any = None, input_layout: str | None = None, seed: int = 0,
+                progress: bool | None = None) -> Any:
+    """A trainable copy of `model` with fake quantization in its forward pass (PT2E QAT, edgemp's int8 scheme:
+    per-channel symmetric int8 weights, per-tensor int8 activations). `calibration` (the same kinds of data as for
+    convert) initialises the quantization ranges before training; without it they start from the first training
+    batches. `input_layout` is the layout of the .tflite convert() will write (NHWC by default for 4-D inputs).
+    The model itself is not changed."""
+    from edgemp._compat import prepare_torch_import
+
+    prepare_torch_import()
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    from edgemp.qat.model import QATModel, check_module, int8_quantizer, patterns_as_modules
+    from edgemp.sources.onnx_export import quiet
+    from edgemp.sources.torch import load_torch
+
+    module = check_module(model)
+    P.integer("num_calibration_samples", num_calibration_samples, 1, 10**6)
+    P.optional_flag("progress", progress)
+    float_model = copy.deepcopy(module).eval()
+    source = load_torch(float_model, example_input=example_input, input_layout=input_layout)
+    args = tuple(a[:1].expand(2, *a.shape[1:]).contiguous() for a in source.example_args)  # batch 2: not specialised
+    try:
+        with quiet():
+            exported = torch.export.export(copy.deepcopy(float_model), args,
+                                           dynamic_shapes=tuple({0: torch.export.Dim("batch")} for _ in args))
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many types; one typed error with its reason
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ConversionError(f"torch.export cannot capture {source.name!r} for QAT ({type(exc).__name__}: {first}). "
+                              "PT2E QAT needs a model torch.export can trace with a dynamic batch: no data-dependent "
+                              "Python control flow, no .item()/.tolist() on tensors, no batch size baked into "
+                              "reshapes (use x.flatten(1) or x.shape[0]).") from exc
+    quantizer = int8_quantizer()
+    with patterns_as_modules(), quiet():
+        prepared = prepare_qat_pt2e(exported.module(), quantizer)
+    qat = QATModel(prepared, float_model, source.example_args, quantizer, source.layout, source.name)
+    if calibration is not None:
+        _initialise(qat, source, calibration, num_calibration_samples, preprocessing, seed, progress)
+    return qat
+
+
+def _initialise(qat: Any, source: Any, calibration: Any, n: int, preprocessing: Any, seed: int,
+                progress: bool | None) -> None:
+    """Observers see the calibration set once, in eval mode (batch-norm statistics untouched)."""
+    import torch
+
+    from edgemp.calibration import load_calibration
+    from edgemp.config import Layout, Preprocessing
+    from edgemp.pipeline import _preprocessing
+
+    pre = _preprocessing(preprocessing)
+    pre = dataclasses.replace(pre or Preprocessing(), layout=Layout.NCHW)
+    cal = load_calibration(calibration, source.input_specs(), num_samples=n, seed=seed, preprocessing=pre,
+                           progress=progress)
+    names = [s.name for s in source.input_specs()]
+    joined = [np.concatenate([s[k] for s in cal.samples]) for k in names]
+    qat.eval()
+    with torch.no_grad():
+        for i in range(0, len(joined[0]), 32):
+            qat(*(torch.from_numpy(np.ascontiguousarray(a[i : i + 32])) for a in joined))
+    qat.calibration = cal.summary()
+    qat.train()
+
+
+@public
+def finetune_qat(qat: Any, train_data: Any, *, epochs: int = 3, lr: float = 1e-3, batch_size: int = 64,
+                 loss: Callable[[Any, Any], Any] | None = None, freeze_observers_after: float = 0.5,
+                 freeze_batch_norm_after: float = 0.3, seed: int = 0, progress: bool | None = None) -> Any:
+    """Fine-tune a QAT module with the standard recipe, for users without their own loop: SGD with momentum 0.9 and a
+    cosine-decaying learning rate from `lr`; batch-norm statistics frozen after `freeze_batch_norm_after` of the
+    steps and the quantization ranges after `freeze_observers_after` (so the last steps adapt the weights to fixed
+    scales). `train_data`: an (x, y) pair of arrays (shuffled each epoch), or an iterable of (x, y) batches (read
+    once, reused every epoch). `loss(outputs, targets)`: cross-entropy on class indices by default. Returns `qat`, trained."""
+    import torch
+
+    from edgemp._progress import track
+    from edgemp.qat.model import QATModel
+
+    if not isinstance(qat, QATModel):
+        raise InputError(f"finetune_qat takes the module edgemp.prepare_qat returned, got {type(qat).__name__}")
+    P.integer("epochs", epochs, 1, 10**4)
+    P.integer("batch_size", batch_size, 1, 10**6)
+    for name, v in (("freeze_observers_after", freeze_observers_after), ("freeze_batch_norm_after", freeze_batch_norm_after)):
+        if not isinstance(v, int | float) or not 0 <= v <= 1:
+            raise InputError(f"{name} is a fraction of the training steps in [0, 1], got {v!r}")
+    if not isinstance(lr, int | float) or not lr > 0:
+        raise InputError(f"lr must be a positive number, got {lr!r}")
+    batches = _batches(train_data, batch_size, seed)
+    per_epoch = len(batches(0))
+    total = per_epoch * epochs
+    loss_fn = loss or torch.nn.functional.cross_entropy
+    opt = torch.optim.SGD(qat.parameters(), lr=lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    torch.manual_seed(seed)
+    qat.train()
+    step = 0
+    for epoch in range(epochs):
+        for xb, yb in track(batches(epoch), f"QAT epoch {epoch + 1}/{epochs}", total=per_epoch, enabled=progress):
+            if qat.frozen["batch_norm"] is None and step >= freeze_batch_norm_after * total:
+                qat.freeze_batch_norm()
+            if qat.frozen["observers"] is None and step >= freeze_observers_after * total:
+                qat.freeze_observers()
+            opt.zero_grad()
+            value = loss_fn(qat(xb), yb)
+            if not torch.isfinite(value):
+                raise ConversionError(f"the QAT loss became {float(value)} at step {step}: lower lr (now {lr}).")
+            value.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            qat.steps_trained += 1
+    qat.eval()
+    return qat
+
+
+def _batches(data: Any, batch_size: int, seed: int) -> Callable[[int], list[tuple[Any, Any]]]:
+    """epoch -> the list of (x, y) tensor batches of that epoch."""
+    import torch
+
+    if isinstance(data, tuple) and len(data) == 2 and all(hasattr(a, "__len__") for a in data):
+        x = torch.as_tensor(np.asarray(data[0], np.float32))
+        y = torch.as_tensor(np.asarray(data[1]))
+        if len(x) != len(y) or len(x) == 0:
+            raise InputError(f"train_data: x and y must be non-empty and as long as each other ({len(x)} vs {len(y)})")
+
+        def shuffled(epoch: int) -> list[tuple[Any, Any]]:
+            order = torch.from_numpy(np.random.default_rng(seed + epoch).permutation(len(x)))
+            return [(x[order[i : i + batch_size]], y[order[i : i + batch_size]]) for i in range(0, len(x), batch_size)]
+
+        return shuffled
+    if isinstance(data, Iterable) and not isinstance(data, str | bytes | dict):
+        items = [(torch.as_tensor(np.asarray(b[0], np.float32)), torch.as_tensor(np.asarray(b[1]))) for b in data]
+        if not items:
+            raise InputError("train_data is an empty iterable: give (x, y) batches")
+        return lambda _epoch: items
+    raise InputError(f"train_data must be an (x, y) pair of arrays or an iterable of (x, y) batches, got "
+                     f"{type(data).__name__}")
+

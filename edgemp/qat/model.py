@@ -1,0 +1,175 @@
+"""The QAT module: a PyTorch model exported with torch.export and prepared by PT2E's `prepare_qat_pt2e` with the
+quantizer edgemp's int8 uses (litert-torch's PT2EQuantizer: per-channel symmetric int8 weights, per-tensor int8
+activations), so the scales it learns are the ones the .tflite keeps.
+
+Two workarounds for the pinned stack live here (shared/STACK.md): torchao 0.18 passes plain functions to
+torch.export when it matches patterns (torch 2.14 wants a module), so each is wrapped in torchao's own WrapperModule
+while preparing; and exported graph modules refuse .train()/.eval(), so the wrapper switches them with torchao's
+move_exported_model_to_train/eval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from edgemp.errors import ConversionError, InputError
+
+
+@contextlib.contextmanager
+def patterns_as_modules() -> Iterator[None]:
+    """While preparing: torchao's pattern matcher exports modules, not functions (torch.export requires them)."""
+    import sys
+
+    import litert_torch.quantize.pt2e_quantizer_utils  # noqa: F401 - imports the function by name: patched below
+    import torchao.quantization.pt2e.qat_utils  # noqa: F401
+    import torchao.quantization.pt2e.utils as utils
+    from torchao.quantization.pt2e.export_utils import WrapperModule
+
+    name = "_get_aten_graph_module_for_pattern"
+    original = getattr(utils, name)
+
+    def wrapped(pattern: Any, example_inputs: Any, is_cuda: bool = False, **kwargs: Any) -> Any:
+        if not isinstance(pattern, torch.nn.Module):
+            pattern = WrapperModule(pattern)
+        return original(pattern, example_inputs, is_cuda, **kwargs)
+
+    holders = [m for key, m in list(sys.modules.items())
+               if key.startswith(("torchao.quantization.pt2e", "litert_torch.quantize")) and getattr(m, name, None) is original]
+    for m in holders:
+        setattr(m, name, wrapped)
+    try:
+        yield
+    finally:
+        for m in holders:
+            setattr(m, name, original)
+
+
+# aten ops litert-torch's quantizer leaves unannotated (it covers conv, linear, pooling, add, mul, cat) that have
+# int8 TFLite kernels: annotated here too, so the .tflite is fully integer (scalings, norms, means, activations).
+_ALSO_INT8 = ("mean.dim", "sum.dim_IntList", "rsqrt.default", "sqrt.default", "div.Tensor", "mul.Tensor",
+              "sub.Tensor", "add.Tensor", "neg.default", "relu.default", "relu6.default", "hardtanh.default",
+              "sigmoid.default", "tanh.default", "softmax.int", "_softmax.default", "mean.default", "gelu.default",
+              "hardswish.default", "silu.default", "amax.default", "minimum.default", "maximum.default",
+              "square.default", "pow.Tensor_Scalar", "exp.default", "log.default")
+
+
+def int8_quantizer() -> Any:
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+    class EdgempQATQuantizer(PT2EQuantizer):  # type: ignore[misc]
+        """litert-torch's quantizer, plus the elementwise and reduction ops it leaves in float."""
+
+        def annotate(self, model: Any) -> Any:
+            model = super().annotate(model)
+            _annotate_remaining(model, self.global_config)
+            return model
+
+    return EdgempQATQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+
+
+def _annotate_remaining(model: Any, config: Any) -> None:
+    from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    act_in, act_out = get_input_act_qspec(config), get_output_act_qspec(config)
+    for node in model.graph.nodes:  # by name: exported graphs hold their own OpOverload objects
+        if node.op != "call_function" or str(node.target).removeprefix("aten.") not in _ALSO_INT8:
+            continue
+        ann = node.meta.get("quantization_annotation")
+        if ann is not None and ann._annotated:
+            continue
+        inputs = {a: act_in for a in node.args if isinstance(a, torch.fx.Node) and a.op != "get_attr" and _is_float(a)}
+        node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=inputs, output_qspec=act_out,
+                                                                      _annotated=True)
+
+
+def _is_float(node: Any) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+
+class QATModel(torch.nn.Module):
+    """A trainable module with fake quantization in its forward pass (from `edgemp.prepare_qat`). Train it with any
+    optimizer over `parameters()`; `train()`/`eval()` work as usual. `edgemp.convert(qat, "int8", ...)` exports the
+    quantization parameters it learned to a fully integer .tflite (no recalibration).
+
+    `float_model` is the model it was prepared from (the reference convert() validates against), untouched.
+    """
+
+    def __init__(self, prepared: Any, float_model: torch.nn.Module, example_args: tuple[Any, ...],
+                 quantizer: Any, input_layout: Any, name: str) -> None:
+        super().__init__()
+        self.prepared = prepared
+        self.float_model = float_model
+        self.example_args = example_args
+        self.quantizer = quantizer
+        self.input_layout = input_layout
+        self.model_name = name
+        self.steps_trained = 0
+        self.calibration: dict[str, Any] | None = None
+        self.frozen: dict[str, int | None] = {"observers": None, "batch_norm": None}
+        self._bn_frozen = False
+        self.train()
+
+    def forward(self, *args: Any) -> Any:
+        return self.prepared(*args)
+
+    def train(self, mode: bool = True) -> QATModel:
+        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+        self.training = mode
+        if mode and not self._bn_frozen:
+            move_exported_model_to_train(self.prepared)
+        else:  # eval, or training with batch-norm statistics frozen (running statistics, as at inference)
+            move_exported_model_to_eval(self.prepared)
+        return self
+
+    def freeze_observers(self) -> None:
+        """Stop updating the quantization ranges: from here on training adapts the weights to fixed scales."""
+        from torchao.quantization.pt2e.fake_quantize import disable_observer
+
+        self.prepared.apply(disable_observer)
+        self.frozen["observers"] = self.steps_trained
+
+    def freeze_batch_norm(self) -> None:
+        """Batch norm uses (and keeps) its running statistics while training goes on: the standard QAT recipe."""
+        self._bn_frozen = True
+        self.frozen["batch_norm"] = self.steps_trained
+        self.train(self.training)
+
+    def uninitialised_observers(self) -> list[str]:
+        """Fake-quant modules whose observer never saw data (their range is still ±inf): no scale to export."""
+        out = []
+        for name, mod in self.prepared.named_modules():
+            obs = getattr(mod, "activation_post_process", None)
+            lo = getattr(obs, "min_val", None)
+            if isinstance(lo, torch.Tensor) and lo.numel() and not torch.isfinite(lo).all():
+                out.append(name)
+        return out
+
+    def converted(self) -> Any:
+        """The int8 graph (quantize/dequantize ops with the learned scales), from a copy: this module stays trainable."""
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        graph = copy.deepcopy(self.prepared)
+        move_exported_model_to_eval(graph)
+        try:
+            return convert_pt2e(graph, fold_quantize=False)
+        except Exception as exc:  # noqa: BLE001 - one typed error with the cause
+            raise ConversionError(f"PT2E could not convert the QAT module: {type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+def check_module(model: Any) -> torch.nn.Module:
+    if isinstance(model, QATModel):
+        raise InputError("this model is already prepared for QAT; fine-tune it, or pass it to edgemp.convert")
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"prepare_qat takes a torch nn.Module, got {type(model).__name__}. Keras models: see "
+                         "docs/qat.md (no maintained QAT path for Keras 3; use precision 'mixed' or the PyTorch path).")
+    return model

@@ -1,0 +1,83 @@
+"""A QAT module (edgemp.prepare_qat) as a source: the float model it was prepared from is the reference and the
+fp32 .tflite; the int8 .tflite comes from the quantization parameters training learned (PT2E convert, then
+litert-torch with the same quantizer), never from a new calibration that would throw them away."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from typing import Any, ClassVar
+
+from edgemp.errors import ConversionError, InputError
+from edgemp.sources.torch import TorchSource, named_flat_outputs
+
+
+def load_qat(model: Any, example_input: Any = None, input_layout: Any = None, **_: Any) -> QATSource:
+    """`example_input` may be given again (as for any PyTorch model); it must match the one prepare_qat took."""
+    import torch
+
+    layout = input_layout if input_layout is not None else model.input_layout
+    if example_input is not None:
+        given = tuple(example_input) if isinstance(example_input, tuple | list) else (example_input,)
+        shapes = [tuple(torch.as_tensor(a).shape[1:]) for a in given]
+        prepared = [tuple(a.shape[1:]) for a in model.example_args]
+        if shapes != prepared:
+            raise InputError(f"example_input has per-sample shape(s) {shapes}, but the QAT module was prepared with "
+                             f"{prepared}: leave example_input out (the module keeps its own)")
+    return QATSource(model, layout)
+
+
+class QATSource(TorchSource):
+    kind: ClassVar[str] = "pytorch-qat"
+    onnx_exporter: ClassVar[str | None] = None  # the ONNX target calibrates again: not for QAT modules (docs/qat.md)
+
+    def __init__(self, qat: Any, input_layout: Any) -> None:
+        super().__init__(qat.float_model, qat.example_args, input_layout, name=qat.model_name)
+        self.qat = qat
+
+    def limits_message(self, precision: str, refused_targets: list[str]) -> str:
+        if precision != "int8":
+            return (f"a QAT module converts at precision 'int8' (its learned int8 scales), not {precision!r}: convert "
+                    "the float model for other precisions (qat.float_model is the one it was prepared from).")
+        return (f"a QAT module converts to target 'tflite' only, not {', '.join(refused_targets)}: Core ML W8A8 and "
+                "the ONNX target calibrate their own scales; convert qat.float_model for them (docs/qat.md).")
+
+    def coreml_frontend(self) -> Any:
+        raise InputError(self.limits_message("int8", ["coreml"]))
+
+    def qat_summary(self) -> dict[str, Any]:
+        q = self.qat
+        return {"steps_trained": q.steps_trained, "observers_frozen_at_step": q.frozen["observers"],
+                "batch_norm_frozen_at_step": q.frozen["batch_norm"], "calibration": q.calibration,
+                "scheme": "PT2E QAT: int8 per-channel symmetric weights, int8 per-tensor activations"}
+
+    def qat_tflite(self) -> bytes:
+        """The fully integer .tflite with the learned scales, in the artifact's layout (NHWC without transposes)."""
+        import litert_torch
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        missing = self.qat.uninitialised_observers()
+        if missing:
+            raise InputError(f"the QAT module's quantization ranges were never initialised ({len(missing)} observer(s), "
+                             f"e.g. {missing[0]}): pass calibration= to edgemp.prepare_qat, or train it first.")
+        module = self.qat.converted()
+        args = tuple(a[:1] for a in self.example_args)
+        if self._channel_last:
+            if self._structured:
+                module = named_flat_outputs(module, self.output_names_, self._out_channel_last)
+            module = litert_torch.to_channel_last_io(module, args=self._channel_last,
+                                                     outputs=None if self._structured else self._out_channel_last or None)
+            args = tuple(a.permute(0, 2, 3, 1).contiguous() if i in self._channel_last else a for i, a in enumerate(args))
+        elif self._structured:
+            module = named_flat_outputs(module, self.output_names_)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                    warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                edge = litert_torch.convert(module, args, quant_config=QuantConfig(pt2e_quantizer=self.qat.quantizer))
+                content = edge.model_content
+                return bytes(content() if callable(content) else content)
+        except Exception as exc:  # noqa: BLE001 - one typed error with the converter's reason
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ConversionError(f"litert-torch could not convert the QAT module {self.name!r}: {first}") from exc

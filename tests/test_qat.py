@@ -1,0 +1,117 @@
+"""Quantization-aware training (PyTorch, PT2E): prepare, fine-tune (edgemp's recipe or the user's own loop), convert
+to a fully integer .tflite that keeps the scales training learned; and the bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgemp
+from edgemp import errors
+
+from .models import N_TRAIN, digits, torch_digits_cnn
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def data():  # type: ignore[no-untyped-def]
+    x, y = digits()
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def trained_qat(data):  # type: ignore[no-untyped-def]
+    x, y = data
+    qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:200], progress=False)
+    return edgemp.finetune_qat(qat, (x[:N_TRAIN], y[:N_TRAIN]), epochs=2, progress=False)
+
+
+def test_prepare_leaves_the_model_alone_and_initialises_ranges(data) -> None:  # type: ignore[no-untyped-def]
+    x, _ = data
+    model = torch_digits_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    qat = edgemp.prepare_qat(model, torch.zeros(1, 1, 8, 8), x[:64], progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert qat.uninitialised_observers() == [] and qat.calibration["num_samples"] == 64
+    assert isinstance(qat, torch.nn.Module) and sum(p.numel() for p in qat.parameters()) > 0
+
+
+def test_qat_gives_a_fully_integer_tflite_with_the_learned_scales(trained_qat, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x, y = data
+    qat = trained_qat
+    assert qat.frozen["observers"] is not None and qat.frozen["batch_norm"] is not None  # the recipe ran
+    r = edgemp.convert(qat, "int8", None, (x[N_TRAIN:], y[N_TRAIN:]), tmp_path, progress=False,
+                       runtime=edgemp.RuntimeOptions(latency_runs=2))
+    assert r.passed, r.report.failures
+    c = r.report["census"]
+    assert set(c["compute_counts"]) == {"int8"} and c["transpose_count"] == 0
+    assert c["inputs"][0]["shape"] == [1, 8, 8, 1] and c["inputs"][0]["dtype"] == "int8"  # NHWC, as other torch sources
+    assert r.report["qat"]["steps_trained"] == qat.steps_trained and r.report["recipe"][0]["quantization_parameters"] \
+        == "learned by QAT"
+    # the input scale is the one the QAT module's first fake-quant holds: nothing was recalibrated
+    first = next(m for name, m in qat.prepared.named_modules() if name == "activation_post_process_0")
+    assert c["inputs"][0]["scale"] == pytest.approx(float(first.scale), rel=1e-6)
+    ptq = edgemp.convert(torch_digits_cnn(), "int8", x[:200], (x[N_TRAIN:], y[N_TRAIN:]), tmp_path / "ptq",
+                         example_input=torch.zeros(1, 1, 8, 8), progress=False,
+                         runtime=edgemp.RuntimeOptions(latency_runs=1))
+    assert r.report["validation"]["accuracy"]["top1"] >= ptq.report["validation"]["accuracy"]["top1"]
+
+
+def test_users_own_training_loop(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x, y = data
+    qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:100], progress=False)
+    opt = torch.optim.SGD(qat.parameters(), lr=1e-3, momentum=0.9)
+    qat.train()
+    xt, yt = torch.from_numpy(x[:N_TRAIN]), torch.from_numpy(y[:N_TRAIN])
+    for i in range(0, 640, 64):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(qat(xt[i : i + 64]), yt[i : i + 64]).backward()
+        opt.step()
+    qat.eval()
+    r = edgemp.convert(qat, "int8", x[:100], (x[N_TRAIN:], y[N_TRAIN:]), tmp_path, example_input=torch.zeros(1, 1, 8, 8),
+                       progress=False, runtime=edgemp.RuntimeOptions(latency_runs=1))
+    assert r.passed and set(r.report["census"]["compute_counts"]) == {"int8"}
+
+
+def test_bad_inputs(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x, y = data
+
+    class Branchy(torch.nn.Module):  # data-dependent control flow: torch.export cannot capture it
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            if t.sum() > 0:
+                return self.fc(t.flatten(1))
+            return -self.fc(t.flatten(1))
+
+    with pytest.raises(errors.ConversionError, match="torch.export cannot capture"):
+        edgemp.prepare_qat(Branchy(), torch.zeros(1, 1, 8, 8), progress=False)
+    untrained = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), progress=False)  # no calibration
+    assert untrained.uninitialised_observers()
+    with pytest.raises(errors.InputError, match="never initialised"):
+        edgemp.convert(untrained, "int8", None, x[N_TRAIN:], tmp_path / "a", progress=False)
+    qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:32], progress=False)
+    with pytest.raises(errors.InputError, match="converts at precision 'int8'"):
+        edgemp.convert(qat, "fp16", None, x[N_TRAIN:], tmp_path / "b", progress=False)
+    with pytest.raises(errors.InputError, match="int8 inputs and outputs"):
+        edgemp.convert(qat, "int8", None, x[N_TRAIN:], tmp_path / "c", io_dtype="float", progress=False)
+    with pytest.raises(errors.InputError, match="prepared with"):
+        edgemp.convert(qat, "int8", None, x[N_TRAIN:], tmp_path / "d", example_input=torch.zeros(1, 3, 8, 8),
+                       progress=False)
+    with pytest.raises(errors.InputError, match="takes a torch nn.Module"):
+        edgemp.prepare_qat("model.keras", torch.zeros(1, 1, 8, 8))
+    with pytest.raises(errors.InputError, match="already prepared"):
+        edgemp.prepare_qat(qat, torch.zeros(1, 1, 8, 8))
+    with pytest.raises(errors.InputError, match="train_data"):
+        edgemp.finetune_qat(qat, "batches.npz")
+    with pytest.raises(errors.InputError, match="as long as each other"):
+        edgemp.finetune_qat(qat, (x[:10], y[:9]))
+    with pytest.raises(errors.InputError, match="prepare_qat returned"):
+        edgemp.finetune_qat(torch_digits_cnn(), (x[:10], y[:10]))
+    assert not any(tmp_path.iterdir())
