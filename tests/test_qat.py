@@ -40,6 +40,7 @@ def test_prepare_leaves_the_model_alone_and_initialises_ranges(data) -> None:  #
     assert isinstance(qat, torch.nn.Module) and sum(p.numel() for p in qat.parameters()) > 0
 
 
+@pytest.mark.slow
 def test_qat_gives_a_fully_integer_tflite_with_the_learned_scales(trained_qat, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, y = data
     qat = trained_qat
@@ -61,6 +62,7 @@ def test_qat_gives_a_fully_integer_tflite_with_the_learned_scales(trained_qat, d
     assert r.report["validation"]["accuracy"]["top1"] >= ptq.report["validation"]["accuracy"]["top1"]
 
 
+@pytest.mark.slow
 def test_users_own_training_loop(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, y = data
     qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:100], progress=False)
