@@ -455,6 +455,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "results": results}
 
 
+def emit(out: dict[str, Any], json_path: str | None) -> None:
+    """The headline and table on stdout, the JSON written atomically to json_path ('-': the JSON on stdout only)."""
+    text = json.dumps(out, indent=2)
+    if json_path == "-":
+        print(text)
+        return
+    print(headline(out))
+    print(table(out["results"]))
+    if json_path:
+        tmp = json_path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text + "\n")
+        os.replace(tmp, json_path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -464,17 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json_path:  # machine-readable too, for callers that map errors to their own types
             print(json.dumps({"error": {"kind": exc.kind, "message": str(exc)}}), file=sys.stderr)
         return exc.exit_code
-    text = json.dumps(out, indent=2)
-    if args.json_path == "-":
-        print(text)
-    else:
-        print(headline(out))
-        print(table(out["results"]))
-        if args.json_path:
-            tmp = args.json_path + ".tmp"
-            with open(tmp, "w") as fh:
-                fh.write(text + "\n")
-            os.replace(tmp, args.json_path)
+    emit(out, args.json_path)
     return 0
 
 

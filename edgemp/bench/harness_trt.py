@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (SCHEMA, HarnessError, RuntimeMissingError, _peak_rss_process, _proc_status,  # noqa: E402
-                     _reset_peak_rss, device_facts, headline, random_inputs, stats, table)
+                     _reset_peak_rss, device_facts, emit, random_inputs, stats)
 
 
 class CudaRuntime:
@@ -282,17 +282,7 @@ def main(argv: list[str] | None = None) -> int:
            "options": {"threads": args.threads, "warmup_runs": args.warmup, "runs": args.runs,
                        "time_budget_s": args.time_budget, "providers": providers, "inputs": args.inputs or "random",
                        "seed": args.seed}, "results": results}
-    text = json.dumps(out, indent=2)
-    if args.json_path == "-":
-        print(text)
-    else:
-        print(headline(out))
-        print(table(results))
-        if args.json_path:
-            tmp = args.json_path + ".tmp"
-            with open(tmp, "w") as fh:
-                fh.write(text + "\n")
-            os.replace(tmp, args.json_path)
+    emit(out, args.json_path)
     return 0
 
 

@@ -75,23 +75,14 @@ build() {{  # model engine flags...: built under a temporary name, moved into pl
 
 
 def run_sh(models: Sequence[str]) -> str:
+    from edgemp.bundle.writer import harness_python
+
     names = " ".join(shlex.quote(m) for m in models)
     return f"""#!/bin/sh
 # Benchmark this bundle's model(s) on the Jetson: the TensorRT engines (built first with build_engine.sh when trtexec
 # is there and an engine is missing), else the .onnx with onnxruntime. NO_BUILD=1 skips building; HARNESS_PYTHON=
 # uses an interpreter that already has the runtime. Extra arguments go to the harness (python3 harness_trt.py --help).
-set -eu
-cd "$(dirname "$0")"
-if [ -n "${{HARNESS_PYTHON:-}}" ]; then
-    py="$HARNESS_PYTHON"
-else
-    if [ ! -x .venv/bin/python ]; then
-        "${{PYTHON:-python3}}" -m venv --system-site-packages .venv
-        .venv/bin/python -m pip install --quiet -r requirements.txt
-    fi
-    py=.venv/bin/python
-fi
-have_trt=no
+{harness_python("--system-site-packages")}have_trt=no
 if "$py" -c "import tensorrt" >/dev/null 2>&1; then have_trt=yes; fi
 missing=no
 for m in {names}; do

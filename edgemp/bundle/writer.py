@@ -177,6 +177,23 @@ def _runtime(device: str, files: list[str]) -> dict[str, Any]:
     return out
 
 
+def harness_python(venv_flags: str = "") -> str:
+    """run.sh's first lines after the header: `py` is HARNESS_PYTHON, else a venv beside the bundle with the pinned
+    runtime (requirements.txt), made on the first run."""
+    return f"""set -eu
+cd "$(dirname "$0")"
+if [ -n "${{HARNESS_PYTHON:-}}" ]; then
+    py="$HARNESS_PYTHON"
+else
+    if [ ! -x .venv/bin/python ]; then
+        "${{PYTHON:-python3}}" -m venv {venv_flags + " " if venv_flags else ""}.venv
+        .venv/bin/python -m pip install --quiet -r requirements.txt
+    fi
+    py=.venv/bin/python
+fi
+"""
+
+
 def _run_sh(models: Sequence[str]) -> str:
     names = " ".join(models)
     return f"""#!/bin/sh
@@ -184,18 +201,7 @@ def _run_sh(models: Sequence[str]) -> str:
 # First run: a virtual environment beside the bundle with the pinned runtime (requirements.txt).
 # HARNESS_PYTHON=/path/to/python uses an interpreter that already has the runtime instead.
 # Extra arguments go to the harness (python3 harness.py --help): e.g. sh run.sh --threads 4 --time-budget 20
-set -eu
-cd "$(dirname "$0")"
-if [ -n "${{HARNESS_PYTHON:-}}" ]; then
-    py="$HARNESS_PYTHON"
-else
-    if [ ! -x .venv/bin/python ]; then
-        "${{PYTHON:-python3}}" -m venv .venv
-        .venv/bin/python -m pip install --quiet -r requirements.txt
-    fi
-    py=.venv/bin/python
-fi
-exec "$py" harness.py {names} --threads "${{THREADS:-1}}" --json bench.json "$@"
+{harness_python()}exec "$py" harness.py {names} --threads "${{THREADS:-1}}" --json bench.json "$@"
 """
 
 

@@ -157,6 +157,18 @@ def _named_flat_outputs() -> type:
     return NamedFlatOutputs
 
 
+def litert_bytes(module: Any, args: tuple[Any, ...], **kwargs: Any) -> bytes:
+    """litert_torch.convert with its progress output silenced; the .tflite's bytes."""
+    import litert_torch
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        edge = litert_torch.convert(module, args, **kwargs)
+        content = edge.model_content
+        return bytes(content() if callable(content) else content)
+
+
 def named_flat_outputs(module: Any, names: list[str], channel_last: list[int] | None = None) -> Any:
     return _named_flat_outputs()(module, names, channel_last)
 
@@ -239,9 +251,6 @@ class TorchSource:
         return Layout.NHWC if self._channel_last else Layout.NCHW
 
     def to_float_tflite(self, batch_size: int | None = 1) -> bytes:
-        import litert_torch
-        import torch
-
         module = self.module
         args = self.example_args
         if batch_size is not None:
@@ -254,6 +263,18 @@ class TorchSource:
                 module, self.rewrites = rewrite_spatial_means(module, args)
             except Exception as exc:
                 raise conversion_error(exc, self.name, module, args) from exc
+        module, args = self.artifact_io(module, args)
+        try:
+            return litert_bytes(module, args)
+        except Exception as exc:
+            raise conversion_error(exc, self.name, self.module, self.example_args) from exc
+
+    def artifact_io(self, module: Any, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        """The module and example as the artifact takes them: NHWC I/O (litert-torch's channel-last wrapper) and
+        structured outputs flattened under their names."""
+        import litert_torch
+
+        if self._channel_last:
             if self._structured:
                 module = named_flat_outputs(module, self.output_names_, self._out_channel_last)
             module = litert_torch.to_channel_last_io(module, args=self._channel_last,
@@ -262,15 +283,7 @@ class TorchSource:
             args = tuple(a.permute(0, 2, 3, 1).contiguous() if i in self._channel_last else a for i, a in enumerate(args))
         elif self._structured:
             module = named_flat_outputs(module, self.output_names_)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                    warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                edge = litert_torch.convert(module, args)
-                content = edge.model_content
-                return bytes(content() if callable(content) else content)
-        except Exception as exc:
-            raise conversion_error(exc, self.name, self.module, self.example_args) from exc
+        return module, args
 
     def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         import torch

@@ -4,13 +4,10 @@ litert-torch with the same quantizer), never from a new calibration that would t
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from typing import Any, ClassVar
 
 from edgemp.errors import ConversionError, InputError
-from edgemp.sources.torch import TorchSource, named_flat_outputs
+from edgemp.sources.torch import TorchSource, litert_bytes
 
 
 def load_qat(model: Any, example_input: Any = None, input_layout: Any = None, **_: Any) -> QATSource:
@@ -54,30 +51,15 @@ class QATSource(TorchSource):
 
     def qat_tflite(self) -> bytes:
         """The fully integer .tflite with the learned scales, in the artifact's layout (NHWC without transposes)."""
-        import litert_torch
         from litert_torch.quantize.quant_config import QuantConfig
 
         missing = self.qat.uninitialised_observers()
         if missing:
             raise InputError(f"the QAT module's quantization ranges were never initialised ({len(missing)} observer(s), "
                              f"e.g. {missing[0]}): pass calibration= to edgemp.prepare_qat, or train it first.")
-        module = self.qat.converted()
-        args = tuple(a[:1] for a in self.example_args)
-        if self._channel_last:
-            if self._structured:
-                module = named_flat_outputs(module, self.output_names_, self._out_channel_last)
-            module = litert_torch.to_channel_last_io(module, args=self._channel_last,
-                                                     outputs=None if self._structured else self._out_channel_last or None)
-            args = tuple(a.permute(0, 2, 3, 1).contiguous() if i in self._channel_last else a for i, a in enumerate(args))
-        elif self._structured:
-            module = named_flat_outputs(module, self.output_names_)
+        module, args = self.artifact_io(self.qat.converted(), tuple(a[:1] for a in self.example_args))
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                    warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                edge = litert_torch.convert(module, args, quant_config=QuantConfig(pt2e_quantizer=self.qat.quantizer))
-                content = edge.model_content
-                return bytes(content() if callable(content) else content)
+            return litert_bytes(module, args, quant_config=QuantConfig(pt2e_quantizer=self.qat.quantizer))
         except Exception as exc:  # noqa: BLE001 - one typed error with the converter's reason
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise ConversionError(f"litert-torch could not convert the QAT module {self.name!r}: {first}") from exc
