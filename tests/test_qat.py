@@ -63,6 +63,22 @@ def test_qat_gives_a_fully_integer_tflite_with_the_learned_scales(trained_qat, d
 
 
 @pytest.mark.slow
+def test_core_ml_w8a8_from_the_learned_scales(trained_qat, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("coremltools")
+    x, y = data
+    r = edgemp.convert(trained_qat, "int8", None, (x[N_TRAIN:], y[N_TRAIN:]), tmp_path, targets=("tflite", "coreml"),
+                       progress=False, runtime=edgemp.RuntimeOptions(latency_runs=1))
+    assert r.passed, r.report.failures
+    cm = r.report["coreml"]
+    assert cm["precision"] == "w8a8" and set(cm["census"]["weight_dtypes"]) == {"int8"}
+    checks = {c["name"]: c for c in cm["structure_checks"]}
+    assert checks["coreml_int8_activations"]["passed"] and r.artifacts["coreml"].exists()
+    with pytest.raises(errors.InputError, match="Core ML 'w8a8' only"):
+        edgemp.convert(trained_qat, "int8", None, x[N_TRAIN:], tmp_path / "b", targets=("coreml",), progress=False,
+                       coreml=edgemp.CoreMLOptions(precision="fp16"))
+
+
+@pytest.mark.slow
 def test_users_own_training_loop(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, y = data
     qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:100], progress=False)
@@ -101,6 +117,8 @@ def test_bad_inputs(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
     qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:32], progress=False)
     with pytest.raises(errors.InputError, match="converts at precision 'int8'"):
         edgemp.convert(qat, "fp16", None, x[N_TRAIN:], tmp_path / "b", progress=False)
+    with pytest.raises(errors.InputError, match="targets 'tflite' and 'coreml'"):
+        edgemp.convert(qat, "int8", None, x[N_TRAIN:], tmp_path / "e", targets=("onnx",), progress=False)
     with pytest.raises(errors.InputError, match="int8 inputs and outputs"):
         edgemp.convert(qat, "int8", None, x[N_TRAIN:], tmp_path / "c", io_dtype="float", progress=False)
     with pytest.raises(errors.InputError, match="prepared with"):

@@ -152,15 +152,16 @@ class QATModel(torch.nn.Module):
                 out.append(name)
         return out
 
-    def converted(self) -> Any:
-        """The int8 graph (quantize/dequantize ops with the learned scales), from a copy: this module stays trainable."""
+    def converted(self, fold_quantize: bool = False) -> Any:
+        """The int8 graph (quantize/dequantize ops with the learned scales), from a copy: this module stays trainable.
+        `fold_quantize`: weights stored as int8 constants (what coremltools takes) instead of quantize ops."""
         from torchao.quantization.pt2e import move_exported_model_to_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
         graph = copy.deepcopy(self.prepared)
         move_exported_model_to_eval(graph)
         try:
-            return convert_pt2e(graph, fold_quantize=False)
+            return convert_pt2e(graph, fold_quantize=fold_quantize)
         except Exception as exc:  # noqa: BLE001 - one typed error with the cause
             raise ConversionError(f"PT2E could not convert the QAT module: {type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc

@@ -28,6 +28,7 @@ def load_qat(model: Any, example_input: Any = None, input_layout: Any = None, **
 class QATSource(TorchSource):
     kind: ClassVar[str] = "pytorch-qat"
     onnx_exporter: ClassVar[str | None] = None  # the ONNX target calibrates again: not for QAT modules (docs/qat.md)
+    coreml_precision: ClassVar[str] = "w8a8"  # Core ML's counterpart of the learned int8 weights and activations
 
     def __init__(self, qat: Any, input_layout: Any) -> None:
         super().__init__(qat.float_model, qat.example_args, input_layout, name=qat.model_name)
@@ -37,11 +38,21 @@ class QATSource(TorchSource):
         if precision != "int8":
             return (f"a QAT module converts at precision 'int8' (its learned int8 scales), not {precision!r}: convert "
                     "the float model for other precisions (qat.float_model is the one it was prepared from).")
-        return (f"a QAT module converts to target 'tflite' only, not {', '.join(refused_targets)}: Core ML W8A8 and "
-                "the ONNX target calibrate their own scales; convert qat.float_model for them (docs/qat.md).")
+        return (f"a QAT module converts to targets 'tflite' and 'coreml' (W8A8) only, not {', '.join(refused_targets)}: "
+                "the ONNX target calibrates its own scales; convert qat.float_model for it (docs/qat.md).")
 
     def coreml_frontend(self) -> Any:
-        raise InputError(self.limits_message("int8", ["coreml"]))
+        from edgemp.sources.coreml_frontends import TorchCoreML
+
+        qat = self.qat
+
+        class QATCoreML(TorchCoreML):
+            """Core ML W8A8 from the scales QAT learned (PT2E's int8 graph, weights folded to int8 constants)."""
+
+            def w8a8_module(self, calibration: Any) -> Any:
+                return qat.converted(fold_quantize=True)
+
+        return QATCoreML(self)
 
     def qat_summary(self) -> dict[str, Any]:
         q = self.qat

@@ -37,6 +37,12 @@ class CoreMLTarget:
         return [self._path(conv)]
 
     def precision(self, conv: Conversion) -> str:
+        fixed = getattr(conv.source, "coreml_precision", None)  # a QAT module: W8A8 from its learned scales
+        if fixed is not None:
+            if conv.coreml.precision not in (None, fixed):
+                raise InputError(f"a {conv.source.kind} source converts to Core ML {fixed!r} only, not "
+                                 f"{conv.coreml.precision!r}")
+            return fixed
         if conv.coreml.precision:
             return conv.coreml.precision
         if conv.spec.coreml is None:
