@@ -434,3 +434,12 @@ def test_keras_constants_captured_by_the_trace_stay_constants(tmp_path: Path) ->
     assert r.passed, r.report.failures
     assert [i["name"] for i in r.report["onnx"]["census"]["inputs"]] == ["image"]
     assert r.report["onnx"]["validation"]["outputs"][0]["max_abs_error"] < 1e-4
+
+
+def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, digits_nchw) -> None:  # type: ignore[no-untyped-def]
+    cal, val = digits_nchw
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if edgemp[jetson] were not installed
+    with pytest.raises(errors.MissingDependencyError, match=r"pip install 'edgemp\[jetson\]'"):
+        edgemp.convert(torch_digits_cnn(), "fp32", None, val, tmp_path, example_input=torch.zeros(1, 1, 8, 8),
+                       targets=("onnx",), progress=False)
+    assert not any(tmp_path.iterdir())
