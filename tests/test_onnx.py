@@ -443,3 +443,18 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
         edgemp.convert(torch_digits_cnn(), "fp32", None, val, tmp_path, example_input=torch.zeros(1, 1, 8, 8),
                        targets=("onnx",), progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_image_preprocessing_follows_the_onnx_layout(tmp_path: Path) -> None:
+    """A PyTorch model calibrated on an image folder: the ONNX graph takes NCHW, and the report and the jetson
+    manifest tell the app NCHW (the .tflite of the same model would be NHWC)."""
+    from edgemp.demo import build_torch_model
+
+    torch.manual_seed(0)
+    r = edgemp.convert(build_torch_model().eval(), "fp16", CALIBRATION, None, tmp_path, targets=("onnx",),
+                       example_input=torch.zeros(1, 1, 28, 28), progress=False,
+                       runtime=edgemp.RuntimeOptions(latency_runs=1), gate=edgemp.GateOptions(min_sqnr_db=20))
+    assert r.report["onnx"]["preprocessing"]["layout"] == "NCHW" and r.report["onnx"]["layout"] == "NCHW"
+    b = edgemp.package(r, device="jetson", output_dir=tmp_path / "b", as_zip=False)
+    assert b.manifest["preprocessing"]["layout"] == "NCHW" and b.manifest["preprocessing"]["size"] == [28, 28]
+    assert b.manifest["models"][0]["inputs"][0]["shape"] == [1, 1, 28, 28]

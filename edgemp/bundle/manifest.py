@@ -59,7 +59,7 @@ def app_preprocessing(pre: dict[str, Any] | None, first_input: dict[str, Any] | 
     if pre is None or first_input is None:
         return None
     shape = first_input["shape"]
-    layout = pre.get("layout", "NHWC")
+    layout = first_input.get("layout") or pre.get("layout", "NHWC")  # the shipped model's layout (ONNX: NCHW)
     h, w, c = (shape[1], shape[2], shape[3]) if layout == "NHWC" else (shape[2], shape[3], shape[1])
     color = pre.get("color", "auto")
     if color == "auto":

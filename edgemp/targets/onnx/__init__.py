@@ -125,6 +125,7 @@ class OnnxTarget:
             f"onnxruntime.quantization.quantize_static {_ort_version()} (QDQ, symmetric int8, per-channel weights, "
             "MinMax calibration, Q/DQ on Conv/ConvTranspose/Gemm/MatMul inputs)",
             "layout": layout, "batch": fo.batch,
+            "preprocessing": _preprocessing(conv, layout),
             "app_input": f"{layout} float32 (the same preprocessing as the report's); "
                          + ("float16 I/O" if prec == "fp16" and conv.onnx.fp16_io else "float32 I/O"),
             "fp32_bytes": len(fp32_data), "census": c.to_dict(), "fp16_nodes": fp16_nodes, "forced_fp16": forced,
@@ -163,6 +164,13 @@ def _chosen_nodes(conv: Conversion, fo: Any) -> tuple[list[str], list[str]]:
     nodes = sorted(n for n, layer in fo.layers.items() if layer in layers and n in compute)
     hit = {fo.layers[n] for n in nodes}
     return nodes, [x for x in layers if x not in hit]
+
+
+def _preprocessing(conv: Conversion, layout: str) -> dict[str, Any] | None:
+    """What the app does to an image for this graph: the calibration's preprocessing in the ONNX input's layout."""
+    cal = conv.calibration_set
+    pre = cal.preprocessing if cal is not None else None
+    return None if pre is None else pre.to_dict() | {"layout": layout}
 
 
 def _loops(model: Any) -> bool:
