@@ -89,7 +89,8 @@ def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | 
                "num_layers": len(graph.layers),
                "num_ranked_layers": len(graph.ranked), "validation_samples": len(next(iter(session.inputs.values()))),
                "tensor_samples": min(tensor_samples, len(next(iter(session.inputs.values())))),
-               "quantize_runs": session.quantize_runs, "scored_artifacts": session.scorer.runs}
+               "quantize_runs": session.quantize_runs, "scored_artifacts": session.scorer.runs,
+               "scores_from_cache": _cache_hits(session)}
     return ranked_rows(sens, graph), summary
 
 
@@ -137,8 +138,14 @@ def _section(sr: SearchResult, budget: Budget, session: MixedSession, rows: list
         "would_take": sr.would_take,
         "quantize_runs": session.quantize_runs,
         "scored_artifacts": session.scorer.runs,
+        "scores_from_cache": _cache_hits(session),
         "layers": rows,
     }
+
+
+def _cache_hits(session: MixedSession) -> int:
+    """Candidates whose score came from an earlier run on the same model and data (edgemp.mixed.cache)."""
+    return session.scorer.cache.hits if session.scorer.cache is not None else 0
 
 
 def _message(sr: SearchResult, budget: Budget, session: MixedSession) -> str:

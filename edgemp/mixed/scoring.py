@@ -6,6 +6,7 @@ The float reference outputs are computed once; every candidate is one LiteRT run
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Any
 
@@ -129,6 +130,7 @@ class Scorer:
         self.inputs, self.reference, self.judge, self.opts = inputs, reference, judge, opts
         self.output_order = list(judge.names)
         self.runs = 0
+        self.cache: Any = None  # a ScoreCache (edgemp.mixed.cache) when the session can key its data
         self.class_axes = [t.class_axis for t in judge.tasks]
         self.float_accuracy = judge(reference)
 
@@ -140,6 +142,17 @@ class Scorer:
         if isinstance(artifact, FailedCandidate):
             return Score.infeasible(artifact.error)
         self.runs += 1
+        digest = hashlib.sha256(artifact).hexdigest() if self.cache is not None else ""
+        known = self.cache.get(digest) if self.cache is not None else None
+        if known is not None:
+            return Score(**known)
+        score = self._run(artifact)
+        if self.cache is not None:
+            self.cache.put(digest, score.to_dict())
+            self.cache.flush()
+        return score
+
+    def _run(self, artifact: bytes) -> Score:
         try:
             out = Runner(artifact, self.opts, self.output_order).run(self.inputs)
         except (EdgempError, RuntimeError, ValueError) as exc:  # e.g. "DEPTHWISE_CONV_2D failed to prepare"

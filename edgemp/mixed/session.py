@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from edgemp.config import GateOptions, RuntimeOptions
 from edgemp.errors import ConversionError
+from edgemp.mixed.cache import ScoreCache, data_key
 from edgemp.mixed.graph import LayerGraph
 from edgemp.mixed.scoring import FailedCandidate, Scorer
 from edgemp.quantize import Statistics, apply_recipe
@@ -38,6 +39,12 @@ class MixedSession:
         tasks = infer_tasks(names, [r.shape for r in reference], source.output_channels_first(), gate.output_tasks)
         judge = TaskJudge(tasks, vdata.labels, gate, class_names)
         self.scorer = Scorer(self.inputs, reference, judge, _search_opts(opts))
+        key = None if gate.metric is not None or not ScoreCache.enabled() else data_key(
+            [self.inputs, list(reference), vdata.labels, [[t.name, t.task.value, t.class_axis, t.num_classes]
+                                                          for t in tasks],
+             list(class_names) if class_names is not None else None, gate.label_output, opts.num_threads,
+             opts.xnnpack])
+        self.scorer.cache = ScoreCache(key) if key is not None else None
         self.opts = opts
         self._cache: dict[frozenset[str], bytes] = {}
         self.quantize_runs = 0
