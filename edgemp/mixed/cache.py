@@ -6,7 +6,7 @@ A score depends on the candidate's bytes and on what it is scored against: the v
 reference outputs, the labels and how outputs are judged, and the runtime options. One file per such data key
 (`<EDGEMP_CACHE>/scores/<key>.json`: candidate sha256 -> score), written atomically; the folder is kept under a size
 limit (oldest files go first). A user `metric=` is Python code edgemp cannot key: no cache then.
-EDGEMP_SCORE_CACHE=0 turns it off.
+EDGEMP_SCORE_CACHE=0 turns it off; EDGEMP_SCORE_CACHE_DIR puts it elsewhere.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ LIMIT_BYTES = 32 * 2**20
 
 
 def cache_root() -> Path:
+    """EDGEMP_SCORE_CACHE_DIR, else <EDGEMP_CACHE>/scores."""
+    if os.environ.get("EDGEMP_SCORE_CACHE_DIR"):
+        return Path(os.environ["EDGEMP_SCORE_CACHE_DIR"])
     return Path(os.environ.get("EDGEMP_CACHE", Path.home() / ".cache" / "edgemp")) / "scores"
 
 
