@@ -458,3 +458,20 @@ def test_image_preprocessing_follows_the_onnx_layout(tmp_path: Path) -> None:
     b = edgemp.package(r, device="jetson", output_dir=tmp_path / "b", as_zip=False)
     assert b.manifest["preprocessing"]["layout"] == "NCHW" and b.manifest["preprocessing"]["size"] == [28, 28]
     assert b.manifest["models"][0]["inputs"][0]["shape"] == [1, 1, 28, 28]
+
+
+@pytest.mark.slow
+def test_keras_vit_with_exact_gelu(tmp_path: Path) -> None:
+    """Keras' exact GELU lowers to TF's Erfc, which tf2onnx passes through under that name (not an ONNX op, so
+    onnxruntime refuses the graph): rewritten exactly as 1 - Erf; the attention block is int8 within a point."""
+    from .models import digit_tokens, keras_vit
+
+    x, y = digit_tokens()
+    kw = {"targets": ("onnx",), "progress": False, "runtime": edgemp.RuntimeOptions(latency_runs=1)}
+    fp32 = edgemp.convert(keras_vit(), "fp32", None, (x[N_TRAIN:], y[N_TRAIN:]), tmp_path / "fp32", **kw)
+    assert fp32.passed and fp32.report["onnx"]["validation"]["outputs"][0]["max_abs_error"] < 1e-4
+    ops = fp32.report["onnx"]["census"]["op_counts"]
+    assert "Erf" in ops and "Erfc" not in ops
+    r = edgemp.convert(keras_vit(), "int8", x[:100], (x[N_TRAIN:], y[N_TRAIN:]), tmp_path / "int8", **kw)
+    assert r.passed and set(r.report["onnx"]["census"]["compute_counts"]) == {"int8"}
+    assert r.report["onnx"]["validation"]["accuracy"]["drop"] <= 0.01

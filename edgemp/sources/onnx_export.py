@@ -72,6 +72,7 @@ def keras_to_onnx(source: Any, batch_size: int | None, opset: int) -> tuple[Any,
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
         raise ConversionError(f"tf2onnx could not convert Keras model {source.name!r}: {first}") from exc
     _captured_constants(proto, captures, {s.name for s in specs}, source.name)
+    _standard_ops(proto, source.name)
     order = {n: i for i, (n, _) in enumerate(source.layers())}
     aliases = source.scope_aliases()
     layers = {}
@@ -80,6 +81,33 @@ def keras_to_onnx(source: Any, batch_size: int | None, opset: int) -> tuple[Any,
         if found:
             layers[n.name] = found[-1]
     return proto, f"tf2onnx {tf2onnx.__version__} (tensorflow {tf.__version__})", layers
+
+
+def _standard_ops(proto: Any, name: str) -> None:
+    """tf2onnx passes TF ops it has no handler for through under their TF names; Erfc (TF's exact GELU) is one:
+    rewritten exactly as 1 - Erf. Anything else ONNX does not define is refused by name."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = proto.graph
+    nodes = []
+    for n in g.node:
+        if n.op_type == "Erfc" and n.domain in ("", "ai.onnx"):
+            erf, one = f"{n.name}_erf", f"{n.name}_one"
+            g.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
+            nodes += [helper.make_node("Erf", [n.input[0]], [erf], name=erf),
+                      helper.make_node("Sub", [one, erf], list(n.output), name=n.name)]
+        else:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)
+    unknown = sorted({n.op_type for n in g.node if n.domain in ("", "ai.onnx")
+                      and not onnx.defs.has(n.op_type, max_inclusive_version=opset)})
+    if unknown:
+        raise ConversionError(f"tf2onnx could not express op(s) {', '.join(unknown)} of Keras model {name!r} in ONNX "
+                              f"opset {opset}: replace the layer(s) using them, or use the TFLite/Core ML targets.")
 
 
 def _captured_constants(proto: Any, captures: Any, inputs: set[str], name: str) -> None:
