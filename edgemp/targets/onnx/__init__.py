@@ -51,11 +51,8 @@ class OnnxTarget:
         return [self._path(conv)]
 
     def build(self, conv: Conversion) -> TargetResult:
-        import onnx
-
         from edgemp.targets.onnx.census import census, label_checks
         from edgemp.targets.onnx.export import export_float
-        from edgemp.targets.onnx.qdq import RECURRENT_OPS, keep_fp16, quantize_int8, to_fp16
         from edgemp.targets.onnx.runtime import OrtRunner
         from edgemp.validation import Check, evaluate
 
@@ -68,26 +65,8 @@ class OnnxTarget:
                 if source is not None:
                     fo = export_float(source, conv.data.batch_size, conv.onnx.opset)
                     unrolled = ["recurrent layers unrolled (same weights) so their MatMuls can be int8"] + why
-        fp16_nodes: list[str] = []
-        forced: list[dict[str, Any]] = []
-        unmatched: list[str] = []
         with conv.timer.stage("onnx_quantize"):
-            if prec == "fp32":
-                model = fo.model
-            elif prec == "fp16":
-                model = to_fp16(fo.model, conv.onnx.fp16_io)
-            else:
-                cal = conv.calibration_set
-                assert cal is not None  # precisions that quantize need calibration (checked in Conversion)
-                if prec == "mixed":
-                    fp16_nodes, unmatched = _chosen_nodes(conv, fo)
-                    forced = [{"name": n.name, "op": n.op_type, "layer": fo.layers.get(n.name),
-                               "reason": f"an ONNX {n.op_type} has no Q/DQ (int8) form; FP16 is the closest"}
-                              for n in fo.model.graph.node if n.op_type in RECURRENT_OPS]
-                    fp16_nodes += [f["name"] for f in forced if f["name"] not in fp16_nodes]
-                model = quantize_int8(fo.model, cal.samples, fo.batch, exclude=fp16_nodes)
-                if fp16_nodes:
-                    model = keep_fp16(model, fp16_nodes)
+            model, fp16_nodes, forced, unmatched = _in_precision(conv, fo)
             for m in (model, fo.model):
                 m.producer_name, m.producer_version = "edgemp", _version()
             data = model.SerializeToString()
@@ -99,7 +78,7 @@ class OnnxTarget:
             if broken:
                 raise PrecisionLabelError(f"the ONNX artifact is not {prec}: " + "; ".join(x.detail for x in broken))
         vdata, note = conv.validation
-        last = [i for i, cf in enumerate(_moved_channels(conv.source)) if cf]
+        last = _moved_channels(conv.source)
         names = conv.source.output_names()
         with conv.timer.stage("onnx_validate"):
             section, quality = evaluate(
@@ -154,6 +133,30 @@ class OnnxTarget:
         return conv.out_dir / f"{conv.stem}.onnx"
 
 
+def _in_precision(conv: Conversion, fo: Any) -> tuple[Any, list[str], list[dict[str, Any]], list[str]]:
+    """(graph, nodes kept in FP16, recurrent ops forced to FP16, searched float layers with no Q/DQ node)."""
+    from edgemp.targets.onnx.qdq import RECURRENT_OPS, keep_fp16, quantize_int8, to_fp16
+
+    prec = conv.precision.value
+    if prec == "fp32":
+        return fo.model, [], [], []
+    if prec == "fp16":
+        return to_fp16(fo.model, conv.onnx.fp16_io), [], [], []
+    cal = conv.calibration_set
+    assert cal is not None  # precisions that quantize need calibration (checked in Conversion)
+    fp16_nodes: list[str] = []
+    forced: list[dict[str, Any]] = []
+    unmatched: list[str] = []
+    if prec == "mixed":
+        fp16_nodes, unmatched = _chosen_nodes(conv, fo)
+        forced = [{"name": n.name, "op": n.op_type, "layer": fo.layers.get(n.name),
+                   "reason": f"an ONNX {n.op_type} has no Q/DQ (int8) form; FP16 is the closest"}
+                  for n in fo.model.graph.node if n.op_type in RECURRENT_OPS]
+        fp16_nodes += [f["name"] for f in forced if f["name"] not in fp16_nodes]
+    model = quantize_int8(fo.model, cal.samples, fo.batch, exclude=fp16_nodes)
+    return (keep_fp16(model, fp16_nodes) if fp16_nodes else model), fp16_nodes, forced, unmatched
+
+
 def _chosen_nodes(conv: Conversion, fo: Any) -> tuple[list[str], list[str]]:
     """The compute nodes of the layers the mixed search keeps out of int8 (TFLite's float layers, by source layer)."""
     from edgemp.targets.onnx.qdq import QUANTIZED_OPS
@@ -177,11 +180,10 @@ def _loops(model: Any) -> bool:
     return any(n.op_type in ("Loop", "Scan") for n in model.graph.node)
 
 
-def _moved_channels(source: Any) -> list[bool]:
+def _moved_channels(source: Any) -> list[int]:
     """Outputs the source's reference gives channel-last while the ONNX graph gives them NCHW (PyTorch sources
     whose TFLite artifact is NHWC)."""
-    moved = set(getattr(source, "_out_channel_last", []))
-    return [i in moved for i in range(len(source.output_names()))]
+    return sorted(getattr(source, "_out_channel_last", []))
 
 
 def _parity(conv: Conversion, data: bytes, names: list[str], last: list[int], max_samples: int = 256) -> dict[str, Any]:
