@@ -18,7 +18,7 @@ _edgemp_venv="$(
 set -euo pipefail
 exec 3>&1 1>&2
 trap 's=$?; [ "$s" = 0 ] || echo "[edgemp] environment set-up failed (status $s, see above); nothing was activated" >&2' EXIT
-extras="${EDGEMP_EXTRAS:-dev,torch,coreml,jetson,modelopt}"
+extras="${EDGEMP_EXTRAS:-dev,torch,coreml,jetson,modelopt,ray}"
 cache="$_edgemp_cache"
 # Key on the declared dependencies only (not on version/description edits).
 deps="$(python3 -c 'import json, sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; print(json.dumps([p["dependencies"], p.get("optional-dependencies", {})], sort_keys=True))' "$repo/pyproject.toml")"
