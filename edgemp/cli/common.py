@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from edgemp.config import ColorMode, Layout, ResizePolicy
+from edgemp.config import ColorMode, IODType, Layout, ResizePolicy
 
 from edgemp.cli.app import NOT_A_TTY_WIDTH
 
@@ -92,6 +92,26 @@ class CountOrFraction(click.ParamType):
         return v if 0 < v < 1 else int(v)
 
 
+class ChoiceList(click.ParamType):
+    """Comma-separated names, each one of `choices`, each once (`--precisions fp16,int8,mixed`)."""
+
+    name = "NAME[,NAME...]"
+
+    def __init__(self, choices: list[str]) -> None:
+        self.choices = list(choices)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, tuple):
+            return value
+        names = tuple(v.strip().lower() for v in str(value).split(",") if v.strip())
+        bad = [n for n in names if n not in self.choices]
+        if not names or bad:
+            self.fail(f"{(bad or [value])[0]!r} is not one of {', '.join(self.choices)} (comma-separated).", param, ctx)
+        if len(set(names)) != len(names):
+            self.fail(f"each name once, got {value!r}.", param, ctx)
+        return names
+
+
 POSITIVE_INT = click.IntRange(min=1)
 NON_NEGATIVE_INT = click.IntRange(min=0)
 POSITIVE_FLOAT = FiniteFloat(min=0, min_open=True)
@@ -101,6 +121,16 @@ UNSAFE_LOAD = click.option("--unsafe-load", is_flag=True,
 VALIDATION = click.option("--validation", type=click.Path(),
                           help="Folder with one sub-folder per class, or .npz with x/y.")
 THREADS = click.option("--threads", type=POSITIVE_INT, default=1, show_default=True, help="Interpreter threads.")
+# options convert and sweep (and analyze) share, spelled once
+IO_DTYPE = click.option("--io-dtype", type=click.Choice([i.value for i in IODType]), default="quantized",
+                        show_default=True, help="I/O of int8/int16x8 models: the quantized type, or float32.")
+INPUT_LAYOUT = click.option("--input-layout", type=click.Choice([x.value for x in Layout]),
+                            help="PyTorch (.pt2) sources: layout of the artifact's 4-D inputs (default NHWC).")
+NUM_CALIBRATION_SAMPLES = click.option("-n", "--num-calibration-samples", type=POSITIVE_INT, default=200,
+                                       show_default=True, help="Calibration samples drawn from --calibration.")
+MAX_FLOAT_LAYERS = click.option("--max-float-layers", type=CountOrFraction(), default="0.1", show_default=True,
+                                help="mixed: cap on layers kept in float, a count (3) or a fraction of the model's ops "
+                                     "(0.1).")
 
 
 def preprocessing_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import click
 
-from edgemp.config import IODType, Layout
 from edgemp.precisions import registered_precisions
 from edgemp.targets import registered_targets
 from edgemp.targets.coreml.convert import COREML_PRECISIONS
 
 from edgemp.cli.app import EXIT_GATE_FAILED, main
-from edgemp.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, THREADS, UNSAFE_LOAD, VALIDATION, CountOrFraction,
-                               FiniteFloat, _console, _delegates, _labels, _preprocessing, _print_report,
-                               preprocessing_options, runtime_options)
+from edgemp.cli.common import (INPUT_LAYOUT, IO_DTYPE, MAX_FLOAT_LAYERS, NON_NEGATIVE_INT, NUM_CALIBRATION_SAMPLES,
+                               POSITIVE_INT, THREADS, UNSAFE_LOAD, VALIDATION, FiniteFloat, _console, _delegates,
+                               _labels, _preprocessing, _print_report, preprocessing_options, runtime_options)
 
 
 @main.command()
@@ -29,20 +28,16 @@ from edgemp.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, THREADS, UNSAFE_L
 @click.option("-o", "--output-dir", type=click.Path(), default="dist", show_default=True,
               help="Where the artifacts and reports are written.")
 @UNSAFE_LOAD
-@click.option("--io-dtype", type=click.Choice([i.value for i in IODType]), default="quantized", show_default=True,
-              help="I/O of int8/int16x8 models: the quantized type, or float32.")
-@click.option("--input-layout", type=click.Choice([x.value for x in Layout]),
-              help="PyTorch (.pt2) sources: layout of the artifact's 4-D inputs (default NHWC).")
-@click.option("-n", "--num-calibration-samples", type=POSITIVE_INT, default=200, show_default=True,
-              help="Calibration samples drawn from --calibration.")
+@IO_DTYPE
+@INPUT_LAYOUT
+@NUM_CALIBRATION_SAMPLES
 @click.option("--seed", type=NON_NEGATIVE_INT, default=0, show_default=True,
               help="Seed of the calibration sample draw.")
 @click.option("--max-validation-samples", type=POSITIVE_INT, help="Validate on at most this many samples (default: all).")
 @click.option("--name", help="Base name of the output files (default: the model's).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
-@click.option("--max-float-layers", type=CountOrFraction(), default="0.1", show_default=True,
-              help="mixed: cap on layers kept in float, a count (3) or a fraction of the model's ops (0.1).")
+@MAX_FLOAT_LAYERS
 @click.option("--keep-float", multiple=True, help="mixed: a layer name or regex always kept in float (repeatable).")
 @click.option("--never-float", multiple=True, help="mixed: a layer name or regex never kept in float (repeatable).")
 @click.option("--min-sqnr-db", type=FiniteFloat(), help="mixed: output-fidelity budget (without labels), e.g. 30.")
@@ -113,10 +108,8 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
 @click.option("-o", "--output-dir", type=click.Path(), default="dist", show_default=True,
               help="Where the table, plot and HTML page are written.")
 @UNSAFE_LOAD
-@click.option("--input-layout", type=click.Choice([x.value for x in Layout]),
-              help="PyTorch (.pt2) sources: layout of the artifact's 4-D inputs (default NHWC).")
-@click.option("-n", "--num-calibration-samples", type=POSITIVE_INT, default=200, show_default=True,
-              help="Calibration samples drawn from --calibration.")
+@INPUT_LAYOUT
+@NUM_CALIBRATION_SAMPLES
 @click.option("--max-validation-samples", type=POSITIVE_INT, default=1000, show_default=True,
               help="Score each layer on at most this many validation samples.")
 @click.option("--tensor-samples", type=POSITIVE_INT, default=32, show_default=True,
