@@ -21,11 +21,12 @@ from edgemp.analysis import AnalysisResult, analyze  # noqa: E402
 from edgemp.bench import BenchResult, benchmark  # noqa: E402
 from edgemp.bundle import Bundle, package, read_bundle, unpack_bundle  # noqa: E402
 from edgemp.qat import finetune_qat, prepare_qat  # noqa: E402
+from edgemp.grid import SweepResult, sweep  # noqa: E402
 
 __all__ = [
     "AnalysisResult", "BenchResult", "Bundle", "ConvertResult", "CoreMLOptions", "DataOptions", "DelegateSpec",
     "GateOptions", "IODType", "MixedOptions", "OnnxOptions", "Precision", "Preprocessing", "RuntimeOptions",
-    "analyze", "benchmark", "convert", "errors", "finetune_qat", "inspect_model", "package", "prepare_qat", "read_bundle",
-    "unpack_bundle", "validate",
+    "SweepResult", "analyze", "benchmark", "convert", "errors", "finetune_qat", "inspect_model", "package",
+    "prepare_qat", "read_bundle", "sweep", "unpack_bundle", "validate",
     "__version__",
 ]

@@ -445,3 +445,17 @@ def keras_digits_cnn() -> Any:
 
     x, y = digits()
     return _keras_fit(build, x, y, "keras_digits_cnn", 40)
+
+
+def keras_digits_mlp() -> Any:
+    """A two-layer perceptron on the flattened 8x8 digits: the second, different model a grid (edgemp.sweep) needs."""
+    def build() -> Any:
+        import keras
+        from keras import layers
+
+        inp = keras.Input((8, 8, 1), name="image")
+        t = layers.Dense(32, activation="relu", name="hidden")(layers.Flatten(name="flat")(inp))
+        return keras.Model(inp, layers.Dense(10, name="logits")(t), name="digits_mlp")
+
+    x, y = digits()
+    return _keras_fit(build, x, y, "keras_digits_mlp", 30)

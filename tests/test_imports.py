@@ -9,7 +9,7 @@ import sys
 def test_import_edgemp_loads_no_framework_and_leaves_triton_alone() -> None:
     code = ("import sys, edgemp\n"
             "heavy = [m for m in ('tensorflow', 'keras', 'torch', 'triton', 'coremltools', 'ai_edge_litert', "
-            "'ai_edge_quantizer', 'litert_torch', 'matplotlib') if m in sys.modules]\n"
+            "'ai_edge_quantizer', 'litert_torch', 'matplotlib', 'ray') if m in sys.modules]\n"
             "print(heavy, sys.modules.get('triton', 'absent'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[] absent", out.stdout + out.stderr
