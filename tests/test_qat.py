@@ -79,6 +79,38 @@ def test_core_ml_w8a8_from_the_learned_scales(trained_qat, data, tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_mixed_keeps_the_learned_scales_when_they_meet_the_budget(trained_qat, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x, y = data
+    r = edgemp.convert(trained_qat, "mixed", None, (x[N_TRAIN:], y[N_TRAIN:]), tmp_path, progress=False,
+                       runtime=edgemp.RuntimeOptions(latency_runs=1))
+    m = r.report["mixed"]
+    assert r.passed and m["met"] and m["float_layers"] == [] and m["qat_learned_scales"]["met"]
+    assert set(r.report["census"]["compute_counts"]) == {"int8"} and m["quantize_runs"] == 0
+    learned = edgemp.convert(trained_qat, "int8", None, (x[N_TRAIN:], y[N_TRAIN:]), tmp_path / "int8",
+                             progress=False, runtime=edgemp.RuntimeOptions(latency_runs=1))
+    assert r.artifacts["tflite"].read_bytes() == learned.artifacts["tflite"].read_bytes()
+
+
+@pytest.mark.slow
+def test_mixed_searches_the_trained_weights_when_the_learned_scales_miss(trained_qat, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x, y = data
+    gate = edgemp.GateOptions(min_sqnr_db=60.0)  # beyond int8 anywhere: the learned scales miss it
+    with pytest.raises(errors.CalibrationError, match="pass calibration="):
+        edgemp.convert(trained_qat, "mixed", None, x[N_TRAIN:], tmp_path / "a", progress=False, gate=gate)
+    with pytest.raises(errors.MixedPrecisionError) as info:
+        edgemp.convert(trained_qat, "mixed", x[:200], x[N_TRAIN:], tmp_path / "b", progress=False, gate=gate,
+                       mixed=edgemp.MixedOptions(max_float_layers=2))
+    m = info.value.report["mixed"]
+    assert not m["qat_learned_scales"]["met"] and len(m["float_layers"]) >= 1 and m["quantize_runs"] > 1
+    assert "learned scales alone scored" in str(info.value)
+    # the search quantized the trained weights, not the model prepare_qat started from
+    trained = trained_qat.trained_float()
+    xt = torch.from_numpy(x[N_TRAIN:])
+    with torch.no_grad():
+        assert not torch.allclose(trained(xt), trained_qat.float_model(xt))
+
+
+@pytest.mark.slow
 def test_users_own_training_loop(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, y = data
     qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:100], progress=False)
@@ -115,7 +147,7 @@ def test_bad_inputs(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
     with pytest.raises(errors.InputError, match="never initialised"):
         edgemp.convert(untrained, "int8", None, x[N_TRAIN:], tmp_path / "a", progress=False)
     qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:32], progress=False)
-    with pytest.raises(errors.InputError, match="converts at precision 'int8'"):
+    with pytest.raises(errors.InputError, match="converts at precision 'int8' .* or 'mixed'"):
         edgemp.convert(qat, "fp16", None, x[N_TRAIN:], tmp_path / "b", progress=False)
     with pytest.raises(errors.InputError, match="targets 'tflite' and 'coreml'"):
         edgemp.convert(qat, "int8", None, x[N_TRAIN:], tmp_path / "e", targets=("onnx",), progress=False)

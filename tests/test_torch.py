@@ -160,6 +160,10 @@ def test_exported_program_and_pt2_file(torch_model, tmp_path: Path) -> None:  # 
     b = edgemp.convert(tmp_path / "model.pt2", "fp32", CALIBRATION, output_dir=tmp_path / "b", latency_runs=2)
     assert a.passed and b.passed
     assert a.artifacts["tflite"].read_bytes() == b.artifacts["tflite"].read_bytes()
+    # the graph module of an exported program (refuses .eval(): its mode was fixed at export) converts the same
+    c = edgemp.convert(program.module(), "fp32", CALIBRATION, output_dir=tmp_path / "c", example_input=example,
+                       latency_runs=2)
+    assert c.passed and c.report["validation"]["outputs"][0]["sqnr_db"] > 60
 
 
 def test_training_mode_module_is_put_in_eval_mode_with_a_warning(tmp_path: Path) -> None:

@@ -126,7 +126,18 @@ def finetune_qat(qat: Any, train_data: Any, *, epochs: int = 3, lr: float = 1e-3
             if qat.frozen["observers"] is None and step >= freeze_observers_after * total:
                 qat.freeze_observers()
             opt.zero_grad()
-            value = loss_fn(qat(xb), yb)
+            try:
+                value = loss_fn(qat(xb), yb)
+            except RuntimeError as exc:  # e.g. "`zero_point` must be between `quant_min` and `quant_max`"
+                bad = qat.non_finite_ranges()
+                if not bad:
+                    raise
+                raise ConversionError(
+                    f"QAT broke down at step {step}: the quantization range of {bad[0]} (and {len(bad) - 1} more) became "
+                    f"infinite or NaN: the weights diverged (lower lr, now {lr}), or a division, rsqrt or log got an "
+                    "input int8 rounds to zero (an L2 norm of small vectors, say: clamp the denominator to a floor "
+                    "above its quantization step), or use precision='mixed' on the float model."
+                ) from exc
             if not torch.isfinite(value):
                 raise ConversionError(f"the QAT loss became {float(value)} at step {step}: lower lr (now {lr}).")
             value.backward()

@@ -142,6 +142,17 @@ class QATModel(torch.nn.Module):
         self.frozen["batch_norm"] = self.steps_trained
         self.train(self.training)
 
+    def non_finite_ranges(self) -> list[str]:
+        """Fake-quant modules whose observed range holds inf or NaN (training cannot go on from there)."""
+        out = []
+        for name, mod in self.prepared.named_modules():
+            obs = getattr(mod, "activation_post_process", None)
+            vals = [getattr(obs, k, None) for k in ("min_val", "max_val")]
+            if any(isinstance(v, torch.Tensor) and v.numel() and torch.isnan(v).any() for v in vals) or \
+                    (isinstance(vals[1], torch.Tensor) and vals[1].numel() and (vals[1] == float("inf")).any()):
+                out.append(name)
+        return out
+
     def uninitialised_observers(self) -> list[str]:
         """Fake-quant modules whose observer never saw data (their range is still ±inf): no scale to export."""
         out = []
@@ -165,6 +176,22 @@ class QATModel(torch.nn.Module):
         except Exception as exc:  # noqa: BLE001 - one typed error with the cause
             raise ConversionError(f"PT2E could not convert the QAT module: {type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+    def trained_float(self) -> torch.nn.Module:
+        """The float model with the weights training learned: PT2E's int8 graph (batch norm folded as in the int8
+        model) with every quantize/dequantize pair removed. `precision="mixed"` quantizes this one when the learned
+        scales alone miss the budget (the layers it keeps int8 then get scales from calibration)."""
+        graph = self.converted()
+        for node in list(graph.graph.nodes):
+            if node.op != "call_function" or not str(node.target).startswith("quantized_decomposed.dequantize"):
+                continue
+            src = node.args[0]
+            if isinstance(src, torch.fx.Node) and str(src.target).startswith("quantized_decomposed.quantize"):
+                node.replace_all_uses_with(src.args[0])
+        graph.graph.eliminate_dead_code()
+        graph.recompile()
+        return graph
 
 
 def check_module(model: Any) -> torch.nn.Module:

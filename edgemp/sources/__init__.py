@@ -114,7 +114,7 @@ def _load_qat(model: Any, **options: Any) -> Source:
 
 register_source("keras", _is_keras, _load_keras)
 # before pytorch (a QAT module is an nn.Module too); its learned int8 scales make an int8 .tflite only
-register_source("pytorch-qat", _is_qat, _load_qat, precisions=("int8",), targets=("tflite", "coreml"))
+register_source("pytorch-qat", _is_qat, _load_qat, precisions=("int8", "mixed"), targets=("tflite", "coreml"))
 register_source("pytorch", _is_torch, _load_torch)
 
 __all__ = ["Source", "TensorSpec", "is_qat_module", "load_source", "register_source", "registered_sources",

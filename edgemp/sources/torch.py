@@ -52,10 +52,7 @@ def load_torch(model: Any, example_input: Any = None, input_layout: str | Layout
         module = model.module()
     elif isinstance(model, torch.nn.Module):
         module = model
-        if module.training:
-            warnings.warn("the module was in training mode: edgemp puts it in eval mode (dropout off, batch-norm "
-                          "running statistics) before export", UserWarning, stacklevel=3)
-        module.eval()
+        _to_eval(module)
     else:
         raise UnsupportedModelError(f"unsupported PyTorch object {type(model).__name__}: pass an nn.Module, an "
                                     "ExportedProgram or a .pt2 path.")
@@ -65,6 +62,22 @@ def load_torch(model: Any, example_input: Any = None, input_layout: str | Layout
     args = tuple(example_input) if isinstance(example_input, tuple | list) else (example_input,)
     args = tuple(torch.as_tensor(a) for a in args)
     return TorchSource(module, args, input_layout, name=getattr(model, "name", None) or type(module).__name__)
+
+
+def _to_eval(module: Any) -> None:
+    """Eval mode before export. A graph module from torch.export (`ExportedProgram.module()`, or what PT2E returns)
+    refuses .eval(): its mode was fixed when it was exported, and torchao rewrites its batch norm and dropout."""
+    try:
+        training = module.training
+        module.eval()
+    except NotImplementedError:
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+
+        move_exported_model_to_eval(module)
+        return
+    if training:
+        warnings.warn("the module was in training mode: edgemp puts it in eval mode (dropout off, batch-norm "
+                      "running statistics) before export", UserWarning, stacklevel=4)
 
 
 def load_pt2(path: Path) -> Any:

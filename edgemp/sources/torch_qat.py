@@ -35,9 +35,10 @@ class QATSource(TorchSource):
         self.qat = qat
 
     def limits_message(self, precision: str, refused_targets: list[str]) -> str:
-        if precision != "int8":
-            return (f"a QAT module converts at precision 'int8' (its learned int8 scales), not {precision!r}: convert "
-                    "the float model for other precisions (qat.float_model is the one it was prepared from).")
+        if precision not in ("int8", "mixed"):
+            return (f"a QAT module converts at precision 'int8' (its learned int8 scales) or 'mixed', not "
+                    f"{precision!r}: convert the float model for other precisions (qat.float_model is the one it "
+                    "was prepared from).")
         return (f"a QAT module converts to targets 'tflite' and 'coreml' (W8A8) only, not {', '.join(refused_targets)}: "
                 "the ONNX target calibrates its own scales; convert qat.float_model for it (docs/qat.md).")
 
@@ -53,6 +54,11 @@ class QATSource(TorchSource):
                 return qat.converted(fold_quantize=True)
 
         return QATCoreML(self)
+
+    def trained_source(self) -> TorchSource:
+        """The float model with the weights QAT trained, as a plain PyTorch source (what `mixed` quantizes when
+        the learned scales alone miss the budget)."""
+        return TorchSource(self.qat.trained_float(), self.example_args, self.layout, name=self.name)
 
     def qat_summary(self) -> dict[str, Any]:
         q = self.qat
