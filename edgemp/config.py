@@ -233,13 +233,24 @@ class DataOptions(_Config):
 
 @dataclasses.dataclass(frozen=True)
 class MixedOptions(_Config):
-    """precision="mixed": the cap on float layers and the layers forced either way."""
+    """precision="mixed": the cap on float layers and the layers forced either way; where the per-layer
+    candidates run (`executor` "local", or "ray": a local Ray started on demand, or the cluster at `ray_address`,
+    with at most `num_workers` tasks in flight)."""
 
     max_float_layers: int | float = 0.1
     keep_float: tuple[str, ...] = ()
     never_float: tuple[str, ...] = ()
+    executor: str = "local"
+    ray_address: str | None = None
+    num_workers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.executor not in ("local", "ray"):
+            raise InputError(f"executor must be 'local' or 'ray', got {self.executor!r}.")
+        if self.executor == "local" and self.ray_address is not None:
+            raise InputError("ray_address is for executor='ray': pass executor='ray' as well, or leave it out.")
+        P.text("ray_address", self.ray_address, none_ok=True)
+        P.integer("num_workers", self.num_workers, 1, none_ok=True)
         v = self.max_float_layers
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or (isinstance(v, float) and v >= 1
                                                                                 and not float(v).is_integer()):

@@ -43,7 +43,7 @@ _GROUPS = {
                            "min_cosine": "min_cosine", "metric": "metric", "output_tasks": "output_tasks",
                            "label_output": "label_output"}),
     "mixed": (MixedOptions, {"max_float_layers": "max_float_layers", "keep_float": "keep_float",
-                             "never_float": "never_float"}),
+                             "never_float": "never_float", "executor": "executor", "ray_address": "ray_address"}),
     "runtime": (RuntimeOptions, {"num_threads": "num_threads", "xnnpack": "xnnpack", "delegates": "delegates",
                                  "latency_runs": "latency_runs"}),
     "coreml": (CoreMLOptions, {"coreml_precision": "precision", "coreml_fp32_ops": "fp32_ops",
@@ -243,7 +243,8 @@ class Conversion:
         if self.qat:  # the scales training learned: no calibration that would replace them
             with self.timer.stage("qat_export"):
                 artifact = self.source.qat_tflite()
-            return Quantized(artifact, [{"quantization_parameters": "learned by QAT"} | self.source.qat_summary()])
+            learned = Quantized(artifact, [{"quantization_parameters": "learned by QAT"} | self.source.qat_summary()])
+            return self._qat_mixed(learned) if self.spec.searched else learned
         fm = self.float_model
         recipe = self.spec.recipe(self.io, fm.census)
         if recipe is None:
@@ -259,7 +260,8 @@ class Conversion:
                                     float_io=self.io is IODType.FLOAT, gate=self.gate,
                                     max_float_layers=m.max_float_layers, keep_float=m.keep_float,
                                     never_float=m.never_float, tensor_samples=32, title=self.base,
-                                    progress=self.progress, class_names=self.data.class_names)
+                                    progress=self.progress, class_names=self.data.class_names,
+                                    executor=m)
             outcome.section["calibration_runs"] = self.calibration_runs
             return Quantized(outcome.artifact, outcome.recipe, outcome, self.calibration_runs)
         with self.timer.stage("quantize"):
@@ -268,15 +270,37 @@ class Conversion:
                 artifact, _ = self.spec.finish(artifact)
             return Quantized(artifact, recipe, None, self.calibration_runs)
 
-    def _statistics(self, qbase: bytes) -> Any:
+    def _qat_mixed(self, learned: Quantized) -> Quantized:
+        """`mixed` from a QAT module: the learned scales alone when they meet the budget (no float layer); otherwise
+        the search runs on the QAT-trained weights, the layers it keeps int8 getting scales from calibration."""
+        from edgemp.mixed.pipeline import run_mixed
+        from edgemp.quantize.rewrites import prepare_for_quantization
+
+        trained = self.source.trained_source()
+        with self.timer.stage("float_conversion"):
+            base = prepare_for_quantization(trained.to_float_tflite(self.data.batch_size)).model
+        vdata, _ = self.validation
+        with self.timer.stage("mixed_search"):
+            m = self.mixed_options
+            outcome = run_mixed(trained, base, lambda: self._statistics(base, trained), vdata, self.runtime,
+                                float_io=False, gate=self.gate, max_float_layers=m.max_float_layers,
+                                keep_float=m.keep_float, never_float=m.never_float, tensor_samples=32,
+                                title=self.base, progress=self.progress, class_names=self.data.class_names,
+                                learned=(learned.artifact, learned.recipe), executor=m)
+        outcome.section["calibration_runs"] = self.calibration_runs
+        return Quantized(outcome.artifact, outcome.recipe, outcome, self.calibration_runs)
+
+    def _statistics(self, qbase: bytes, source: Any = None) -> Any:
         from edgemp.quantize import calibrate
         from edgemp.validation.inputs import check_token_ids
 
         cal = self.calibration_set
-        assert cal is not None  # checked in __init__
+        if cal is None:  # a QAT module whose learned scales missed the mixed budget
+            raise CalibrationError("the QAT module's learned scales miss the budget, so precision 'mixed' keeps "
+                                   "layers in float and calibrates the int8 ones around them: pass calibration=.")
         if self.spec.searched:
             self.validation  # noqa: B018 - the range checks see calibration and validation data together
-        samples = [self.source.artifact_inputs(s) for s in cal.samples]
+        samples = [(source or self.source).artifact_inputs(s) for s in cal.samples]
         check_token_ids(qbase, samples, CalibrationError)
         with self.timer.stage("calibrate"):
             self.calibration_runs += 1

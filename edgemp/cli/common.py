@@ -209,3 +209,18 @@ def _print_report(report: Any, as_json: bool) -> None:
         report.render(_console())
 
 
+
+
+def candidate_executor(f: Any) -> Any:
+    """--executor/--ray-address/--workers of convert (mixed) and analyze: where per-layer candidates run."""
+    for opt in reversed([
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="mixed/analyze: score the per-layer candidates in this process, or as Ray tasks "
+                          "(edgemp[ray]; same result)."),
+        click.option("--ray-address", help="ray: the cluster to use (ray://<head>:10001, or auto); default: a local "
+                                           "Ray started for this run."),
+        click.option("--workers", "num_workers", type=POSITIVE_INT,
+                     help="ray: candidate tasks at once (and the local Ray's CPUs); default: every CPU."),
+    ]):
+        f = opt(f)
+    return f

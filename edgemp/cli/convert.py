@@ -15,7 +15,8 @@ from edgemp.targets.coreml.convert import COREML_PRECISIONS
 from edgemp.cli.app import EXIT_GATE_FAILED, main
 from edgemp.cli.common import (INPUT_LAYOUT, IO_DTYPE, MAX_FLOAT_LAYERS, NON_NEGATIVE_INT, NUM_CALIBRATION_SAMPLES,
                                POSITIVE_INT, THREADS, UNSAFE_LOAD, VALIDATION, FiniteFloat, _console, _delegates,
-                               _labels, _preprocessing, _print_report, preprocessing_options, runtime_options)
+                               _labels, _preprocessing, _print_report, candidate_executor, preprocessing_options,
+                               runtime_options)
 
 
 @main.command()
@@ -56,6 +57,7 @@ from edgemp.cli.common import (INPUT_LAYOUT, IO_DTYPE, MAX_FLOAT_LAYERS, NON_NEG
 @click.option("--onnx-fp16-io", is_flag=True, help="ONNX target at fp16: float16 inputs and outputs (default float32).")
 @preprocessing_options
 @runtime_options
+@candidate_executor
 def convert(model: str, precision: str, calibration: str | None, validation: str | None, output_dir: str,
             unsafe_load: bool, io_dtype: str, input_layout: str | None, num_calibration_samples: int, seed: int, max_validation_samples: int | None,
             name: str | None, force: bool, as_json: bool, max_float_layers: int | float, keep_float: tuple[str, ...],
@@ -66,7 +68,8 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
             size: tuple[int, int] | None, resize: str, color: str, scale: float,
             mean: tuple[float, ...] | None, std: tuple[float, ...] | None, layout: str, threads: int, no_xnnpack: bool,
             delegates: tuple[str, ...], delegate_options: tuple[str, ...], latency_runs: int,
-            max_accuracy_drop: float, progress: bool | None, labels_file: str | None) -> None:
+            max_accuracy_drop: float, progress: bool | None, labels_file: str | None, executor: str,
+            ray_address: str | None, num_workers: int | None) -> None:
     """Convert MODEL (.keras, .h5, SavedModel dir or torch.export .pt2) to validated artifacts (.tflite by default).
 
     Data for a .pt2 model is given in the layout of its example input (NCHW for images). With
@@ -85,7 +88,8 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
         gate=GateOptions.from_dict({"max_accuracy_drop": max_accuracy_drop, "min_sqnr_db": min_sqnr_db,
                                     "min_cosine": min_cosine}),
         mixed=MixedOptions.from_dict({"max_float_layers": max_float_layers, "keep_float": keep_float,
-                                      "never_float": never_float}),
+                                      "never_float": never_float, "executor": executor, "ray_address": ray_address,
+                                      "num_workers": num_workers}),
         runtime=RuntimeOptions.from_dict({"num_threads": threads, "xnnpack": not no_xnnpack,
                                           "delegates": _delegates(delegates, delegate_options),
                                           "latency_runs": latency_runs}),
@@ -120,17 +124,20 @@ def convert(model: str, precision: str, calibration: str | None, validation: str
 @click.option("--labels", "labels_file", type=click.Path(exists=True), help="Class names in output order, one per line.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
 @THREADS
+@candidate_executor
 def analyze(model: str, calibration: str, validation: str | None, output_dir: str, unsafe_load: bool,
             input_layout: str | None,
             num_calibration_samples: int, max_validation_samples: int, tensor_samples: int, top: int, name: str | None,
-            force: bool, labels_file: str | None, progress: bool | None, threads: int) -> None:
+            force: bool, labels_file: str | None, progress: bool | None, threads: int, executor: str,
+            ray_address: str | None, num_workers: int | None) -> None:
     """Rank MODEL's layers by INT8 sensitivity; write the table (JSON, Markdown), a plot and an HTML page."""
     from edgemp.analysis import analyze as do_analyze
 
     result = do_analyze(model, calibration, validation, output_dir, input_layout=input_layout,
                         num_calibration_samples=num_calibration_samples, max_validation_samples=max_validation_samples,
                         tensor_samples=tensor_samples, class_names=_labels(labels_file), num_threads=threads,
-                        name=name, force=force, progress=progress, unsafe_load=unsafe_load)
+                        name=name, force=force, progress=progress, unsafe_load=unsafe_load, executor=executor,
+                        ray_address=ray_address, num_workers=num_workers)
     lines = result.to_markdown().splitlines()
     table = [ln for ln in lines if ln.startswith("|")]
     click.echo("\n".join([ln for ln in lines if ln and not ln.startswith("|")][:3] + table[: top + 2]))

@@ -3,26 +3,32 @@ and the per-layer analysis behind `edgemp.analyze`, with their report sections a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgemp._io import write_atomic
 from edgemp.config import GateOptions, RuntimeOptions
 from edgemp.errors import ConversionError, InputError
+from edgemp.mixed.executor import Executor, make_executor
 from edgemp.mixed.graph import describe
 from edgemp.mixed.report import plot_png, ranked_rows, to_html, to_markdown
-from edgemp.mixed.scoring import Budget, FailedCandidate
+from edgemp.mixed.scoring import Budget, FailedCandidate, Score
 from edgemp.targets.tflite.census import census
 from edgemp.mixed.graph import LayerGraph
 from edgemp.mixed.search import SearchResult, format_score, resolve_cap, search, verify_region
-from edgemp.mixed.sensitivity import LayerSensitivity, float_alone_effects, int8_alone_effects, tensor_errors
+from edgemp.mixed.sensitivity import (RANK_SUBSET, LayerSensitivity, float_alone_effects, ranked_int8_alone,
+                                      tensor_errors)
 from edgemp.mixed.session import MixedSession
 from edgemp.quantize import Statistics
 from edgemp.quantize.support import why_float
 from edgemp.validation.data import ValidationData
+
+ANALYSIS_TOP = 12  # analysis measures this many layers (or 15%) on every sample, the rest on a first pass
 
 
 @dataclasses.dataclass
@@ -36,10 +42,14 @@ class MixedOutcome:
     region_problems: list[str]
 
 
-def run_mixed(source: Any, float_tflite: bytes, stats: Statistics, vdata: ValidationData, opts: RuntimeOptions, *,
-              float_io: bool, gate: GateOptions, max_float_layers: int | float, keep_float: Sequence[str],
-              never_float: Sequence[str], tensor_samples: int, title: str, progress: bool | None,
-              class_names: Sequence[str] | None = None) -> MixedOutcome:
+def run_mixed(source: Any, float_tflite: bytes, stats: Statistics | Callable[[], Statistics], vdata: ValidationData,
+              opts: RuntimeOptions, *, float_io: bool, gate: GateOptions, max_float_layers: int | float,
+              keep_float: Sequence[str], never_float: Sequence[str], tensor_samples: int, title: str,
+              progress: bool | None, class_names: Sequence[str] | None = None,
+              learned: tuple[bytes, list[dict[str, Any]] | None] | None = None,
+              executor: Any = None) -> MixedOutcome:
+    """`learned`: a QAT module's int8 artifact and recipe, taken as it is (no float layer) when it meets the
+    budget; otherwise the search runs as usual on `float_tflite` (the QAT-trained weights)."""
     # Check the cheap things first: a bad name or budget must fail before the float reference runs.
     budget = Budget.resolve(gate.max_accuracy_drop, gate.min_sqnr_db, gate.min_cosine,
                             gate.metric is not None or vdata.labels is not None, metric_name(gate, vdata))
@@ -50,12 +60,28 @@ def run_mixed(source: Any, float_tflite: bytes, stats: Statistics, vdata: Valida
         raise InputError("a layer is both in keep_float and never_float: "
                          + ", ".join(describe(graph.by_tensor[t]) for t in set(keep) & set(never)))
     cap = resolve_cap(max_float_layers, len(graph.layers))
-    session = MixedSession(source, float_tflite, stats, vdata, opts, float_io=float_io, progress=progress, graph=graph,
-                           gate=gate, class_names=class_names)
+    with executor_for(executor) as ex:
+        session = MixedSession(source, float_tflite, stats, vdata, opts, float_io=float_io, progress=progress,
+                               graph=graph, gate=gate, class_names=class_names, executor=ex)
+        return _run_mixed(session, budget, graph, keep, never, cap, learned, tensor_samples, title, progress,
+                          float_io, max_float_layers)
+
+
+def _run_mixed(session: MixedSession, budget: Budget, graph: LayerGraph, keep: list[str], never: list[str], cap: int,
+               learned: tuple[bytes, Any] | None, tensor_samples: int, title: str, progress: bool | None,
+               float_io: bool, max_float_layers: int | float) -> MixedOutcome:
+    prior = None
+    if learned is not None:
+        score = session.scorer(learned[0])
+        prior = {"score": score.to_dict(), "met": budget.met(score, session.scorer.float_accuracy),
+                 "float_accuracy_of_trained_weights": session.scorer.float_accuracy}
+        if prior["met"] and not keep:
+            return _learned_outcome(learned, prior, budget, session, max_float_layers)
     forced = _without_int8(session.make(graph.close(keep)), graph)
-    sr = search(session.make, graph, session.scorer, budget, cap=cap, keep=keep, never=never, forced=list(forced),
-                latency=session.latency_ms, progress=progress)
-    sens = tensor_errors(float_tflite, session.make(graph.close(keep)), session.samples(tensor_samples), graph)
+    sr = search(session, budget, cap=cap, keep=keep, never=never, forced=list(forced), latency=session.latency_ms,
+                progress=progress)
+    sens = tensor_errors(session.float_tflite, session.make(graph.close(keep)), session.samples(tensor_samples),
+                         graph)
     _attach_effects(sens, sr.effects, graph, "int8_alone")
     rows = ranked_rows(sens, graph, sr.region)
     section = _section(sr, budget, session, rows)
@@ -67,10 +93,42 @@ def run_mixed(source: Any, float_tflite: bytes, stats: Statistics, vdata: Valida
                                      "sensitivity.html": to_html(md, png, f"{title}: mixed precision",
                                                                  section["steps"])}
     message = _message(sr, budget, session)
+    if prior is not None:
+        section["qat_learned_scales"] = prior
+        message += (" The QAT module's learned scales alone scored "
+                    f"{format_score(Score(**prior['score']), session.scorer.float_accuracy, budget.metric)}; the "
+                    "search kept its trained weights and calibrated the int8 layers' scales.")
     if isinstance(sr.artifact, FailedCandidate) or sr.score.error is not None:
         raise ConversionError(f"mixed precision found no candidate the quantizer and LiteRT accept: {sr.score.error}")
     return MixedOutcome(sr.artifact, graph.recipe(sr.region, float_io=float_io), section, files, sr.met, message,
                         verify_region(sr.artifact, graph, sr.region))
+
+
+@contextlib.contextmanager
+def executor_for(options: Any) -> Iterator[Executor]:
+    """The executor MixedOptions ask for (local when None), closed (a Ray it started shut down) at the end."""
+    ex = make_executor(getattr(options, "executor", None), getattr(options, "ray_address", None),
+                       getattr(options, "num_workers", None))
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+def _learned_outcome(learned: tuple[bytes, Any], prior: dict[str, Any], budget: Budget, session: MixedSession,
+                     max_float_layers: int | float) -> MixedOutcome:
+    """The QAT artifact met the budget with every layer int8: nothing to search."""
+    score = Score(**prior["score"])
+    fa = session.scorer.float_accuracy
+    section = {"budget": budget.to_dict() | {"description": budget.describe()}, "met": True,
+               "max_float_layers": resolve_cap(max_float_layers, len(session.graph.layers)),
+               "num_ranked_layers": len(session.graph.ranked), "float_layers": [], "float_ops": [], "boundaries": 0,
+               "score": prior["score"], "metric": session.scorer.judge.name or None, "float_accuracy": fa,
+               "steps": [], "would_take": None, "quantize_runs": 0, "scored_artifacts": session.scorer.runs,
+               "scores_from_cache": 0, "layers": [], "qat_learned_scales": prior}
+    message = (f"mixed precision met the budget ({budget.describe()}) with the QAT module's learned scales alone, "
+               f"no layer in float: {format_score(score, fa, budget.metric)}.")
+    return MixedOutcome(learned[0], learned[1] or [], section, {}, True, message, [])
 
 
 def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -80,15 +138,23 @@ def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | 
     base = session.scorer(int8)
     budget = Budget(max_accuracy_drop=0.0, metric=session.scorer.judge.name) if session.scorer.labelled \
         else Budget(min_sqnr_db=0.0)
-    all_float, damage = int8_alone_effects(session.make, graph, session.scorer, budget, graph.ranked, progress)
-    gain = float_alone_effects(session.make, graph, session.scorer, budget, base, graph.ranked, progress=progress)
+    top = max(ANALYSIS_TOP, math.ceil(0.15 * len(graph.ranked)))
+    all_float, damage, rough = ranked_int8_alone(session, budget, graph.ranked, top, progress)
+    head = [lay for lay in graph.ranked if lay.tensor in damage]
+    gain = float_alone_effects(session, budget, base, head, progress=progress)
     sens = tensor_errors(session.float_tflite, int8, session.samples(tensor_samples), graph)
     _attach_effects(sens, damage, graph, "int8_alone")
     _attach_effects(sens, gain, graph, "float_alone")
+    for t, (score, delta) in rough.items():  # first pass only: on the first samples, not ranked against the head
+        s = sens.setdefault(t, LayerSensitivity(graph.by_tensor[t]))
+        s.first_pass = score
     summary = {"metric": session.scorer.judge.name or None, "float_accuracy": session.scorer.float_accuracy, "int8": base.to_dict(), "all_float_ops": all_float.to_dict(),
                "num_layers": len(graph.layers),
                "num_ranked_layers": len(graph.ranked), "validation_samples": len(next(iter(session.inputs.values()))),
                "tensor_samples": min(tensor_samples, len(next(iter(session.inputs.values())))),
+               "measured_on_all_samples": len(damage),
+               "first_pass": {"samples": session.subset_size(RANK_SUBSET), "layers": len(rough)} if rough else None,
+               "executor": session.executor.name,
                "quantize_runs": session.quantize_runs, "scored_artifacts": session.scorer.runs,
                "scores_from_cache": _cache_hits(session)}
     return ranked_rows(sens, graph), summary

@@ -5,6 +5,7 @@ The float reference outputs are computed once; every candidate is one LiteRT run
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import math
@@ -146,13 +147,30 @@ class Scorer:
         known = self.cache.get(digest) if self.cache is not None else None
         if known is not None:
             return Score(**known)
-        score = self._run(artifact)
+        score = self.run(artifact)
         if self.cache is not None:
             self.cache.put(digest, score.to_dict())
             self.cache.flush()
         return score
 
-    def _run(self, artifact: bytes) -> Score:
+    def portable(self) -> Scorer:
+        """A copy to ship to another process: the scoring data, without the disk cache."""
+        twin = copy.copy(self)
+        twin.cache = None
+        return twin
+
+    def subset(self, n: int) -> Scorer:
+        """The same judge on the first n samples: cheap ranking of many candidates (a user metric is opaque
+        Python code over all the data: no subset then, the caller gets None)."""
+        judge = copy.copy(self.judge)
+        if judge.kind == "metric":
+            raise ValueError("a user metric cannot be scored on a subset")
+        if judge.labels is not None:
+            judge.labels = judge.labels[:n]
+        twin = Scorer({k: v[:n] for k, v in self.inputs.items()}, [r[:n] for r in self.reference], judge, self.opts)
+        return twin
+
+    def run(self, artifact: bytes) -> Score:
         try:
             out = Runner(artifact, self.opts, self.output_order).run(self.inputs)
         except (EdgempError, RuntimeError, ValueError) as exc:  # e.g. "DEPTHWISE_CONV_2D failed to prepare"

@@ -17,11 +17,12 @@ from typing import Any
 from edgemp.targets.tflite.census import census
 from edgemp.mixed.graph import Layer, LayerGraph, describe
 from edgemp.mixed.scoring import Budget, Score, Scorer
-from edgemp.mixed.sensitivity import float_alone_effects, int8_alone_effects
+from edgemp.mixed.sensitivity import float_alone_effects, ranked_int8_alone
 
 log = logging.getLogger(__name__)
 
 RERANK_TOP = 8  # re-ranking re-scores at most this many candidates (the best by the previous ranking)
+RANK_TOP = 8  # layers whose damage alone is measured on every validation sample (at least; 2x the cap if more)
 
 
 @dataclasses.dataclass
@@ -60,11 +61,12 @@ def resolve_cap(max_float_layers: int | float, num_layers: int) -> int:
     return int(max_float_layers)
 
 
-def search(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: Scorer, budget: Budget, *,
-           cap: int, keep: Sequence[str] = (), never: Sequence[str] = (), forced: Sequence[str] = (),
-           latency: Callable[[bytes], float] | None = None, progress: bool | None = None) -> SearchResult:
+def search(session: Any, budget: Budget, *, cap: int, keep: Sequence[str] = (), never: Sequence[str] = (),
+           forced: Sequence[str] = (), latency: Callable[[bytes], float] | None = None,
+           progress: bool | None = None) -> SearchResult:
     """`forced`: ops that have no int8 form (float in any quantized model): float from the start, and not counted
-    against `cap`, which limits what the search chooses."""
+    against `cap`, which limits what the search chooses. `session`: a MixedSession (make, scorer, score_regions)."""
+    make, graph, scorer = session.make, session.graph, session.scorer
     steps: list[Step] = []
     cap += sum(1 for t in forced if graph.by_tensor[t].ranked)
 
@@ -90,8 +92,10 @@ def search(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: S
     cands = [lay for lay in graph.ranked if lay.tensor not in blocked]
     # Rank by the damage of quantizing each layer alone: unlike "float alone", it also exposes a tensor that
     # cannot be int8 whichever of its ends is kept in float (a join of very different ranges, say).
-    _, effects = int8_alone_effects(make, graph, scorer, budget, cands, progress)
+    _, effects, rough = ranked_int8_alone(session, budget, cands, max(RANK_TOP, 2 * cap), progress)
     priority = {t: d for t, (_, d) in effects.items()}
+    # layers only the first pass saw come after those measured on every sample, in the first pass's order
+    priority |= {t: (-1e6, d[1]) for t, (_, d) in rough.items()}
     tried: set[str] = set()
     met = False
     while True:
@@ -131,7 +135,7 @@ def search(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: S
         tried.add(pick.tensor)
         rest = sorted((lay for lay in avail if lay.tensor != pick.tensor), key=lambda lay: priority[lay.tensor],
                       reverse=True)[:RERANK_TOP]
-        fresh = float_alone_effects(make, graph, scorer, budget, cur, rest, region, progress=False)
+        fresh = float_alone_effects(session, budget, cur, rest, region, progress=False)
         priority.update({t: g for t, (_, g) in fresh.items()})
         steps.append(Step(len(steps), f"re-ranked {len(fresh)} layers by their gain in float against the current "
                           "configuration", _names(graph, region), len(region), graph.boundaries(region), cur, False, False))

@@ -11,12 +11,11 @@ just that layer in float (the rest in int8).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from edgemp._progress import track
 from edgemp.mixed.graph import Layer, LayerGraph
 from edgemp.mixed.scoring import Budget, Score, Scorer
 
@@ -33,6 +32,7 @@ class LayerSensitivity:
     damage: tuple[float, float] | None = None  # objective(all float) - objective(int8_alone): what its int8 costs
     float_alone: Score | None = None  # the int8 model with only this layer in float
     gain: tuple[float, float] | None = None  # objective(float_alone) - objective(full int8)
+    first_pass: Score | None = None  # int8 alone on the first samples only (a layer outside the measured head)
 
     def to_dict(self) -> dict[str, Any]:
         d = self.layer.to_dict() | {"rmse": self.rmse, "rmse_over_scale": self.rmse_over_scale,
@@ -41,6 +41,7 @@ class LayerSensitivity:
         d["damage"] = list(self.damage) if self.damage else None
         d["float_alone"] = self.float_alone.to_dict() if self.float_alone else None
         d["gain"] = list(self.gain) if self.gain else None
+        d["first_pass"] = self.first_pass.to_dict() if self.first_pass else None
         return d
 
 
@@ -101,29 +102,50 @@ def tensor_errors(float_tflite: bytes, quant_tflite: bytes, samples: Sequence[di
     return res
 
 
-def float_alone_effects(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: Scorer, budget: Budget,
-                        base: Score, candidates: Sequence[Layer], base_region: frozenset[str] = frozenset(),
-                        progress: bool | None = None) -> dict[str, tuple[Score, tuple[float, float]]]:
+def float_alone_effects(session: Any, budget: Budget, base: Score, candidates: Sequence[Layer],
+                        base_region: frozenset[str] = frozenset(), progress: bool | None = None,
+                        subset: int | None = None) -> dict[str, tuple[Score, tuple[float, float]]]:
     """Score with each candidate layer (closed over same-scale ops) added to `base_region` in float."""
+    graph = session.graph
     b = budget.objective(base)
+    scores = session.score_regions([graph.close(base_region | {lay.tensor}) for lay in candidates], subset,
+                                   "Per-layer effect", progress)
     out = {}
-    for lay in track(candidates, "Per-layer effect", total=len(candidates), enabled=progress):
-        s = scorer(make(graph.close(base_region | {lay.tensor})))
+    for lay, s in zip(candidates, scores, strict=True):
         o = budget.objective(s)
         out[lay.tensor] = (s, (o[0] - b[0], o[1] - b[1]))
     return out
 
 
-def int8_alone_effects(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: Scorer, budget: Budget,
-                       candidates: Sequence[Layer], progress: bool | None = None,
-                       ) -> tuple[Score, dict[str, tuple[Score, tuple[float, float]]]]:
+def int8_alone_effects(session: Any, budget: Budget, candidates: Sequence[Layer], progress: bool | None = None,
+                       subset: int | None = None) -> tuple[Score, dict[str, tuple[Score, tuple[float, float]]]]:
     """Score with only each candidate quantized (everything else float): (all-float score, per-layer damage)."""
-    everything = frozenset(lay.tensor for lay in graph.layers)
-    ref = scorer(make(everything))
+    everything = frozenset(lay.tensor for lay in session.graph.layers)
+    scores = session.score_regions([everything] + [everything - {lay.tensor} for lay in candidates], subset,
+                                   "Per-layer damage", progress)
+    ref = scores[0]
     r = budget.objective(ref)
     out = {}
-    for lay in track(candidates, "Per-layer damage", total=len(candidates), enabled=progress):
-        s = scorer(make(everything - {lay.tensor}))
+    for lay, s in zip(candidates, scores[1:], strict=True):
         o = budget.objective(s)
         out[lay.tensor] = (s, (r[0] - o[0], r[1] - o[1]))
     return ref, out
+
+
+RANK_SUBSET = 32  # samples a first ranking pass scores every layer on (when the validation set has > 2x as many)
+
+
+def ranked_int8_alone(session: Any, budget: Budget, candidates: Sequence[Layer], top: int,
+                      progress: bool | None = None) -> tuple[Score, dict[str, tuple[Score, tuple[float, float]]],
+                                                             dict[str, tuple[Score, tuple[float, float]]]]:
+    """The damage of each layer alone, at the cost of a few: every layer on the first RANK_SUBSET samples, ranked
+    by output SQNR damage there (continuous, so stable on few samples), then the `top` most damaging on the whole
+    validation set. Returns (all-float score, exact effects of those, first-pass effects of the rest)."""
+    n = session.subset_size(RANK_SUBSET)
+    if n is None or len(candidates) <= top:
+        ref, exact = int8_alone_effects(session, budget, candidates, progress)
+        return ref, exact, {}
+    _, rough = int8_alone_effects(session, budget, candidates, progress, subset=n)
+    order = sorted(candidates, key=lambda lay: (rough[lay.tensor][1][1], rough[lay.tensor][1][0]), reverse=True)
+    ref, exact = int8_alone_effects(session, budget, order[:top], progress)
+    return ref, exact, {t: e for t, e in rough.items() if t not in exact}

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
 
 from edgemp.targets.tflite.census import census
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from edgemp.config import GateOptions, RuntimeOptions
 from edgemp.errors import ConversionError
 from edgemp.mixed.cache import ScoreCache, data_key
 from edgemp.mixed.graph import LayerGraph
-from edgemp.mixed.scoring import FailedCandidate, Scorer
+from edgemp.mixed.executor import Executor
+from edgemp.mixed.scoring import FailedCandidate, Score, Scorer
 from edgemp.quantize import Statistics, apply_recipe
 from edgemp.validation.data import ValidationData
 from edgemp.validation.evaluate import batched
@@ -25,11 +27,14 @@ from edgemp.validation.tasks import infer_tasks
 class MixedSession:
     """`make(region)` quantizes the float model with `region` kept in float, from statistics gathered once."""
 
-    def __init__(self, source: Any, float_tflite: bytes, statistics: Statistics, vdata: ValidationData,
+    def __init__(self, source: Any, float_tflite: bytes, statistics: Statistics | Callable[[], Statistics],
+                 vdata: ValidationData,
                  opts: RuntimeOptions, float_io: bool = False, progress: bool | None = None,
                  graph: LayerGraph | None = None, gate: GateOptions | None = None,
-                 class_names: Sequence[str] | None = None) -> None:
-        self.source, self.float_tflite, self.statistics = source, float_tflite, statistics
+                 class_names: Sequence[str] | None = None, executor: Executor | None = None) -> None:
+        self.source, self.float_tflite = source, float_tflite
+        self.executor = executor or Executor()
+        self._statistics = statistics  # or a callable: calibration runs only when a candidate is first built
         self.float_io = float_io
         self.graph = graph or LayerGraph(census(float_tflite), source.layers(), aliases=source.scope_aliases())
         self.inputs = {k: v for k, v in source.artifact_inputs(vdata.inputs).items()}
@@ -45,9 +50,75 @@ class MixedSession:
              list(class_names) if class_names is not None else None, gate.label_output, opts.num_threads,
              opts.xnnpack])
         self.scorer.cache = ScoreCache(key) if key is not None else None
+        self._data_key = key
         self.opts = opts
         self._cache: dict[frozenset[str], bytes] = {}
+        self._scores: dict[tuple[frozenset[str], int | None], Score] = {}
+        self._subsets: dict[int, Scorer] = {}
+        self._model_key: str | None = None
         self.quantize_runs = 0
+        self.progress = progress
+
+    def subset_size(self, n: int) -> int | None:
+        """How many samples a ranking pass scores: n when the validation set has more than 2n (else all of them,
+        None), and never with a user metric (opaque code over all the data)."""
+        total = len(next(iter(self.inputs.values())))
+        return n if total > 2 * n and self.scorer.judge.kind != "metric" else None
+
+    def score_regions(self, regions: Sequence[frozenset[str]], subset: int | None = None, label: str = "Scoring",
+                      progress: bool | None = None) -> list[Score]:
+        """Scores of many candidates, each built and scored once (here or on the executor's workers); the
+        scores are also kept on disk keyed by the recipe (edgemp.mixed.cache), so a later run on the same model,
+        statistics and data builds nothing it has scored before. `subset`: on the first `subset` samples only."""
+        scorer = self.scorer if subset is None else self._subset_scorer(subset)
+        found: dict[int, Score] = {}
+        todo: list[int] = []
+        keys = [self._recipe_key(r) for r in regions]
+        for i, r in enumerate(regions):
+            known = self._scores.get((frozenset(r), subset))
+            cached = scorer.cache.get(keys[i]) if known is None and scorer.cache is not None and keys[i] else None
+            if known is not None or cached is not None:
+                found[i] = known or Score(**cached)  # type: ignore[arg-type]
+            else:
+                todo.append(i)
+        recipes = [self.graph.recipe(frozenset(regions[i]), float_io=self.float_io) for i in todo]
+        fresh = self.executor.score(recipes, self.float_tflite, self.statistics, scorer.portable(),
+                                    self.progress if progress is None else progress, label) if todo else []
+        self.quantize_runs += len(todo)
+        scorer.runs += len(regions)
+        for i, sc in zip(todo, fresh, strict=True):
+            found[i] = sc
+            if scorer.cache is not None and keys[i]:
+                scorer.cache.put(keys[i], sc.to_dict())
+        if scorer.cache is not None:
+            scorer.cache.flush()
+        for i, r in enumerate(regions):
+            self._scores[(frozenset(r), subset)] = found[i]
+        return [found[i] for i in range(len(regions))]
+
+    def _subset_scorer(self, n: int) -> Scorer:
+        if n not in self._subsets:
+            sub = self.scorer.subset(n)
+            sub.cache = ScoreCache(data_key([self._data_key, "subset", n])) if self._data_key is not None else None
+            self._subsets[n] = sub
+        return self._subsets[n]
+
+    def _recipe_key(self, region: frozenset[str]) -> str | None:
+        """What a candidate is made of: the float model, the statistics and the recipe (None: not keyed)."""
+        if self._data_key is None:
+            return None
+        if self._model_key is None:
+            self._model_key = data_key([hashlib.sha256(self.float_tflite).hexdigest(), self.statistics]) or ""
+        if not self._model_key:
+            return None
+        return "recipe:" + (data_key([self._model_key, self.graph.recipe(frozenset(region), float_io=self.float_io)])
+                            or "")
+
+    @property
+    def statistics(self) -> Statistics:
+        if callable(self._statistics):
+            self._statistics = self._statistics()
+        return self._statistics
 
     def make(self, region: frozenset[str]) -> bytes:
         region = frozenset(region)

@@ -1,0 +1,108 @@
+"""Where per-layer candidates are built and scored: in this process, or as Ray tasks.
+
+Analysis and the mixed search spend their time quantizing and scoring one candidate per layer
+(benchmarks/results/analysis_profile_*.md); the candidates are independent, so they can run anywhere that has
+the float model, the calibration statistics and the scoring data. Both executors run the same function
+(`build_and_score`) on the same inputs, so a score — and every choice made from it, down to the bytes of the
+final artifact — does not depend on where it ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from edgemp import _params as P
+from edgemp.errors import ConversionError, InputError
+from edgemp.mixed.scoring import Score, Scorer
+from edgemp.quantize import Statistics, apply_recipe
+
+EXECUTORS = ("local", "ray")
+
+
+def build_and_score(recipe: Any, float_tflite: bytes, statistics: Statistics, scorer: Scorer) -> dict[str, Any]:
+    """One candidate: quantize with `recipe`, run it, compare with the float reference (a plain dict: cheap to
+    ship back from a worker)."""
+    try:
+        artifact = apply_recipe(float_tflite, recipe, statistics)
+    except ConversionError as exc:  # the quantizer refuses this one: infeasible, never chosen
+        return Score.infeasible(f"the quantizer refused it: {exc}").to_dict()
+    return scorer.run(artifact).to_dict()
+
+
+class Executor:
+    """`score(recipes, ...)` -> one Score per recipe, in order."""
+
+    name = "local"
+
+    def score(self, recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics, scorer: Scorer,
+              progress: bool | None, label: str) -> list[Score]:
+        from edgemp._progress import track
+
+        return [Score(**build_and_score(r, float_tflite, statistics, scorer))
+                for r in track(recipes, label, total=len(recipes), enabled=progress)]
+
+    def close(self) -> None:
+        """Release what the executor holds (nothing in-process)."""
+
+
+class RayExecutor(Executor):
+    """Candidates as Ray tasks. The float model, the statistics and the scorer (validation inputs, float
+    reference, labels) go into the object store once per session; a worker that dies is retried, a task that fails
+    stops the run with its reason (a score the search cannot trust is not silently dropped)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_workers: int | None = None, retries: int = 2,
+                 timeout: float | None = None) -> None:
+        from edgemp._ray import check_task_options, require_ray
+
+        require_ray()
+        check_task_options(num_workers, retries, timeout)
+        self.address, self.num_workers, self.retries, self.timeout = address, num_workers, retries, timeout
+        self._session: Any = None
+        self._refs: tuple[int, tuple[Any, ...]] | None = None
+
+    def _start(self) -> None:
+        from edgemp._ray import ray_session
+
+        if self._session is None:
+            self._session = ray_session(self.address, self.num_workers)
+            self._session.__enter__()
+
+    def score(self, recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics, scorer: Scorer,
+              progress: bool | None, label: str) -> list[Score]:
+        from edgemp._ray import put, run_tasks
+
+        if not recipes:
+            return []
+        self._start()
+        key = id(float_tflite) ^ id(statistics) ^ id(scorer)
+        if self._refs is None or self._refs[0] != key:
+            self._refs = (key, (put(float_tflite), put(statistics), put(scorer.portable())))
+        outcomes = run_tasks(build_and_score, list(recipes), args=self._refs[1], num_workers=self.num_workers,
+                             retries=self.retries, timeout=self.timeout, progress=progress, label=label)
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            raise ConversionError(f"{len(failed)} of {len(outcomes)} candidate task(s) failed on Ray, e.g. "
+                                  f"{failed[0].error}. Run with executor='local' to see it in this process.")
+        return [Score(**o.value) for o in outcomes]
+
+    def close(self) -> None:
+        if self._session is not None:
+            session, self._session, self._refs = self._session, None, None
+            session.__exit__(None, None, None)
+
+
+def make_executor(executor: str | Executor | None, ray_address: str | None = None,
+                  num_workers: int | None = None) -> Executor:
+    if isinstance(executor, Executor):
+        return executor
+    name = P.text("executor", executor or "local")
+    if name not in EXECUTORS:
+        raise InputError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if name == "local":
+        if ray_address is not None:
+            raise InputError("ray_address is for executor='ray'; pass executor='ray' as well, or leave it out.")
+        return Executor()
+    return RayExecutor(ray_address, num_workers)
