@@ -276,3 +276,14 @@ def interleaved_latency(models: dict[str, bytes], sample: np.ndarray | Mapping[s
 
 def round_ratio(rounds: dict[str, list[float]], a: str, b: str) -> float:
     return float(np.median(np.array(rounds[a]) / np.array(rounds[b])))
+
+
+def write_results(name: str, data: dict[str, Any], markdown: str) -> None:
+    """benchmarks/results/<name>.{json,md}, and the table on stdout."""
+    import json
+
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown)
+    print(markdown)

@@ -140,20 +140,30 @@ def torch_example_model(epochs: int = 1) -> Any:
     from edgemp._compat import prepare_torch_import
 
     prepare_torch_import()
+    path = cache_dir() / "models" / f"fashion_cnn_torch_{MODEL_VERSION}_e{epochs}.pt"
+
+    def data() -> tuple[np.ndarray, np.ndarray]:
+        x, y = fashion_mnist("train")
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y
+
+    return trained_torch(build_torch_model(), path, data, epochs)
+
+
+def trained_torch(model: Any, path: Path, data: Any, epochs: int) -> Any:
+    """`model` trained with Adam 1e-3, batch 128, on `data()` (NCHW x, y) once, its state dict cached at `path`
+    (reloaded with weights_only=True); the batch order is seeded."""
     import torch
 
-    model = build_torch_model()
-    path = cache_dir() / "models" / f"fashion_cnn_torch_{MODEL_VERSION}_e{epochs}.pt"
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
     torch.manual_seed(0)
-    x, y = fashion_mnist("train")
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    x, y = data()
+    xt = torch.from_numpy(x)
     yt = torch.from_numpy(y)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
-    log.info("training the PyTorch example model on Fashion-MNIST (%d epochs, cached at %s)", epochs, path)
+    log.info("training %s on Fashion-MNIST (%d epochs, cached at %s)", type(model).__name__, epochs, path)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(xt))

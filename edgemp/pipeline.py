@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -148,6 +149,7 @@ class Conversion:
         self._model, self._calibration, self._validation = model, calibration, validation
         self._example_input, self._input_layout = example_input, input_layout
         self.calibration_runs = 0
+        self.float_from_cache = self.statistics_from_cache = False
 
     def __enter__(self) -> Conversion:
         return self
@@ -202,7 +204,7 @@ class Conversion:
         from edgemp.targets.tflite.census import census
 
         with self.timer.stage("float_conversion"):
-            tflite = self.source.to_float_tflite(self.data.batch_size)
+            tflite = self._cached_float_tflite()
             fcensus = census(tflite)
             rewrites = list(getattr(self.source, "rewrites", []))
             if not self.spec.needs_calibration:
@@ -212,6 +214,21 @@ class Conversion:
             prep = prepare_for_quantization(tflite)
             rewrites += unrolled + [f"{n} {k} (exact; so the op can be int8)" for k, n in prep.rewrites.items() if n]
             return FloatModel(tflite, fcensus, prep.model, rewrites)
+
+    def _cached_float_tflite(self) -> bytes:
+        """A model file converted before (same bytes, batch, edgemp version) is not converted again (edgemp._diskcache)."""
+        from edgemp import _diskcache
+
+        digest = self.source.fingerprint() if hasattr(self.source, "fingerprint") else None
+        key = f"{self.source.kind}-{digest}-b{self.data.batch_size}.tflite" if digest else None
+        cached = _diskcache.get("float", key) if key else None
+        if cached is not None:
+            self.float_from_cache = True
+            return cached
+        tflite = self.source.to_float_tflite(self.data.batch_size)
+        if key:
+            _diskcache.put("float", key, tflite)
+        return tflite
 
     @functools.cached_property
     def calibration_set(self) -> CalibrationSet | None:
@@ -302,9 +319,21 @@ class Conversion:
             self.validation  # noqa: B018 - the range checks see calibration and validation data together
         samples = [(source or self.source).artifact_inputs(s) for s in cal.samples]
         check_token_ids(qbase, samples, CalibrationError)
+        from edgemp import _diskcache
+        from edgemp.mixed.cache import data_key
+
+        key = data_key([hashlib.sha256(qbase).hexdigest(), *samples]) if _diskcache.enabled() else None
+        cached = _diskcache.statistics_from_bytes(_diskcache.get("statistics", f"{key}.npz") or b"") if key else None
+        if cached is not None:
+            self.statistics_from_cache = True
+            return cached
         with self.timer.stage("calibrate"):
             self.calibration_runs += 1
-            return calibrate(qbase, samples, num_threads=self.runtime.num_threads, progress=self.progress)
+            stats = calibrate(qbase, samples, num_threads=self.runtime.num_threads, progress=self.progress)
+        data = _diskcache.statistics_to_bytes(stats) if key else None
+        if data is not None:
+            _diskcache.put("statistics", f"{key}.npz", data)
+        return stats
 
     # -- report and files -----------------------------------------------------------------------------------------
     def report(self, results: list[TargetResult]) -> Report:
@@ -336,6 +365,7 @@ class Conversion:
             "gate": self.gate.to_dict(),
             "mixed": mixed.section if mixed is not None else None,
             "qat": self.source.qat_summary() if self.qat else None,
+            "reused": {"float_tflite": self.float_from_cache, "statistics": self.statistics_from_cache},
         }
         for r in results:
             for key, value in r.report.items():

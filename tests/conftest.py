@@ -21,6 +21,9 @@ from edgemp._compat import prepare_torch_import  # noqa: E402
 prepare_torch_import()
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests count conversions and calibrations: the on-disk reuse of both (edgemp._diskcache) is off unless a test turns it
+# on (tests/test_scale.py does, in its own cache folder).
+os.environ.setdefault("EDGEMP_ARTIFACT_CACHE", "0")
 CALIBRATION = REPO / "calibration_data" / "fashion_mnist"
 VALIDATION_FOLDER = REPO / "examples" / "data" / "fashion_mnist_val"
 

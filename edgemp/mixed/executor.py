@@ -20,6 +20,12 @@ from edgemp.quantize import Statistics, apply_recipe
 EXECUTORS = ("local", "ray")
 
 
+def build_and_score_many(recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics,
+                         scorer: Scorer) -> list[dict[str, Any]]:
+    """A few candidates per Ray task: the arguments are fetched and unpacked once for all of them."""
+    return [build_and_score(r, float_tflite, statistics, scorer) for r in recipes]
+
+
 def build_and_score(recipe: Any, float_tflite: bytes, statistics: Statistics, scorer: Scorer) -> dict[str, Any]:
     """One candidate: quantize with `recipe`, run it, compare with the float reference (a plain dict: cheap to
     ship back from a worker)."""
@@ -68,7 +74,7 @@ class RayExecutor(Executor):
 
         if self._session is None:
             self._session = ray_session(self.address, self.num_workers)
-            self._session.__enter__()
+            self._ray = self._session.__enter__()
 
     def score(self, recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics, scorer: Scorer,
               progress: bool | None, label: str) -> list[Score]:
@@ -80,13 +86,16 @@ class RayExecutor(Executor):
         key = id(float_tflite) ^ id(statistics) ^ id(scorer)
         if self._refs is None or self._refs[0] != key:
             self._refs = (key, (put(float_tflite), put(statistics), put(scorer.portable())))
-        outcomes = run_tasks(build_and_score, list(recipes), args=self._refs[1], num_workers=self.num_workers,
+        slots = self.num_workers or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+        size = max(1, min(8, len(recipes) // (3 * slots)))  # a few per task, and still several tasks per worker
+        chunks = [list(recipes[i : i + size]) for i in range(0, len(recipes), size)]
+        outcomes = run_tasks(build_and_score_many, chunks, args=self._refs[1], num_workers=self.num_workers,
                              retries=self.retries, timeout=self.timeout, progress=progress, label=label)
         failed = [o for o in outcomes if not o.ok]
         if failed:
             raise ConversionError(f"{len(failed)} of {len(outcomes)} candidate task(s) failed on Ray, e.g. "
                                   f"{failed[0].error}. Run with executor='local' to see it in this process.")
-        return [Score(**o.value) for o in outcomes]
+        return [Score(**v) for o in outcomes for v in o.value]
 
     def close(self) -> None:
         if self._session is not None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,14 @@ from edgemp.mixed.scoring import Budget, FailedCandidate, Score
 from edgemp.targets.tflite.census import census
 from edgemp.mixed.graph import LayerGraph
 from edgemp.mixed.search import SearchResult, format_score, resolve_cap, search, verify_region
-from edgemp.mixed.sensitivity import (RANK_SUBSET, LayerSensitivity, float_alone_effects, ranked_int8_alone,
-                                      tensor_errors)
+from edgemp.mixed.sensitivity import (RANK_SUBSET, LayerSensitivity, added_noise, float_alone_effects,
+                                      ranked_int8_alone, tensor_errors)
 from edgemp.mixed.session import MixedSession
 from edgemp.quantize import Statistics
 from edgemp.quantize.support import why_float
 from edgemp.validation.data import ValidationData
 
-ANALYSIS_TOP = 12  # analysis measures this many layers (or 15%) on every sample, the rest on a first pass
+ANALYSIS_TOP = 12  # analysis measures this many layers on every sample, others on a first pass or not at all
 
 
 @dataclasses.dataclass
@@ -77,11 +76,12 @@ def _run_mixed(session: MixedSession, budget: Budget, graph: LayerGraph, keep: l
                  "float_accuracy_of_trained_weights": session.scorer.float_accuracy}
         if prior["met"] and not keep:
             return _learned_outcome(learned, prior, budget, session, max_float_layers)
-    forced = _without_int8(session.make(graph.close(keep)), graph)
+    start = session.make(graph.close(keep))
+    forced = _without_int8(start, graph)
+    sens = tensor_errors(session.float_tflite, start, session.samples(tensor_samples), graph) \
+        if not isinstance(start, FailedCandidate) else {}
     sr = search(session, budget, cap=cap, keep=keep, never=never, forced=list(forced), latency=session.latency_ms,
-                progress=progress)
-    sens = tensor_errors(session.float_tflite, session.make(graph.close(keep)), session.samples(tensor_samples),
-                         graph)
+                progress=progress, noise=added_noise(sens, graph))
     _attach_effects(sens, sr.effects, graph, "int8_alone")
     rows = ranked_rows(sens, graph, sr.region)
     section = _section(sr, budget, session, rows)
@@ -138,11 +138,11 @@ def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | 
     base = session.scorer(int8)
     budget = Budget(max_accuracy_drop=0.0, metric=session.scorer.judge.name) if session.scorer.labelled \
         else Budget(min_sqnr_db=0.0)
-    top = max(ANALYSIS_TOP, math.ceil(0.15 * len(graph.ranked)))
-    all_float, damage, rough = ranked_int8_alone(session, budget, graph.ranked, top, progress)
+    sens = tensor_errors(session.float_tflite, int8, session.samples(tensor_samples), graph)
+    all_float, damage, rough = ranked_int8_alone(session, budget, graph.ranked, ANALYSIS_TOP, progress,
+                                                 added_noise(sens, graph))
     head = [lay for lay in graph.ranked if lay.tensor in damage]
     gain = float_alone_effects(session, budget, base, head, progress=progress)
-    sens = tensor_errors(session.float_tflite, int8, session.samples(tensor_samples), graph)
     _attach_effects(sens, damage, graph, "int8_alone")
     _attach_effects(sens, gain, graph, "float_alone")
     for t, (score, delta) in rough.items():  # first pass only: on the first samples, not ranked against the head
@@ -154,6 +154,7 @@ def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | 
                "tensor_samples": min(tensor_samples, len(next(iter(session.inputs.values())))),
                "measured_on_all_samples": len(damage),
                "first_pass": {"samples": session.subset_size(RANK_SUBSET), "layers": len(rough)} if rough else None,
+               "not_scored": len(graph.ranked) - len(damage) - len(rough),  # little added noise: no candidate built
                "executor": session.executor.name,
                "quantize_runs": session.quantize_runs, "scored_artifacts": session.scorer.runs,
                "scores_from_cache": _cache_hits(session)}
@@ -211,7 +212,8 @@ def _section(sr: SearchResult, budget: Budget, session: MixedSession, rows: list
 
 def _cache_hits(session: MixedSession) -> int:
     """Candidates whose score came from an earlier run on the same model and data (edgemp.mixed.cache)."""
-    return session.scorer.cache.hits if session.scorer.cache is not None else 0
+    scorers = [session.scorer, *session._subsets.values()]
+    return sum(s.cache.hits for s in scorers if s.cache is not None)
 
 
 def _message(sr: SearchResult, budget: Budget, session: MixedSession) -> str:

@@ -63,7 +63,7 @@ def resolve_cap(max_float_layers: int | float, num_layers: int) -> int:
 
 def search(session: Any, budget: Budget, *, cap: int, keep: Sequence[str] = (), never: Sequence[str] = (),
            forced: Sequence[str] = (), latency: Callable[[bytes], float] | None = None,
-           progress: bool | None = None) -> SearchResult:
+           progress: bool | None = None, noise: dict[str, float] | None = None) -> SearchResult:
     """`forced`: ops that have no int8 form (float in any quantized model): float from the start, and not counted
     against `cap`, which limits what the search chooses. `session`: a MixedSession (make, scorer, score_regions)."""
     make, graph, scorer = session.make, session.graph, session.scorer
@@ -92,10 +92,12 @@ def search(session: Any, budget: Budget, *, cap: int, keep: Sequence[str] = (), 
     cands = [lay for lay in graph.ranked if lay.tensor not in blocked]
     # Rank by the damage of quantizing each layer alone: unlike "float alone", it also exposes a tensor that
     # cannot be int8 whichever of its ends is kept in float (a join of very different ranges, say).
-    _, effects, rough = ranked_int8_alone(session, budget, cands, max(RANK_TOP, 2 * cap), progress)
-    priority = {t: d for t, (_, d) in effects.items()}
-    # layers only the first pass saw come after those measured on every sample, in the first pass's order
+    _, effects, rough = ranked_int8_alone(session, budget, cands, max(RANK_TOP, min(2 * cap, 16)), progress, noise)
+    # layers only the first pass saw come after those measured on every sample, in the first pass's order; those it
+    # skipped (little added noise) come last, by that noise
+    priority = {t: (-2e6, min((noise or {}).get(t, 0.0), 1e6)) for t in (lay.tensor for lay in cands)}
     priority |= {t: (-1e6, d[1]) for t, (_, d) in rough.items()}
+    priority |= {t: d for t, (_, d) in effects.items()}
     tried: set[str] = set()
     met = False
     while True:

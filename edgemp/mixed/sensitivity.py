@@ -133,19 +133,45 @@ def int8_alone_effects(session: Any, budget: Budget, candidates: Sequence[Layer]
 
 
 RANK_SUBSET = 32  # samples a first ranking pass scores every layer on (when the validation set has > 2x as many)
+FIRST_PASS = 24  # layers the first pass scores at least (or a quarter of them), picked by the noise they add
+
+
+def added_noise(sens: dict[str, LayerSensitivity], graph: LayerGraph) -> dict[str, float]:
+    """What one run of the full-INT8 model with preserved tensors says of each layer: the SQNR it loses from its
+    inputs to its output (dB; the noise this layer adds, not what it inherits), +inf for a clipped range
+    (RMSE/scale > 1) or a layer fed by the model's input. Higher: more worth scoring end to end."""
+    out = {}
+    for lay in graph.ranked:
+        s = sens.get(lay.tensor)
+        if s is None or s.sqnr_db is None:
+            out[lay.tensor] = float("inf")  # no tensor to compare: cannot be ruled out
+            continue
+        ins = [sens[p].sqnr_db for p in graph.producers.get(lay.tensor, []) if p in sens and sens[p].sqnr_db is not None]
+        clipped = s.rmse_over_scale is not None and s.rmse_over_scale > 1.0
+        out[lay.tensor] = float("inf") if clipped or not ins else min(ins) - s.sqnr_db
+    return out
 
 
 def ranked_int8_alone(session: Any, budget: Budget, candidates: Sequence[Layer], top: int,
-                      progress: bool | None = None) -> tuple[Score, dict[str, tuple[Score, tuple[float, float]]],
-                                                             dict[str, tuple[Score, tuple[float, float]]]]:
-    """The damage of each layer alone, at the cost of a few: every layer on the first RANK_SUBSET samples, ranked
-    by output SQNR damage there (continuous, so stable on few samples), then the `top` most damaging on the whole
-    validation set. Returns (all-float score, exact effects of those, first-pass effects of the rest)."""
+                      progress: bool | None = None, noise: dict[str, float] | None = None,
+                      ) -> tuple[Score, dict[str, tuple[Score, tuple[float, float]]],
+                                 dict[str, tuple[Score, tuple[float, float]]]]:
+    """The damage of each layer alone, at the cost of a few. With `noise` (added_noise), only the layers adding the
+    most (FIRST_PASS, or a quarter) go on; those are scored on the first RANK_SUBSET samples and ranked by output
+    SQNR damage there (continuous, so stable on few samples); the `top` most damaging are measured on the whole
+    validation set. Returns (all-float score, exact effects of the head, first-pass effects of the rest)."""
     n = session.subset_size(RANK_SUBSET)
-    if n is None or len(candidates) <= top:
+    if len(candidates) <= top:
         ref, exact = int8_alone_effects(session, budget, candidates, progress)
         return ref, exact, {}
-    _, rough = int8_alone_effects(session, budget, candidates, progress, subset=n)
-    order = sorted(candidates, key=lambda lay: (rough[lay.tensor][1][1], rough[lay.tensor][1][0]), reverse=True)
+    first = list(candidates)
+    keep = max(FIRST_PASS, 2 * top, len(candidates) // 4)
+    if noise is not None and len(first) > keep:
+        first = sorted(first, key=lambda lay: noise.get(lay.tensor, float("inf")), reverse=True)[:keep]
+    if n is None:  # too few samples for a cheaper first pass: what goes on is measured on all of them
+        ref, exact = int8_alone_effects(session, budget, first, progress)
+        return ref, exact, {}
+    _, rough = int8_alone_effects(session, budget, first, progress, subset=n)
+    order = sorted(first, key=lambda lay: (rough[lay.tensor][1][1], rough[lay.tensor][1][0]), reverse=True)
     ref, exact = int8_alone_effects(session, budget, order[:top], progress)
     return ref, exact, {t: e for t, e in rough.items() if t not in exact}

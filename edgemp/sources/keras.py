@@ -67,7 +67,9 @@ def load_keras(model: Any, unsafe_load: bool = False) -> KerasSource | SavedMode
                 f"cannot load Keras model {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
                 "The file is corrupt, truncated or not a Keras model; re-save it with model.save('model.keras')."
             ) from exc
-        return KerasSource(loaded, path=str(path))
+        src = KerasSource(loaded, path=str(path))
+        src.from_file = True
+        return src
     return KerasSource(model)
 
 
@@ -110,6 +112,7 @@ class KerasSource:
     onnx_exporter: ClassVar[str | None] = "tf2onnx"
     data_layout: ClassVar[Layout] = Layout.NHWC
     artifact_layout: ClassVar[Layout] = Layout.NHWC
+    from_file = False  # loaded from `path` as it is (not a clone edgemp made of it)
 
     def __init__(self, model: Any, path: str | None = None) -> None:
         self.model = model
@@ -129,6 +132,13 @@ class KerasSource:
             TensorSpec(_input_name(t), tuple(t.shape), str(getattr(t.dtype, "name", t.dtype)))
             for t in self.model.inputs
         ]
+
+    def fingerprint(self) -> str | None:
+        """What the float conversion depends on, for a model loaded from a file: its bytes (None in memory: custom
+        layers' Python code is not in the weights or the config, so nothing safe to key on)."""
+        from edgemp._diskcache import file_digest
+
+        return file_digest(self.path) if self.path and self.from_file else None
 
     def to_float_tflite(self, batch_size: int | None = 1) -> bytes:
         """A fixed batch (1, as on devices) lets shape arithmetic fold away: with a dynamic batch, Flatten leaves
@@ -299,6 +309,11 @@ class SavedModelSource:
     def input_specs(self) -> list[TensorSpec]:
         _, kwargs = self._fn.structured_input_signature
         return [TensorSpec(k, tuple(v.shape), v.dtype.name) for k, v in sorted(kwargs.items())]
+
+    def fingerprint(self) -> str | None:
+        from edgemp._diskcache import file_digest
+
+        return file_digest(self.path)
 
     def to_float_tflite(self, batch_size: int | None = 1) -> bytes:
         """With batch_size, the serving signature is re-traced with that batch (see KerasSource)."""

@@ -1,0 +1,131 @@
+"""Analysis and mixed precision at scale (edgemp.mixed.executor, the two-pass ranking, the recipe-keyed score cache):
+fewer candidates on one machine with the same result, and Ray tasks giving the same layers and bytes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgemp
+from edgemp import errors
+
+from .models import N_TRAIN, digits
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("EDGEMP_SCORE_CACHE_DIR", str(tmp_path / "scores"))
+    monkeypatch.delenv("EDGEMP_SCORE_CACHE", raising=False)
+    monkeypatch.setenv("EDGEMP_CACHE", str(tmp_path / "cache"))  # float model and statistics reused too
+    monkeypatch.setenv("EDGEMP_ARTIFACT_CACHE", "1")
+    return tmp_path / "scores"
+
+
+def deep_mlp() -> object:
+    """30 dense layers (random weights, seeded): more layers than analysis scores at all."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1), name="image")
+    t = keras.layers.Flatten(name="flat")(inp)
+    for i in range(30):
+        t = keras.layers.Dense(24, activation="relu", name=f"d{i}")(t)
+    return keras.Model(inp, keras.layers.Dense(10, name="logits")(t), name="deep_mlp")
+
+
+def test_two_pass_ranking_and_mixed_after_analyze_builds_little(cache: Path, tmp_path: Path) -> None:
+    x, _ = digits()
+    model = deep_mlp()
+    val = x[N_TRAIN:]
+    assert len(val) > 64
+    a = edgemp.analyze(model, x[:100], val, tmp_path / "a", progress=False)
+    s = a.summary
+    ranked = s["num_ranked_layers"]
+    # 24 layers adding the most noise go to a first pass on 32 samples, the 12 most damaging on all samples
+    assert ranked > 24 and s["measured_on_all_samples"] == 12 and s["not_scored"] == ranked - 24
+    assert s["first_pass"] == {"samples": 32, "layers": 24 - 12}
+    rows = [r for r in a.layers if r["ranked"]]
+    head, rest = [r for r in rows if r["damage"] is not None], [r for r in rows if r["first_pass"] is not None]
+    assert len(head) == 12 and len(rest) == 12 and all(r["gain"] is not None for r in head)
+    assert [r["rank"] for r in head] == list(range(1, 13))  # the measured head ranks first
+    assert all(r["rmse"] is not None for r in rows)  # the tensor errors cover every layer
+    assert s["quantize_runs"] <= 1 + 2 + 24 + 12 + 12  # int8, all-float (twice), first pass, head, float gains
+    sqnr = a.summary["int8"]["sqnr_db"]
+    r = edgemp.convert(model, "mixed", x[:100], val, tmp_path / "m", progress=False,
+                       gate=edgemp.GateOptions(min_sqnr_db=sqnr + 1.0), mixed=edgemp.MixedOptions(max_float_layers=6),
+                       runtime=edgemp.RuntimeOptions(latency_runs=1))
+    m = r.report["mixed"]
+    assert m["met"] and m["float_layers"]
+    # the ranking came from the analysis' scores (keyed by recipe): only the search's own steps were built
+    assert m["scores_from_cache"] >= 24 and m["quantize_runs"] <= len(m["steps"]) + 8 + 2
+
+
+def test_executor_options_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    x, _ = digits()
+    with pytest.raises(errors.InputError, match="executor must be 'local' or 'ray'"):
+        edgemp.MixedOptions(executor="dask")
+    with pytest.raises(errors.InputError, match="ray_address is for executor='ray'"):
+        edgemp.MixedOptions(ray_address="ray://head:10001")
+    with pytest.raises(errors.InputError, match="num_workers"):
+        edgemp.MixedOptions(executor="ray", num_workers=0)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    with pytest.raises(errors.MissingDependencyError, match=r"edgemp\[ray\]"):
+        edgemp.analyze(deep_mlp(), x[:50], x[N_TRAIN:], tmp_path, progress=False, executor="ray")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_ray_gives_the_same_layers_and_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray")
+    from edgemp.demo import fashion_mnist, sensitive_model_path
+
+    xt, yt = fashion_mnist("test")
+    data = (xt[:600] * 255.0, yt[:600])
+    cal = xt[1000:1100] * 255.0
+    out = {}
+    for ex in ("local", "ray"):
+        monkeypatch.setenv("EDGEMP_SCORE_CACHE_DIR", str(tmp_path / f"scores-{ex}"))  # cold: Ray scores everything
+        opts = {"executor": ex} | ({"num_workers": 2} if ex == "ray" else {})
+        a = edgemp.analyze(sensitive_model_path(), cal, data, tmp_path / f"a-{ex}", progress=False,
+                           preprocessing={"scale": 1.0}, **opts)
+        monkeypatch.setenv("EDGEMP_SCORE_CACHE_DIR", str(tmp_path / f"scores-{ex}-m"))  # the search on Ray too
+        r = edgemp.convert(sensitive_model_path(), "mixed", cal, data, tmp_path / f"m-{ex}", progress=False,
+                           preprocessing={"scale": 1.0}, gate=edgemp.GateOptions(max_accuracy_drop=0.005),
+                           mixed=edgemp.MixedOptions(**opts), runtime=edgemp.RuntimeOptions(latency_runs=1))
+        assert a.summary["executor"] == ex
+        out[ex] = (a.layers, r.report["mixed"]["float_layers"], r.artifacts["tflite"].read_bytes())
+    (la, fa, ba), (lb, fb, bb) = out["local"], out["ray"]
+    assert [r["label"] for r in la] == [r["label"] for r in lb]
+    assert [r["damage"] for r in la] == [r["damage"] for r in lb]
+    assert fa == fb and set(fa) <= {"cat", "logits", "embed"} and ba == bb
+    assert np.frombuffer(ba, np.uint8).size > 0
+
+
+def test_a_model_file_is_converted_and_calibrated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        model_path: Path) -> None:
+    """analyze then convert -p mixed (or any second run) on the same file and data: no second float conversion or
+    calibration, the same bytes; a damaged entry is a miss; EDGEMP_ARTIFACT_CACHE=0 turns it off."""
+    import edgemp.quantize
+
+    monkeypatch.setenv("EDGEMP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EDGEMP_ARTIFACT_CACHE", "1")
+    real, calls = edgemp.quantize.calibrate, []
+    monkeypatch.setattr(edgemp.quantize, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cal = Path(__file__).resolve().parents[1] / "calibration_data" / "fashion_mnist"
+    run = lambda out: edgemp.convert(model_path, "int8", cal, None, tmp_path / out, progress=False,  # noqa: E731
+                                     runtime=edgemp.RuntimeOptions(latency_runs=1))
+    a = run("a")
+    assert a.report["reused"] == {"float_tflite": False, "statistics": False} and len(calls) == 1
+    b = run("b")
+    assert b.report["reused"] == {"float_tflite": True, "statistics": True} and len(calls) == 1
+    assert a.artifacts["tflite"].read_bytes() == b.artifacts["tflite"].read_bytes()
+    for f in (tmp_path / "cache" / "statistics").iterdir():
+        f.write_bytes(b"not an npz")
+    c = run("c")
+    assert c.report["reused"]["statistics"] is False and len(calls) == 2
+    assert c.artifacts["tflite"].read_bytes() == a.artifacts["tflite"].read_bytes()
+    monkeypatch.setenv("EDGEMP_ARTIFACT_CACHE", "0")
+    assert run("d").report["reused"] == {"float_tflite": False, "statistics": False} and len(calls) == 3
