@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,31 @@ def statistics_from_bytes(data: bytes) -> dict[str, Any] | None:
             return out
     except (OSError, ValueError, KeyError, EOFError):  # a damaged entry is a miss
         return None
+
+
+def float_tflite(source: Any, batch_size: int | None) -> tuple[bytes, bool]:
+    """(the source's float .tflite, taken from the cache?): keyed by the model file's bytes when the source has one."""
+    digest = source.fingerprint() if hasattr(source, "fingerprint") else None
+    key = f"{source.kind}-{digest}-b{batch_size}.tflite" if digest else None
+    cached = get("float", key) if key else None
+    if cached is not None:
+        return cached, True
+    tflite = source.to_float_tflite(batch_size)
+    if key:
+        put("float", key, tflite)
+    return tflite, False
+
+
+def statistics(qbase: bytes, samples: Any, compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """(calibration statistics, taken from the cache?): keyed by the float model's bytes and the samples."""
+    from edgemp.mixed.cache import data_key
+
+    key = data_key([hashlib.sha256(qbase).hexdigest(), *samples]) if enabled() else None
+    cached = statistics_from_bytes(get("statistics", f"{key}.npz") or b"") if key else None
+    if cached is not None:
+        return cached, True
+    stats = compute()
+    data = statistics_to_bytes(stats) if key else None
+    if data is not None:
+        put("statistics", f"{key}.npz", data)
+    return stats, False

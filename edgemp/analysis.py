@@ -70,8 +70,9 @@ def analyze(
         >>> a.most_sensitive(3)
 
     Calibration runs once; each layer's effect comes from re-quantizing with that layer alone in float.
-    With labels the ranking is by top-1 damage (then output SQNR damage), else by output SQNR damage. Every layer
-    is first scored on a few samples; the most damaging (12, or 15% of the layers) are measured on all of them.
+    With labels the ranking is by top-1 damage (then output SQNR damage), else by output SQNR damage. The layers
+    adding the most noise in one run with preserved tensors are scored on a few samples; the 12 most damaging of
+    those are measured on all of them (docs/guide.md).
     `executor="ray"` scores the candidates as Ray tasks (`ray_address`: an existing cluster; default a local Ray
     with `num_workers` workers); the result is the same as in-process.
     `unsafe_load=True` runs the Python code a .keras/.h5 may contain (see convert()).

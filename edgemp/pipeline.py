@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -216,18 +215,10 @@ class Conversion:
             return FloatModel(tflite, fcensus, prep.model, rewrites)
 
     def _cached_float_tflite(self) -> bytes:
-        """A model file converted before (same bytes, batch, edgemp version) is not converted again (edgemp._diskcache)."""
+        """A model file converted before (same bytes, batch, edgemp version) is not converted again."""
         from edgemp import _diskcache
 
-        digest = self.source.fingerprint() if hasattr(self.source, "fingerprint") else None
-        key = f"{self.source.kind}-{digest}-b{self.data.batch_size}.tflite" if digest else None
-        cached = _diskcache.get("float", key) if key else None
-        if cached is not None:
-            self.float_from_cache = True
-            return cached
-        tflite = self.source.to_float_tflite(self.data.batch_size)
-        if key:
-            _diskcache.put("float", key, tflite)
+        tflite, self.float_from_cache = _diskcache.float_tflite(self.source, self.data.batch_size)
         return tflite
 
     @functools.cached_property
@@ -261,7 +252,12 @@ class Conversion:
             with self.timer.stage("qat_export"):
                 artifact = self.source.qat_tflite()
             learned = Quantized(artifact, [{"quantization_parameters": "learned by QAT"} | self.source.qat_summary()])
-            return self._qat_mixed(learned) if self.spec.searched else learned
+            if not self.spec.searched:
+                return learned
+            from edgemp.mixed.pipeline import qat_mixed
+
+            outcome = qat_mixed(self, learned.artifact, learned.recipe)
+            return Quantized(outcome.artifact, outcome.recipe, outcome, self.calibration_runs)
         fm = self.float_model
         recipe = self.spec.recipe(self.io, fm.census)
         if recipe is None:
@@ -287,26 +283,6 @@ class Conversion:
                 artifact, _ = self.spec.finish(artifact)
             return Quantized(artifact, recipe, None, self.calibration_runs)
 
-    def _qat_mixed(self, learned: Quantized) -> Quantized:
-        """`mixed` from a QAT module: the learned scales alone when they meet the budget (no float layer); otherwise
-        the search runs on the QAT-trained weights, the layers it keeps int8 getting scales from calibration."""
-        from edgemp.mixed.pipeline import run_mixed
-        from edgemp.quantize.rewrites import prepare_for_quantization
-
-        trained = self.source.trained_source()
-        with self.timer.stage("float_conversion"):
-            base = prepare_for_quantization(trained.to_float_tflite(self.data.batch_size)).model
-        vdata, _ = self.validation
-        with self.timer.stage("mixed_search"):
-            m = self.mixed_options
-            outcome = run_mixed(trained, base, lambda: self._statistics(base, trained), vdata, self.runtime,
-                                float_io=False, gate=self.gate, max_float_layers=m.max_float_layers,
-                                keep_float=m.keep_float, never_float=m.never_float, tensor_samples=32,
-                                title=self.base, progress=self.progress, class_names=self.data.class_names,
-                                learned=(learned.artifact, learned.recipe), executor=m)
-        outcome.section["calibration_runs"] = self.calibration_runs
-        return Quantized(outcome.artifact, outcome.recipe, outcome, self.calibration_runs)
-
     def _statistics(self, qbase: bytes, source: Any = None) -> Any:
         from edgemp.quantize import calibrate
         from edgemp.validation.inputs import check_token_ids
@@ -320,19 +296,13 @@ class Conversion:
         samples = [(source or self.source).artifact_inputs(s) for s in cal.samples]
         check_token_ids(qbase, samples, CalibrationError)
         from edgemp import _diskcache
-        from edgemp.mixed.cache import data_key
 
-        key = data_key([hashlib.sha256(qbase).hexdigest(), *samples]) if _diskcache.enabled() else None
-        cached = _diskcache.statistics_from_bytes(_diskcache.get("statistics", f"{key}.npz") or b"") if key else None
-        if cached is not None:
-            self.statistics_from_cache = True
-            return cached
-        with self.timer.stage("calibrate"):
-            self.calibration_runs += 1
-            stats = calibrate(qbase, samples, num_threads=self.runtime.num_threads, progress=self.progress)
-        data = _diskcache.statistics_to_bytes(stats) if key else None
-        if data is not None:
-            _diskcache.put("statistics", f"{key}.npz", data)
+        def run() -> Any:
+            with self.timer.stage("calibrate"):
+                self.calibration_runs += 1
+                return calibrate(qbase, samples, num_threads=self.runtime.num_threads, progress=self.progress)
+
+        stats, self.statistics_from_cache = _diskcache.statistics(qbase, samples, run)
         return stats
 
     # -- report and files -----------------------------------------------------------------------------------------

@@ -66,6 +66,27 @@ def run_mixed(source: Any, float_tflite: bytes, stats: Statistics | Callable[[],
                           float_io, max_float_layers)
 
 
+def qat_mixed(conv: Any, artifact: bytes, recipe: Any) -> MixedOutcome:
+    """`mixed` from a QAT module (a Conversion whose source is one): the learned scales alone when they meet the
+    budget (no float layer); otherwise the search runs on the QAT-trained weights, the layers it keeps int8 getting
+    scales from calibration."""
+    from edgemp.quantize.rewrites import prepare_for_quantization
+
+    trained = conv.source.trained_source()
+    with conv.timer.stage("float_conversion"):
+        base = prepare_for_quantization(trained.to_float_tflite(conv.data.batch_size)).model
+    vdata, _ = conv.validation
+    with conv.timer.stage("mixed_search"):
+        m = conv.mixed_options
+        outcome = run_mixed(trained, base, lambda: conv._statistics(base, trained), vdata, conv.runtime,
+                            float_io=False, gate=conv.gate, max_float_layers=m.max_float_layers,
+                            keep_float=m.keep_float, never_float=m.never_float, tensor_samples=32, title=conv.base,
+                            progress=conv.progress, class_names=conv.data.class_names, learned=(artifact, recipe),
+                            executor=m)
+    outcome.section["calibration_runs"] = conv.calibration_runs
+    return outcome
+
+
 def _run_mixed(session: MixedSession, budget: Budget, graph: LayerGraph, keep: list[str], never: list[str], cap: int,
                learned: tuple[bytes, Any] | None, tensor_samples: int, title: str, progress: bool | None,
                float_io: bool, max_float_layers: int | float) -> MixedOutcome:
@@ -212,8 +233,7 @@ def _section(sr: SearchResult, budget: Budget, session: MixedSession, rows: list
 
 def _cache_hits(session: MixedSession) -> int:
     """Candidates whose score came from an earlier run on the same model and data (edgemp.mixed.cache)."""
-    scorers = [session.scorer, *session._subsets.values()]
-    return sum(s.cache.hits for s in scorers if s.cache is not None)
+    return session.cache_hits()
 
 
 def _message(sr: SearchResult, budget: Budget, session: MixedSession) -> str:

@@ -96,6 +96,10 @@ class MixedSession:
             self._scores[(frozenset(r), subset)] = found[i]
         return [found[i] for i in range(len(regions))]
 
+    def cache_hits(self) -> int:
+        """Scores taken from the disk cache (all samples and first-pass subsets)."""
+        return sum(s.cache.hits for s in (self.scorer, *self._subsets.values()) if s.cache is not None)
+
     def _subset_scorer(self, n: int) -> Scorer:
         if n not in self._subsets:
             sub = self.scorer.subset(n)
