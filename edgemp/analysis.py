@@ -90,14 +90,14 @@ def analyze(
                       example_input=example_input, input_layout=input_layout, io_dtype="quantized", targets=("tflite",),
                       preprocessing=preprocessing, name=name, force=force, strict=False, progress=progress,
                       unsafe_load=unsafe_load)
-    conv.load()  # the same stages as convert(): integer-ready float model, data, one calibration
-    base = f"{conv.base}_sensitivity"
-    paths = {k: conv.out_dir / f"{base}.{k}" for k in ("json", "md", "png", "html")}
-    check_overwrite(list(paths.values()), force)
-    source, qbase = conv.source, conv.float_model.quantization_base
-    vdata, note = conv.validation
-    stats = conv._statistics(qbase)
-    with executor_for(mixed) as ex:
+    with executor_for(mixed) as ex:  # a Ray one warms its workers up while the model converts and calibrates
+        conv.load()  # the same stages as convert(): integer-ready float model, data, one calibration
+        base = f"{conv.base}_sensitivity"
+        paths = {k: conv.out_dir / f"{base}.{k}" for k in ("json", "md", "png", "html")}
+        check_overwrite(list(paths.values()), force)
+        source, qbase = conv.source, conv.float_model.quantization_base
+        vdata, note = conv.validation
+        stats = conv._statistics(qbase)
         session = MixedSession(source, qbase, stats, vdata, conv.runtime, progress=progress, executor=ex)
         rows, summary = analyze_layers(session, tensor_samples, progress)
     cal = conv.calibration_set

@@ -158,6 +158,17 @@ class Conversion:
         staging = self.__dict__.pop("staging", None)
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+        executor = self.__dict__.pop("executor", None)
+        if executor is not None:  # a Ray this run started is shut down
+            executor.close()
+
+    @functools.cached_property
+    def executor(self) -> Any:
+        """Where mixed-precision candidates run (MixedOptions.executor); a Ray one starts warming up when created."""
+        from edgemp.mixed.executor import make_executor
+
+        m = self.mixed_options
+        return make_executor(m.executor, m.ray_address, m.num_workers)
 
     @functools.cached_property
     def staging(self) -> Path:
@@ -170,6 +181,8 @@ class Conversion:
             self.source = load_source(self._model, example_input=self._example_input, input_layout=self._input_layout,
                                       unsafe_load=self.unsafe_load)
         self._check_limits()
+        if self.spec.searched:
+            self.executor  # noqa: B018 - Ray workers get ready while the model converts and calibrates
         if self.source.data_layout is Layout.NCHW:  # data arrives shaped like the model's own input
             self.preprocessing = dataclasses.replace(self.preprocessing or Preprocessing(), layout=Layout.NCHW)
         self.base = self.name or self.source.name
@@ -274,7 +287,7 @@ class Conversion:
                                     max_float_layers=m.max_float_layers, keep_float=m.keep_float,
                                     never_float=m.never_float, tensor_samples=32, title=self.base,
                                     progress=self.progress, class_names=self.data.class_names,
-                                    executor=m)
+                                    executor=self.executor)
             outcome.section["calibration_runs"] = self.calibration_runs
             return Quantized(outcome.artifact, outcome.recipe, outcome, self.calibration_runs)
         with self.timer.stage("quantize"):

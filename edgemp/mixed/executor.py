@@ -9,6 +9,7 @@ final artifact — does not depend on where it ran.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,17 +37,31 @@ def build_and_score(recipe: Any, float_tflite: bytes, statistics: Statistics, sc
     return scorer.run(artifact).to_dict()
 
 
+def warm_up() -> bool:
+    """Import what a candidate needs (TensorFlow, the quantizer, LiteRT) in a fresh worker, before candidates come."""
+    import ai_edge_litert.interpreter  # noqa: F401
+    import ai_edge_quantizer.quantizer  # noqa: F401
+
+    return True
+
+
 class Executor:
-    """`score(recipes, ...)` -> one Score per recipe, in order."""
+    """`score(recipes, ...)` -> one Score per recipe, in order. `seconds`: wall time spent in score()."""
 
     name = "local"
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
 
     def score(self, recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics, scorer: Scorer,
               progress: bool | None, label: str) -> list[Score]:
         from edgemp._progress import track
 
-        return [Score(**build_and_score(r, float_tflite, statistics, scorer))
-                for r in track(recipes, label, total=len(recipes), enabled=progress)]
+        t0 = time.perf_counter()
+        out = [Score(**build_and_score(r, float_tflite, statistics, scorer))
+               for r in track(recipes, label, total=len(recipes), enabled=progress)]
+        self.seconds += time.perf_counter() - t0
+        return out
 
     def close(self) -> None:
         """Release what the executor holds (nothing in-process)."""
@@ -63,18 +78,27 @@ class RayExecutor(Executor):
                  timeout: float | None = None) -> None:
         from edgemp._ray import check_task_options, require_ray
 
+        super().__init__()
         require_ray()
         check_task_options(num_workers, retries, timeout)
         self.address, self.num_workers, self.retries, self.timeout = address, num_workers, retries, timeout
         self._session: Any = None
         self._refs: tuple[int, tuple[Any, ...]] | None = None
+        self._warming: list[Any] = []
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start (or connect to) Ray and have every worker import the heavy libraries now, without waiting: the
+        caller converts and calibrates meanwhile, and the first candidates find the workers ready."""
         from edgemp._ray import ray_session
 
         if self._session is None:
             self._session = ray_session(self.address, self.num_workers)
             self._ray = self._session.__enter__()
+            remote = self._ray.remote(num_cpus=1)(warm_up)
+            self._warming = [remote.remote() for _ in range(self._slots())]
+
+    def _slots(self) -> int:
+        return self.num_workers or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
 
     def score(self, recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics, scorer: Scorer,
               progress: bool | None, label: str) -> list[Score]:
@@ -82,12 +106,12 @@ class RayExecutor(Executor):
 
         if not recipes:
             return []
-        self._start()
+        t0 = time.perf_counter()
+        self.start()
         key = id(float_tflite) ^ id(statistics) ^ id(scorer)
         if self._refs is None or self._refs[0] != key:
             self._refs = (key, (put(float_tflite), put(statistics), put(scorer.portable())))
-        slots = self.num_workers or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
-        size = max(1, min(8, len(recipes) // (3 * slots)))  # a few per task, and still several tasks per worker
+        size = max(1, min(8, len(recipes) // (3 * self._slots())))  # a few per task, several tasks per worker
         chunks = [list(recipes[i : i + size]) for i in range(0, len(recipes), size)]
         outcomes = run_tasks(build_and_score_many, chunks, args=self._refs[1], num_workers=self.num_workers,
                              retries=self.retries, timeout=self.timeout, progress=progress, label=label)
@@ -95,6 +119,7 @@ class RayExecutor(Executor):
         if failed:
             raise ConversionError(f"{len(failed)} of {len(outcomes)} candidate task(s) failed on Ray, e.g. "
                                   f"{failed[0].error}. Run with executor='local' to see it in this process.")
+        self.seconds += time.perf_counter() - t0
         return [Score(**v) for o in outcomes for v in o.value]
 
     def close(self) -> None:
@@ -114,4 +139,6 @@ def make_executor(executor: str | Executor | None, ray_address: str | None = Non
         if ray_address is not None:
             raise InputError("ray_address is for executor='ray'; pass executor='ray' as well, or leave it out.")
         return Executor()
-    return RayExecutor(ray_address, num_workers)
+    ex = RayExecutor(ray_address, num_workers)
+    ex.start()
+    return ex

@@ -82,7 +82,7 @@ def qat_mixed(conv: Any, artifact: bytes, recipe: Any) -> MixedOutcome:
                             float_io=False, gate=conv.gate, max_float_layers=m.max_float_layers,
                             keep_float=m.keep_float, never_float=m.never_float, tensor_samples=32, title=conv.base,
                             progress=conv.progress, class_names=conv.data.class_names, learned=(artifact, recipe),
-                            executor=m)
+                            executor=conv.executor)
     outcome.section["calibration_runs"] = conv.calibration_runs
     return outcome
 
@@ -127,9 +127,10 @@ def _run_mixed(session: MixedSession, budget: Budget, graph: LayerGraph, keep: l
 
 @contextlib.contextmanager
 def executor_for(options: Any) -> Iterator[Executor]:
-    """The executor MixedOptions ask for (local when None), closed (a Ray it started shut down) at the end."""
-    ex = make_executor(getattr(options, "executor", None), getattr(options, "ray_address", None),
-                       getattr(options, "num_workers", None))
+    """The executor given, or the one MixedOptions ask for (local when None); closed (a Ray it started shut down) at
+    the end."""
+    ex = options if isinstance(options, Executor) else make_executor(
+        getattr(options, "executor", None), getattr(options, "ray_address", None), getattr(options, "num_workers", None))
     try:
         yield ex
     finally:
@@ -176,7 +177,7 @@ def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | 
                "measured_on_all_samples": len(damage),
                "first_pass": {"samples": session.subset_size(RANK_SUBSET), "layers": len(rough)} if rough else None,
                "not_scored": len(graph.ranked) - len(damage) - len(rough),  # little added noise: no candidate built
-               "executor": session.executor.name,
+               "executor": session.executor.name, "executor_seconds": round(session.executor.seconds, 2),
                "quantize_runs": session.quantize_runs, "scored_artifacts": session.scorer.runs,
                "scores_from_cache": _cache_hits(session)}
     return ranked_rows(sens, graph), summary
