@@ -4,8 +4,8 @@ Models (trained here on Fashion-MNIST as raw 0..255 pixels, cached under <EDGEMP
   - sensitive_twin: the PyTorch twin of edgemp.demo's sensitive model (a CNN without batch norm whose head
     L2-normalises its pooled 64-d features, v * rsqrt(sum(v^2) + 1e-6), and joins them with the raw mean brightness
     before the logits): an int8 concatenation has one scale for both, set by the brightness.
-  - softmax_join: the same trap with a softmax-normalised embedding (a soft assignment to 64 prototypes, values
-    0..1 summing to 1) instead of the L2 norm.
+  - softmax_join: the same trap with a softmax-normalised embedding (a soft assignment to 64 learned prototypes,
+    values 0..1 summing to 1) instead of the L2 norm.
 For each: float vs PTQ int8 vs mixed (top-1 drop <= 0.3 points, at most 10% of the layers in float) vs QAT int8
 (edgemp.prepare_qat + edgemp.finetune_qat on 20,000 training images, then convert at int8): top-1 on the 8,000
 held-out test images (the search and the gate see test images 0..1999), float layers, size, host latency (side by
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import write_results, cpu_description, side_by_side_latency, work_dir  # noqa: E402
 
 SEARCH, HELD_OUT = slice(0, 2000), slice(2000, None)
-VERSION = "v1"
+VERSION = {"sensitive_twin": "v1", "softmax_join": "v2"}
 
 
 def build(kind: str) -> Any:
@@ -49,6 +49,8 @@ def build(kind: str) -> Any:
             for _ in range(4):
                 layers += [nn.Conv2d(64, 64, 3, padding=1), nn.ReLU()]
             self.features = nn.Sequential(*layers)
+            if kind == "softmax_join":
+                self.prototypes = nn.Linear(64, 64)  # similarity to 64 learned prototypes
             self.logits = nn.Linear(65, 10)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,7 @@ def build(kind: str) -> Any:
             if kind == "sensitive_twin":
                 f = f * torch.rsqrt((f * f).sum(dim=1, keepdim=True) + 1e-6)
             else:
-                f = torch.softmax(f, dim=1)
+                f = torch.softmax(self.prototypes(f), dim=1)
             return self.logits(torch.cat([f, x.mean(dim=(2, 3))], dim=1))
 
     return JoinCNN()
@@ -69,7 +71,7 @@ def trained(kind: str, x: np.ndarray, y: np.ndarray, epochs: int = 3) -> tuple[A
     from edgemp.demo import cache_dir, trained_torch
 
     torch.manual_seed(0)  # the same initial weights every time
-    path = cache_dir() / "models" / f"qat_bench_{kind}_{VERSION}_e{epochs}.pt"
+    path = cache_dir() / "models" / f"qat_bench_{kind}_{VERSION[kind]}_e{epochs}.pt"
     fresh = not path.exists()
     t0 = time.perf_counter()
     model = trained_torch(build(kind), path, lambda: (x, y), epochs)

@@ -111,6 +111,30 @@ def test_mixed_searches_the_trained_weights_when_the_learned_scales_miss(trained
 
 
 @pytest.mark.slow
+def test_sigmoid_tanh_softmax_get_the_output_scales_tflite_requires(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x, y = data
+
+    class Heads(torch.nn.Module):  # a gate, a tanh and a softmax output: int8 kernels with fixed output scales
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.g, self.fc = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Linear(8, 8), torch.nn.Linear(8, 10)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            f = torch.relu(self.c(t)).mean(dim=(2, 3))
+            return torch.softmax(self.fc(f * torch.sigmoid(self.g(f)) + torch.tanh(f)), dim=1)
+
+    torch.manual_seed(0)
+    qat = edgemp.prepare_qat(Heads(), torch.zeros(1, 1, 8, 8), x[:200], progress=False)
+    edgemp.finetune_qat(qat, (x[:640], y[:640]), epochs=1, progress=False,
+                        loss=lambda o, t: torch.nn.functional.nll_loss(torch.log(o + 1e-6), t))
+    r = edgemp.convert(qat, "int8", None, (x[N_TRAIN:], y[N_TRAIN:]), tmp_path, progress=False,
+                       runtime=edgemp.RuntimeOptions(latency_runs=1))
+    assert r.passed and set(r.report["census"]["compute_counts"]) == {"int8"}
+    ops = {o["op"]: o for o in r.report["census"]["ops"]}
+    assert {"LOGISTIC", "TANH", "SOFTMAX"} <= set(ops)
+
+
+@pytest.mark.slow
 def test_users_own_training_loop(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, y = data
     qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:100], progress=False)

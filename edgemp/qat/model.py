@@ -72,19 +72,31 @@ def int8_quantizer() -> Any:
     return EdgempQATQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
 
 
+# TFLite's int8 kernels for these ops take one output scale and zero point only (LiteRT refuses others):
+# LOGISTIC and SOFTMAX 1/256 and -128, TANH 1/128 and 0.
+_FIXED_OUTPUT = {"sigmoid.default": (1 / 256, -128), "softmax.int": (1 / 256, -128), "_softmax.default": (1 / 256, -128),
+                 "tanh.default": (1 / 128, 0)}
+
+
 def _annotate_remaining(model: Any, config: Any) -> None:
     from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationAnnotation
 
     act_in, act_out = get_input_act_qspec(config), get_output_act_qspec(config)
     for node in model.graph.nodes:  # by name: exported graphs hold their own OpOverload objects
-        if node.op != "call_function" or str(node.target).removeprefix("aten.") not in _ALSO_INT8:
+        op = str(node.target).removeprefix("aten.")
+        if node.op != "call_function" or op not in _ALSO_INT8:
             continue
         ann = node.meta.get("quantization_annotation")
         if ann is not None and ann._annotated:
             continue
         inputs = {a: act_in for a in node.args if isinstance(a, torch.fx.Node) and a.op != "get_attr" and _is_float(a)}
-        node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=inputs, output_qspec=act_out,
+        out = act_out
+        if op in _FIXED_OUTPUT:
+            scale, zero_point = _FIXED_OUTPUT[op]
+            out = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=-128,
+                                               quant_max=127, qscheme=torch.per_tensor_affine)
+        node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=inputs, output_qspec=out,
                                                                       _annotated=True)
 
 
