@@ -62,6 +62,8 @@ def test_exit_codes_for_bad_input(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "int8" in r.output  # click lists the valid choices
     (tmp_path / "f.tflite").write_bytes(b"nope")
     assert runner.invoke(main, ["inspect", str(tmp_path / "f.tflite")]).exit_code == 2
+    r = runner.invoke(main, ["analyze", "x.keras", "-c", "cal/", "--ray-address", "ray://head:10001"])
+    assert r.exit_code == 2 and "ray_address is for executor='ray'" in r.output
 
 
 def test_exit_code_3_when_the_gate_fails(model_path: Path, tmp_path: Path) -> None:
