@@ -104,6 +104,7 @@ def _one(kind: str, workers: int) -> dict[str, Any]:
                     "met": sec["met"], "score": sec["score"], "scores_from_cache": sec["scores_from_cache"],
                     "quantize_runs_analyze": a.summary["quantize_runs"], "quantize_runs_mixed": sec["quantize_runs"],
                     "measured_on_all_samples": a.summary["measured_on_all_samples"],
+                    "analyze_candidates_s": a.summary["executor_seconds"],
                     "first_pass": a.summary["first_pass"], "artifact_sha256": hashlib.sha256(art).hexdigest(),
                     "ranking": [row["label"] for row in a.layers if row["rank"] is not None][:10]}
     loc, ray = runs["local"], runs["ray"]
@@ -111,6 +112,7 @@ def _one(kind: str, workers: int) -> dict[str, Any]:
             "int8_s": round(t_int8, 1), "int8_sqnr_db": round(int8_sqnr, 2), "budget": gate.min_sqnr_db,
             "runs": runs, "ray_speedup": round(loc["total_s"] / ray["total_s"], 2),
             "ray_speedup_analyze": round(loc["analyze_s"] / ray["analyze_s"], 2),
+            "ray_speedup_candidates": round(loc["analyze_candidates_s"] / ray["analyze_candidates_s"], 2),
             "same_result": loc["float_layers"] == ray["float_layers"]
             and loc["artifact_sha256"] == ray["artifact_sha256"] and loc["ranking"] == ray["ranking"]}
 
@@ -131,13 +133,15 @@ def to_markdown(d: dict[str, Any]) -> str:
              f"Host: {d['host']}. Reproduce: `source scripts/env.sh && python benchmarks/analysis_scale.py`. "
              f"Ray: a local Ray with {d['workers']} workers, started on demand (its start-up is in the figures).", "",
              "| model | ops | val. samples | int8 s | analyze s | mixed s | analyze+mixed / int8 | Ray analyze s | "
-             "Ray mixed s | Ray / int8 | Ray speed-up | float layers (budget) | same result on Ray |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Ray mixed s | Ray / int8 | Ray speed-up | candidate phase of analyze: local s / Ray s | "
+             "float layers (budget) | same result on Ray |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in d["models"]:
         lo, ra = m["runs"]["local"], m["runs"]["ray"]
         lines.append(f"| {m['model']} | {m['ops']} | {m['validation_samples']} | {m['int8_s']} | {lo['analyze_s']} | "
                      f"{lo['mixed_s']} | **{lo['ratio_to_int8']}x** | {ra['analyze_s']} | {ra['mixed_s']} | "
-                     f"{ra['ratio_to_int8']}x | {m['ray_speedup']}x | {', '.join(lo['float_layers']) or 'none'} "
+                     f"{ra['ratio_to_int8']}x | {m['ray_speedup']}x | {lo['analyze_candidates_s']} / "
+                     f"{ra['analyze_candidates_s']} ({m['ray_speedup_candidates']}x) | {', '.join(lo['float_layers']) or 'none'} "
                      f"(SQNR >= {m['budget']} dB: {'met' if lo['met'] else 'not met'}) | {m['same_result']} |")
     lines += ["", "Each executor starts from a cold cache. analyze runs the full-INT8 model once with preserved tensors "
               "and sends the layers that add the most noise (24, or a quarter) to a first pass on 32 samples, then "

@@ -138,6 +138,12 @@ def finetune_qat(qat: Any, train_data: Any, *, epochs: int = 3, lr: float = 1e-3
                     "input int8 rounds to zero (an L2 norm of small vectors, say: clamp the denominator to a floor "
                     "above its quantization step), or use precision='mixed' on the float model."
                 ) from exc
+            if not torch.isfinite(value) and step == 0:  # before any update: not the learning rate
+                raise ConversionError(
+                    f"the fake-quantized model gives a {float(value)} loss before any training step: an op takes a "
+                    "value int8 rounds to zero where it cannot (a division, rsqrt or log: an L2 norm of small vectors, "
+                    "say), and QAT cannot train through that. Clamp that input above its quantization step in the "
+                    "model, or use precision='mixed' on the float model.")
             if not torch.isfinite(value):
                 raise ConversionError(f"the QAT loss became {float(value)} at step {step}: lower lr (now {lr}).")
             value.backward()
