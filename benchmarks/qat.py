@@ -168,8 +168,9 @@ def to_markdown(d: dict[str, Any]) -> str:
         lines.append(f"- {m['model']}: PTQ loses {p['drop_points']:.2f} points; QAT int8 {q['drop_points']:+.2f} "
                      f"points with no float layer: **{'met' if ok else 'not met'}**.")
     lines += ["", "Why QAT cannot train sensitive_twin: its head computes v * rsqrt(sum(v^2) + 1e-6). Fake-quantized as "
-              "the int8 model computes it, the sum of squares has an int8 step of a few units, so a small embedding's "
-              "sum rounds to 0 and rsqrt(0) is infinite: the first forward pass is already NaN (TFLite's int8 RSQRT "
+              "the int8 model computes it, the sum of squares gets one int8 scale for the whole range of sums, so a "
+              "small embedding's sum can round to 0, and rsqrt(0) is infinite: the first forward pass is already NaN "
+              "(TFLite's int8 RSQRT "
               "saturates instead, so PTQ runs, at -16 points). edgemp says so and stops; `mixed` (2 layers in float) "
               "is the way for this model. A PTQ-hostile model QAT can train is still to be found for this benchmark."]
     return "\n".join(lines) + "\n"
