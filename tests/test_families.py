@@ -280,14 +280,18 @@ def test_an_infeasible_candidate_is_recorded_and_skipped(model_path: Path, small
 
     real_search = pipeline.search
 
-    def search_with_broken_candidates(make, graph, scorer, budget, **kw):  # type: ignore[no-untyped-def]
+    def search_with_broken_candidates(session, budget, **kw):  # type: ignore[no-untyped-def]
+        graph, make = session.graph, session.make
         singles = {graph.close({lay.tensor}) for lay in graph.ranked}
 
         def make_or_break(region: frozenset[str]) -> bytes:
             art = make(region)
             return art[: len(art) // 2] if region in singles else art
 
-        return real_search(make_or_break, graph, scorer, budget, **kw)
+        # the search's own steps and its batched rankings both get the broken candidates
+        session.make = make_or_break
+        session.score_regions = lambda regions, *a, **k: [session.scorer(make_or_break(r)) for r in regions]
+        return real_search(session, budget, **kw)
 
     monkeypatch.setattr(pipeline, "search", search_with_broken_candidates)
     x, y = small_heldout
