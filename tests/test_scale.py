@@ -36,6 +36,7 @@ def deep_mlp() -> object:
     return keras.Model(inp, keras.layers.Dense(10, name="logits")(t), name="deep_mlp")
 
 
+@pytest.mark.slow
 def test_two_pass_ranking_and_mixed_after_analyze_builds_little(cache: Path, tmp_path: Path) -> None:
     x, _ = digits()
     model = deep_mlp()
@@ -83,7 +84,7 @@ def test_ray_gives_the_same_layers_and_bytes(tmp_path: Path, monkeypatch: pytest
     from edgemp.demo import fashion_mnist, sensitive_model_path
 
     xt, yt = fashion_mnist("test")
-    data = (xt[:600] * 255.0, yt[:600])
+    data = (xt[:300] * 255.0, yt[:300])
     cal = xt[1000:1100] * 255.0
     out = {}
     for ex in ("local", "ray"):
@@ -104,6 +105,7 @@ def test_ray_gives_the_same_layers_and_bytes(tmp_path: Path, monkeypatch: pytest
     assert np.frombuffer(ba, np.uint8).size > 0
 
 
+@pytest.mark.slow
 def test_a_model_file_is_converted_and_calibrated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         model_path: Path) -> None:
     """analyze then convert -p mixed (or any second run) on the same file and data: no second float conversion or
