@@ -13,13 +13,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from edgemp import _params as P
-from edgemp.errors import ConversionError, InputError
+from edgemp.errors import ConversionError
 from edgemp.mixed.scoring import Score, Scorer
 from edgemp.quantize import Statistics, apply_recipe
-
-EXECUTORS = ("local", "ray")
-
 
 def build_and_score_many(recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics,
                          scorer: Scorer) -> list[dict[str, Any]]:
@@ -83,7 +79,7 @@ class RayExecutor(Executor):
         check_task_options(num_workers, retries, timeout)
         self.address, self.num_workers, self.retries, self.timeout = address, num_workers, retries, timeout
         self._session: Any = None
-        self._refs: tuple[int, tuple[Any, ...]] | None = None
+        self._refs: dict[tuple[int, int, int], tuple[Any, ...]] = {}
         self._warming: list[Any] = []
 
     def start(self) -> None:
@@ -108,12 +104,12 @@ class RayExecutor(Executor):
             return []
         t0 = time.perf_counter()
         self.start()
-        key = id(float_tflite) ^ id(statistics) ^ id(scorer)
-        if self._refs is None or self._refs[0] != key:
-            self._refs = (key, (put(float_tflite), put(statistics), put(scorer.portable())))
+        key = (id(float_tflite), id(statistics), id(scorer))  # each scoring set goes to the object store once
+        if key not in self._refs:
+            self._refs[key] = (put(float_tflite), put(statistics), put(scorer.portable()))
         size = max(1, min(8, len(recipes) // (3 * self._slots())))  # a few per task, several tasks per worker
         chunks = [list(recipes[i : i + size]) for i in range(0, len(recipes), size)]
-        outcomes = run_tasks(build_and_score_many, chunks, args=self._refs[1], num_workers=self.num_workers,
+        outcomes = run_tasks(build_and_score_many, chunks, args=self._refs[key], num_workers=self.num_workers,
                              retries=self.retries, timeout=self.timeout, progress=progress, label=label)
         failed = [o for o in outcomes if not o.ok]
         if failed:
@@ -124,20 +120,16 @@ class RayExecutor(Executor):
 
     def close(self) -> None:
         if self._session is not None:
-            session, self._session, self._refs = self._session, None, None
+            session, self._session, self._refs = self._session, None, {}
             session.__exit__(None, None, None)
 
 
 def make_executor(executor: str | Executor | None, ray_address: str | None = None,
                   num_workers: int | None = None) -> Executor:
+    """The executor named (checked by MixedOptions: 'local' or 'ray'); a Ray one is started right away."""
     if isinstance(executor, Executor):
         return executor
-    name = P.text("executor", executor or "local")
-    if name not in EXECUTORS:
-        raise InputError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    if name == "local":
-        if ray_address is not None:
-            raise InputError("ray_address is for executor='ray'; pass executor='ray' as well, or leave it out.")
+    if (executor or "local") == "local":
         return Executor()
     ex = RayExecutor(ray_address, num_workers)
     ex.start()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgemp.mixed.graph import Layer, LayerGraph
-from edgemp.mixed.scoring import Budget, Score, Scorer
+from edgemp.mixed.scoring import Budget, Score
 
 
 @dataclasses.dataclass

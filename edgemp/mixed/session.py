@@ -82,7 +82,7 @@ class MixedSession:
             else:
                 todo.append(i)
         recipes = [self.graph.recipe(frozenset(regions[i]), float_io=self.float_io) for i in todo]
-        fresh = self.executor.score(recipes, self.float_tflite, self.statistics, scorer.portable(),
+        fresh = self.executor.score(recipes, self.float_tflite, self.statistics, scorer,
                                     self.progress if progress is None else progress, label) if todo else []
         self.quantize_runs += len(todo)
         scorer.runs += len(regions)
