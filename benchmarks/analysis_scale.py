@@ -4,9 +4,11 @@ one machine; ≥ 1.7x speed-up with 2 local Ray workers on the largest model).
 
 For each model, in one run (side by side, so machine noise hits all alike):
   int8      one plain int8 conversion (the unit)
-  local     analyze, then mixed (which reuses the analysis' scores: the usual sequence), cold score cache
-  ray       the same with executor="ray" (a local Ray with --workers workers), its own cold cache
-and checks that the Ray run chose the same layers and wrote the same artifact bytes.
+  serial    analyze, then mixed (which reuses the analysis' scores: the usual sequence), cold caches, candidates
+            one after another (executor="local", num_workers=1)
+  local     the same with the default in-process executor (one thread per CPU, at most 4)
+  ray       the same with executor="ray" (a local Ray with --workers workers), its own cold caches
+and checks that every executor chose the same layers and wrote the same artifact bytes.
 The mixed budget is output SQNR 1 dB above what full INT8 reaches (these models have no labels), so the search
 has to keep layers in float.
 
@@ -70,6 +72,9 @@ def one(kind: str, workers: int) -> dict[str, Any]:
         os.environ.pop("EDGEMP_CACHE", None) if saved is None else os.environ.__setitem__("EDGEMP_CACHE", saved)
 
 
+EXECUTORS = ("serial", "local", "ray")
+
+
 def _one(kind: str, workers: int) -> dict[str, Any]:
     import edgemp
 
@@ -84,9 +89,9 @@ def _one(kind: str, workers: int) -> dict[str, Any]:
     int8_sqnr = min(o["sqnr_db"] for o in r.report["validation"]["outputs"])
     gate = edgemp.GateOptions(min_sqnr_db=round(int8_sqnr + 1.0, 1))
     runs: dict[str, Any] = {}
-    for ex in ("local", "ray"):
+    for ex in EXECUTORS:
         os.environ["EDGEMP_CACHE"] = str(work / f"cache-{ex}")  # cold for each executor: scores, float model, statistics
-        opts = {"executor": ex} | ({"num_workers": workers} if ex == "ray" else {})
+        opts = {"serial": {"num_workers": 1}, "local": {}, "ray": {"executor": "ray", "num_workers": workers}}[ex]
         t_a, a = timed(lambda: edgemp.analyze(net, cal, val, work / f"analysis-{ex}", **kw, **opts))
         mixed = edgemp.MixedOptions(**opts)
 
@@ -107,14 +112,15 @@ def _one(kind: str, workers: int) -> dict[str, Any]:
                     "analyze_candidates_s": a.summary["executor_seconds"],
                     "first_pass": a.summary["first_pass"], "artifact_sha256": hashlib.sha256(art).hexdigest(),
                     "ranking": [row["label"] for row in a.layers if row["rank"] is not None][:10]}
-    loc, ray = runs["local"], runs["ray"]
+    ser, loc, ray = runs["serial"], runs["local"], runs["ray"]
     return {"model": kind, "ops": len(r.report["census"]["ops"]), "validation_samples": len(val),
             "int8_s": round(t_int8, 1), "int8_sqnr_db": round(int8_sqnr, 2), "budget": gate.min_sqnr_db,
-            "runs": runs, "ray_speedup": round(loc["total_s"] / ray["total_s"], 2),
-            "ray_speedup_analyze": round(loc["analyze_s"] / ray["analyze_s"], 2),
-            "ray_speedup_candidates": round(loc["analyze_candidates_s"] / ray["analyze_candidates_s"], 2),
-            "same_result": loc["float_layers"] == ray["float_layers"]
-            and loc["artifact_sha256"] == ray["artifact_sha256"] and loc["ranking"] == ray["ranking"]}
+            "runs": runs, "ray_speedup": round(ser["total_s"] / ray["total_s"], 2),
+            "threads_speedup": round(ser["total_s"] / loc["total_s"], 2),
+            "ray_speedup_candidates": round(ser["analyze_candidates_s"] / ray["analyze_candidates_s"], 2),
+            "threads_speedup_candidates": round(ser["analyze_candidates_s"] / loc["analyze_candidates_s"], 2),
+            "same_result": all(r["float_layers"] == ser["float_layers"] and r["artifact_sha256"] == ser["artifact_sha256"]
+                               and r["ranking"] == ser["ranking"] for r in (loc, ray))}
 
 
 def main() -> None:
@@ -131,20 +137,25 @@ def main() -> None:
 def to_markdown(d: dict[str, Any]) -> str:
     lines = ["# Analysis + mixed precision at scale: time against one int8 conversion", "",
              f"Host: {d['host']}. Reproduce: `source scripts/env.sh && python benchmarks/analysis_scale.py`. "
-             f"Ray: a local Ray with {d['workers']} workers, started on demand (its start-up is in the figures).", "",
-             "| model | ops | val. samples | int8 s | analyze s | mixed s | analyze+mixed / int8 | Ray analyze s | "
-             "Ray mixed s | Ray / int8 | Ray speed-up | candidate phase of analyze: local s / Ray s | "
-             "float layers (budget) | same result on Ray |",
+             "serial: candidates one after another in this process; threads: the default in-process executor (one "
+             f"thread per CPU); Ray: a local Ray with {d['workers']} workers, started on demand (its start-up is in the "
+             "figures). Times in seconds; ratios are analyze + mixed against the one int8 conversion.", "",
+             "| model | ops | val. samples | int8 s | serial analyze + mixed | threads analyze + mixed | "
+             "Ray analyze + mixed | serial / int8 | threads / int8 | Ray / int8 | speed-up vs serial: threads, Ray | "
+             "candidate phase of analyze: serial / threads / Ray | float layers (budget) | same result |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in d["models"]:
-        lo, ra = m["runs"]["local"], m["runs"]["ray"]
-        lines.append(f"| {m['model']} | {m['ops']} | {m['validation_samples']} | {m['int8_s']} | {lo['analyze_s']} | "
-                     f"{lo['mixed_s']} | **{lo['ratio_to_int8']}x** | {ra['analyze_s']} | {ra['mixed_s']} | "
-                     f"{ra['ratio_to_int8']}x | {m['ray_speedup']}x | {lo['analyze_candidates_s']} / "
-                     f"{ra['analyze_candidates_s']} ({m['ray_speedup_candidates']}x) | {', '.join(lo['float_layers']) or 'none'} "
+        se, lo, ra = (m["runs"][k] for k in EXECUTORS)
+        lines.append(f"| {m['model']} | {m['ops']} | {m['validation_samples']} | {m['int8_s']} | "
+                     f"{se['analyze_s']} + {se['mixed_s']} | {lo['analyze_s']} + {lo['mixed_s']} | "
+                     f"{ra['analyze_s']} + {ra['mixed_s']} | {se['ratio_to_int8']}x | **{lo['ratio_to_int8']}x** | "
+                     f"{ra['ratio_to_int8']}x | {m['threads_speedup']}x, {m['ray_speedup']}x | "
+                     f"{se['analyze_candidates_s']} / {lo['analyze_candidates_s']} / {ra['analyze_candidates_s']} "
+                     f"({m['threads_speedup_candidates']}x, {m['ray_speedup_candidates']}x) | "
+                     f"{', '.join(lo['float_layers']) or 'none'} "
                      f"(SQNR >= {m['budget']} dB: {'met' if lo['met'] else 'not met'}) | {m['same_result']} |")
-    lines += ["", "Each executor starts from a cold cache. analyze runs the full-INT8 model once with preserved tensors "
-              "and sends the layers that add the most noise (24, or a quarter) to a first pass on 32 samples, then "
+    lines += ["", "Each executor starts from cold caches. analyze runs the full-INT8 model once with preserved tensors "
+              "and sends the layers that add the most noise to a first pass on 32 samples, then "
               "measures the 12 most damaging on all samples with their 'float alone' gain. mixed, run next on the same "
               "file and data, reuses the float conversion, the calibration statistics and the scores (all on disk), "
               "and builds only the candidates its search steps need."]

@@ -1,9 +1,12 @@
 """Quantization-aware training against post-training quantization, on PyTorch models full-INT8 PTQ hurts.
 
-Model (trained here on Fashion-MNIST as raw 0..255 pixels, cached under <EDGEMP_CACHE>/models):
+Models (trained here, 3 epochs, on Fashion-MNIST as raw 0..255 pixels, cached under <EDGEMP_CACHE>/models):
   - sensitive_twin: the PyTorch twin of edgemp.demo's sensitive model (a CNN without batch norm whose head
     L2-normalises its pooled 64-d features, v * rsqrt(sum(v^2) + 1e-6), and joins them with the raw mean brightness
     before the logits): an int8 concatenation has one scale for both, set by the brightness.
+  - efficientnet: EfficientNet's MBConv blocks (expand, depthwise, squeeze-excite, project; SiLU; residuals).
+  - mobilenetv1: MobileNetV1's depthwise-separable blocks with batch norm and ReLU6 (the architecture the
+    quantization white paper reports PTQ hurting most).
 Float vs PTQ int8 vs mixed (top-1 drop <= 0.3 points, at most 10% of the layers in float) vs QAT int8
 (edgemp.prepare_qat + edgemp.finetune_qat on 20,000 training images, then convert at int8): top-1 on the 8,000
 held-out test images (the search and the gate see test images 0..1999), float layers, size, host latency (side by
@@ -28,6 +31,7 @@ from benchmarks._common import write_results, cpu_description, side_by_side_late
 
 SEARCH, HELD_OUT = slice(0, 2000), slice(2000, None)
 VERSION = "v1"
+KINDS = ("sensitive_twin", "efficientnet", "mobilenetv1")
 
 
 def build(kind: str) -> Any:
@@ -54,7 +58,59 @@ def build(kind: str) -> Any:
             f = f * torch.rsqrt((f * f).sum(dim=1, keepdim=True) + 1e-6)
             return self.logits(torch.cat([f, x.mean(dim=(2, 3))], dim=1))
 
-    return JoinCNN()
+    class SE(nn.Module):
+        def __init__(self, c: int, r: int = 4) -> None:
+            super().__init__()
+            self.reduce, self.expand = nn.Conv2d(c, max(8, c // r), 1), nn.Conv2d(max(8, c // r), c, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = x.mean(dim=(2, 3), keepdim=True)
+            return x * torch.sigmoid(self.expand(nn.functional.silu(self.reduce(s))))
+
+    class MBConv(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, expand: int = 4) -> None:
+            super().__init__()
+            mid = cin * expand
+            self.body = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.SiLU(),
+                                      nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid),
+                                      nn.SiLU(), SE(mid), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.skip = stride == 1 and cin == cout
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.body(x) if self.skip else self.body(x)
+
+    class TinyEfficientNet(nn.Module):
+        """EfficientNet's block (MBConv: expand, depthwise, squeeze-excite, project; SiLU; residuals)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.SiLU())
+            self.blocks = nn.Sequential(MBConv(16, 16, 1), MBConv(16, 24, 2), MBConv(24, 24, 1), MBConv(24, 40, 1),
+                                        MBConv(40, 40, 1))
+            self.head = nn.Sequential(nn.Conv2d(40, 128, 1, bias=False), nn.BatchNorm2d(128), nn.SiLU())
+            self.logits = nn.Linear(128, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.logits(self.head(self.blocks(self.stem(x / 255.0))).mean(dim=(2, 3)))
+
+    class TinyMobileNetV1(nn.Module):
+        """MobileNetV1's depthwise-separable blocks (depthwise 3x3 + BN + ReLU6, pointwise 1x1 + BN + ReLU6)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            def dws(cin: int, cout: int, stride: int) -> list[nn.Module]:
+                return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(),
+                        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6()]
+            self.features = nn.Sequential(nn.Conv2d(1, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+                                          *dws(32, 64, 1), *dws(64, 128, 2), *dws(128, 128, 1), *dws(128, 256, 1),
+                                          *dws(256, 256, 1))
+            self.logits = nn.Linear(256, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.logits(self.features(x / 255.0).mean(dim=(2, 3)))
+
+    return {"sensitive_twin": JoinCNN, "efficientnet": TinyEfficientNet,
+            "mobilenetv1": TinyMobileNetV1}[kind]()
 
 
 def trained(kind: str, x: np.ndarray, y: np.ndarray, epochs: int = 3) -> tuple[Any, float | None]:
@@ -137,7 +193,7 @@ def main() -> None:
     nchw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2)) * 255.0  # noqa: E731 - raw 0..255 pixels
     data = {"x_train": nchw(xtr), "y_train": ytr, "x_test": nchw(xte), "y_test": yte}
     work = work_dir("edgemp-qat-bench-")
-    out = {"host": cpu_description(), "models": [one(k, data, work) for k in ("sensitive_twin",)]}
+    out = {"host": cpu_description(), "models": [one(k, data, work) for k in (sys.argv[1:] or KINDS)]}
     write_results("qat", out, to_markdown(out))
 
 

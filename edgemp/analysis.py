@@ -74,7 +74,7 @@ def analyze(
     adding the most noise in one run with preserved tensors are scored on a few samples; the 12 most damaging of
     those are measured on all of them (docs/guide.md).
     `executor="ray"` scores the candidates as Ray tasks (`ray_address`: an existing cluster; default a local Ray
-    with `num_workers` workers); the result is the same as in-process.
+    with `num_workers` workers; in-process, `num_workers` threads); the result is the same either way.
     `unsafe_load=True` runs the Python code a .keras/.h5 may contain (see convert()).
     """
     if calibration is None:

@@ -234,8 +234,8 @@ class DataOptions(_Config):
 @dataclasses.dataclass(frozen=True)
 class MixedOptions(_Config):
     """precision="mixed": the cap on float layers and the layers forced either way; where the per-layer
-    candidates run (`executor` "local", or "ray": a local Ray started on demand, or the cluster at `ray_address`,
-    with at most `num_workers` tasks in flight)."""
+    candidates run (`executor` "local": `num_workers` threads in this process, default the CPUs up to 4; or "ray":
+    a local Ray started on demand, or the cluster at `ray_address`, with at most `num_workers` tasks in flight)."""
 
     max_float_layers: int | float = 0.1
     keep_float: tuple[str, ...] = ()

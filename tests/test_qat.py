@@ -135,6 +135,33 @@ def test_sigmoid_tanh_softmax_get_the_output_scales_tflite_requires(data, tmp_pa
 
 
 @pytest.mark.slow
+def test_efficientnet_and_mobilenetv3_activations_stay_int8(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SiLU and hard-sigmoid lower to several TFLite ops (LOGISTIC+MUL, ADD+RELU6+MUL): each part gets its own fake
+    quantization, or those ops came out in float (found converting a QAT EfficientNet-style net)."""
+    x, y = data
+
+    class Block(torch.nn.Module):  # conv + SiLU, a squeeze-excite gate with hard-sigmoid, hard-swish
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = torch.nn.Conv2d(1, 16, 3, padding=1)
+            self.se1, self.se2 = torch.nn.Conv2d(16, 8, 1), torch.nn.Conv2d(8, 16, 1)
+            self.fc = torch.nn.Linear(16, 10)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            f = torch.nn.functional.silu(self.c(t))
+            f = f * torch.nn.functional.hardsigmoid(self.se2(torch.relu(self.se1(f.mean(dim=(2, 3), keepdim=True)))))
+            return self.fc(torch.nn.functional.hardswish(f).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    qat = edgemp.prepare_qat(Block(), torch.zeros(1, 1, 8, 8), x[:200], progress=False)
+    edgemp.finetune_qat(qat, (x[:640], y[:640]), epochs=1, progress=False)
+    r = edgemp.convert(qat, "int8", None, (x[N_TRAIN:], y[N_TRAIN:]), tmp_path, progress=False,
+                       runtime=edgemp.RuntimeOptions(latency_runs=1))
+    assert r.passed and set(r.report["census"]["compute_counts"]) == {"int8"}
+    assert {"LOGISTIC", "HARD_SWISH"} <= {o["op"] for o in r.report["census"]["ops"]}
+
+
+@pytest.mark.slow
 def test_users_own_training_loop(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, y = data
     qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:100], progress=False)

@@ -64,6 +64,20 @@ def test_two_pass_ranking_and_mixed_after_analyze_builds_little(cache: Path, tmp
     assert m["scores_from_cache"] >= 24 and m["quantize_runs"] <= len(m["steps"]) + 8 + 2
 
 
+def test_local_threads_give_the_same_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidates on several threads (the default on a multi-core machine) score exactly as one after another."""
+    monkeypatch.setenv("EDGEMP_SCORE_CACHE", "0")  # every candidate built and run both times
+    x, _ = digits()
+    model = deep_mlp()
+    runs = {n: edgemp.analyze(model, x[:100], x[N_TRAIN:], tmp_path / f"w{n}", progress=False, num_workers=n)
+            for n in (1, 3)}
+    one, three = runs[1].layers, runs[3].layers
+    assert [r["label"] for r in one] == [r["label"] for r in three]
+    assert [(r["damage"], r["gain"], r["first_pass"]) for r in one] == [(r["damage"], r["gain"], r["first_pass"])
+                                                                         for r in three]
+    assert runs[1].summary["quantize_runs"] == runs[3].summary["quantize_runs"] > 24
+
+
 def test_executor_options_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x, _ = digits()
     with pytest.raises(errors.InputError, match="executor must be 'local' or 'ray'"):

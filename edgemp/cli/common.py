@@ -220,7 +220,8 @@ def candidate_executor(f: Any) -> Any:
         click.option("--ray-address", help="ray: the cluster to use (ray://<head>:10001, or auto); default: a local "
                                            "Ray started for this run."),
         click.option("--workers", "num_workers", type=POSITIVE_INT,
-                     help="ray: candidate tasks at once (and the local Ray's CPUs); default: every CPU."),
+                     help="candidates scored at once: threads in this process (default: the CPUs, at most 4), or "
+                          "Ray tasks (and the local Ray's CPUs; default: every CPU)."),
     ]):
         f = opt(f)
     return f

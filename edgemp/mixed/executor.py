@@ -9,13 +9,16 @@ final artifact — does not depend on where it ran.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from edgemp.errors import ConversionError
 from edgemp.mixed.scoring import Score, Scorer
 from edgemp.quantize import Statistics, apply_recipe
+
 
 def build_and_score_many(recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics,
                          scorer: Scorer) -> list[dict[str, Any]]:
@@ -41,23 +44,46 @@ def warm_up() -> bool:
     return True
 
 
+LOCAL_WORKERS = 4  # threads at most by default: each holds one candidate and one interpreter in memory
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS has no affinity API
+        return os.cpu_count() or 1
+
+
 class Executor:
-    """`score(recipes, ...)` -> one Score per recipe, in order. `seconds`: wall time spent in score()."""
+    """`score(recipes, ...)` -> one Score per recipe, in order. `seconds`: wall time spent in score().
+
+    In this process, candidates run on `num_workers` threads (default: the usable CPUs, at most LOCAL_WORKERS):
+    LiteRT's invoke and the quantizer's array work release the GIL, so one candidate quantizes while another runs.
+    Each candidate's interpreter keeps the thread count asked for (RuntimeOptions.num_threads), so a score is the
+    same on any number of workers."""
 
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, num_workers: int | None = None) -> None:
         self.seconds = 0.0
+        self.num_workers = num_workers or min(usable_cpus(), LOCAL_WORKERS)
 
     def score(self, recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics, scorer: Scorer,
               progress: bool | None, label: str) -> list[Score]:
         from edgemp._progress import track
 
         t0 = time.perf_counter()
-        out = [Score(**build_and_score(r, float_tflite, statistics, scorer))
-               for r in track(recipes, label, total=len(recipes), enabled=progress)]
+        if self.num_workers == 1 or len(recipes) < 2:
+            done = [build_and_score(r, float_tflite, statistics, scorer)
+                    for r in track(recipes, label, total=len(recipes), enabled=progress)]
+        else:
+            with ThreadPoolExecutor(min(self.num_workers, len(recipes)), thread_name_prefix="edgemp-candidate") as pool:
+                futures = [pool.submit(build_and_score, r, float_tflite, statistics, scorer) for r in recipes]
+                for _ in track(as_completed(futures), label, total=len(futures), enabled=progress):
+                    pass
+                done = [f.result() for f in futures]  # in order; a candidate's exception surfaces here, as serially
         self.seconds += time.perf_counter() - t0
-        return out
+        return [Score(**d) for d in done]
 
     def close(self) -> None:
         """Release what the executor holds (nothing in-process)."""
@@ -130,7 +156,7 @@ def make_executor(executor: str | Executor | None, ray_address: str | None = Non
     if isinstance(executor, Executor):
         return executor
     if (executor or "local") == "local":
-        return Executor()
+        return Executor(num_workers)
     ex = RayExecutor(ray_address, num_workers)
     ex.start()
     return ex

@@ -35,7 +35,7 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    from edgemp.qat.model import QATModel, check_module, int8_quantizer, patterns_as_modules
+    from edgemp.qat.model import QATModel, check_module, int8_quantizer, patterns_as_modules, split_fused_activations
     from edgemp.sources.onnx_export import quiet
     from edgemp.sources.torch import load_torch
 
@@ -57,7 +57,7 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
                               "reshapes (use x.flatten(1) or x.shape[0]).") from exc
     quantizer = int8_quantizer()
     with patterns_as_modules(), quiet():
-        prepared = prepare_qat_pt2e(exported.module(), quantizer)
+        prepared = prepare_qat_pt2e(split_fused_activations(exported.module()), quantizer)
     qat = QATModel(prepared, float_model, source.example_args, quantizer, source.layout, source.name)
     if calibration is not None:
         _initialise(qat, source, calibration, num_calibration_samples, preprocessing, seed, progress)

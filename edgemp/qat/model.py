@@ -58,6 +58,45 @@ _ALSO_INT8 = ("mean.dim", "sum.dim_IntList", "rsqrt.default", "sqrt.default", "d
               "square.default", "pow.Tensor_Scalar", "exp.default", "log.default")
 
 
+# aten ops litert-torch lowers to more than one TFLite op with no quantization between them (SiLU becomes LOGISTIC and
+# MUL): split in the exported graph before it is prepared, so each part gets its own fake quantization, as the int8
+# kernels compute it. name -> (the ops, as a function of the node's input).
+def _silu(g: Any, x: Any) -> Any:
+    return g.call_function(torch.ops.aten.mul.Tensor, (x, g.call_function(torch.ops.aten.sigmoid.default, (x,))))
+
+
+def _hardsigmoid(g: Any, x: Any) -> Any:  # relu6(x + 3) / 6, as TFLite computes it (ADD, RELU6, MUL)
+    shifted = g.call_function(torch.ops.aten.add.Tensor, (x, 3.0))
+    return g.call_function(torch.ops.aten.mul.Tensor,
+                           (g.call_function(torch.ops.aten.hardtanh.default, (shifted, 0.0, 6.0)), 1 / 6))
+
+
+_SPLIT = {"silu.default": _silu, "silu_.default": _silu, "hardsigmoid.default": _hardsigmoid,
+          "hardsigmoid_.default": _hardsigmoid}
+
+
+def split_fused_activations(gm: Any) -> Any:
+    """Rewrite `gm` (an exported GraphModule) in place: see _SPLIT."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        split = _SPLIT.get(str(node.target).removeprefix("aten.")) if node.op == "call_function" else None
+        if split is None:
+            continue
+        with gm.graph.inserting_before(node):
+            new = split(gm.graph, node.args[0])
+        new.meta.update(node.meta)
+        for n in (new, *new.all_input_nodes):
+            if "val" not in n.meta and "val" in node.meta:
+                n.meta["val"] = node.meta["val"]
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return gm
+
+
 def int8_quantizer() -> Any:
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
 
