@@ -220,15 +220,25 @@ def to_markdown(d: dict[str, Any]) -> str:
         if "top1" not in q:
             lines.append(f"- {m['model']}: PTQ loses {p['drop_points']:.2f} points; QAT did not complete: {q['error']}")
             continue
-        ok = p["drop_points"] > 5 and q["drop_points"] <= 0.3 and set(q["compute"]) <= {"int8"}
+        if p["drop_points"] <= 5:
+            lines.append(f"- {m['model']}: PTQ loses {p['drop_points']:.2f} points (not PTQ-hostile: the target does not "
+                         f"apply); QAT int8 {q['drop_points']:+.2f} points, fully integer.")
+            continue
+        ok = q["drop_points"] <= 0.3 and set(q["compute"]) <= {"int8"}
         lines.append(f"- {m['model']}: PTQ loses {p['drop_points']:.2f} points; QAT int8 {q['drop_points']:+.2f} "
                      f"points with no float layer: **{'met' if ok else 'not met'}**.")
-    lines += ["", "Why QAT cannot train sensitive_twin: its head computes v * rsqrt(sum(v^2) + 1e-6). Fake-quantized as "
+    lines += ["", "QAT's fine-tuning is 2 more epochs (on 20,000 training images) for models the float run trained for 3: "
+              "where QAT beats float, that is the extra training, not quantization.", "",
+              "Why QAT cannot train sensitive_twin: its head computes v * rsqrt(sum(v^2) + 1e-6). Fake-quantized as "
               "the int8 model computes it, the sum of squares gets one int8 scale for the whole range of sums, so a "
               "small embedding's sum can round to 0, and rsqrt(0) is infinite: the first forward pass is already NaN "
-              "(TFLite's int8 RSQRT "
-              "saturates instead, so PTQ runs, at -16 points). edgemp says so and stops; `mixed` (2 layers in float) "
-              "is the way for this model. A PTQ-hostile model QAT can train is still to be found for this benchmark."]
+              "(TFLite's int8 RSQRT saturates instead, so PTQ runs, at -16 points). edgemp says so and stops; `mixed` "
+              "(2 layers in float) is the way for this model. Even trained, QAT could not give the embedding its "
+              "resolution back: the L2 norm bounds it to about 0.1 per value while the concatenation's one scale is "
+              "set by the brightness (about 0.6 per step), and the observers' ranges are measured, not learned.", "",
+              "A PTQ-hostile model QAT can train is still to be found: trained honestly on this data, the EfficientNet "
+              "and MobileNetV1 blocks lose under 0.1 point with PTQ (per-channel weights); so did a batch-normalised "
+              "CNN joined with the raw brightness (0.27 points), a tanh-bounded join and a ReZero residual net."]
     return "\n".join(lines) + "\n"
 
 
