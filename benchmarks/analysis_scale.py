@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import time
@@ -129,7 +130,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     warnings.simplefilter("ignore")
-    rows = [one(k, args.workers) for k in args.models.split(",")]
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    rows = [one(k, args.workers) | {"run": stamp} for k in args.models.split(",")]
+    # models not run this time keep their rows from the last run (each row is one side-by-side run, dated)
+    old = Path(__file__).parent / "results" / "analysis_scale.json"
+    kept = [m for m in (json.loads(old.read_text())["models"] if old.exists() else [])
+            if m["model"] not in {r["model"] for r in rows} and "threads_speedup" in m]
+    order = {k: i for i, k in enumerate(("fashion", "mobilenetv2", "efficientnetb0"))}
+    rows = sorted(kept + rows, key=lambda m: order.get(m["model"], 99))
     data = {"host": cpu_description(), "workers": args.workers, "models": rows}
     write_results("analysis_scale", data, to_markdown(data))
 
@@ -139,7 +147,9 @@ def to_markdown(d: dict[str, Any]) -> str:
              f"Host: {d['host']}. Reproduce: `source scripts/env.sh && python benchmarks/analysis_scale.py`. "
              "serial: candidates one after another in this process; threads: the default in-process executor (one "
              f"thread per CPU); Ray: a local Ray with {d['workers']} workers, started on demand (its start-up is in the "
-             "figures). Times in seconds; ratios are analyze + mixed against the one int8 conversion.", "",
+             "figures). Times in seconds; ratios are analyze + mixed against the one int8 conversion. Each row is one "
+             "run, all executors side by side: " + ", ".join(f"{m['model']} {m.get('run', '?')}" for m in d["models"])
+             + ".", "",
              "| model | ops | val. samples | int8 s | serial analyze + mixed | threads analyze + mixed | "
              "Ray analyze + mixed | serial / int8 | threads / int8 | Ray / int8 | speed-up vs serial: threads, Ray | "
              "candidate phase of analyze: serial / threads / Ray | float layers (budget) | same result |",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
@@ -77,11 +78,17 @@ class Executor:
             done = [build_and_score(r, float_tflite, statistics, scorer)
                     for r in track(recipes, label, total=len(recipes), enabled=progress)]
         else:
-            with ThreadPoolExecutor(min(self.num_workers, len(recipes)), thread_name_prefix="edgemp-candidate") as pool:
+            with warnings.catch_warnings(), ThreadPoolExecutor(min(self.num_workers, len(recipes)),
+                                                               thread_name_prefix="edgemp-candidate") as pool:
+                warnings.simplefilter("ignore")  # the quantizer's, on the threads (filters are process-wide)
                 futures = [pool.submit(build_and_score, r, float_tflite, statistics, scorer) for r in recipes]
-                for _ in track(as_completed(futures), label, total=len(futures), enabled=progress):
-                    pass
-                done = [f.result() for f in futures]  # in order; a candidate's exception surfaces here, as serially
+                try:
+                    for _ in track(as_completed(futures), label, total=len(futures), enabled=progress):
+                        pass
+                    done = [f.result() for f in futures]  # in order; a candidate's exception surfaces here
+                except BaseException:  # Ctrl-C or a failed candidate: do not build the rest first
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
         self.seconds += time.perf_counter() - t0
         return [Score(**d) for d in done]
 

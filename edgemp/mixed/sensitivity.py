@@ -133,7 +133,7 @@ def int8_alone_effects(session: Any, budget: Budget, candidates: Sequence[Layer]
 
 
 RANK_SUBSET = 32  # samples a first ranking pass scores every layer on (when the validation set has > 2x as many)
-FIRST_PASS = 24  # layers the first pass scores at least (or a sixth of them), picked by the noise they add
+FIRST_PASS = 24  # layers the first pass scores at least (or a quarter of them), picked by the noise they add
 
 
 def added_noise(sens: dict[str, LayerSensitivity], graph: LayerGraph) -> dict[str, float]:
@@ -157,7 +157,7 @@ def ranked_int8_alone(session: Any, budget: Budget, candidates: Sequence[Layer],
                       ) -> tuple[Score, dict[str, tuple[Score, tuple[float, float]]],
                                  dict[str, tuple[Score, tuple[float, float]]]]:
     """The damage of each layer alone, at the cost of a few. With `noise` (added_noise), only the layers adding the
-    most (FIRST_PASS, or a sixth) go on; those are scored on the first RANK_SUBSET samples and ranked by output
+    most (FIRST_PASS, or a quarter) go on; those are scored on the first RANK_SUBSET samples and ranked by output
     SQNR damage there (continuous, so stable on few samples); the `top` most damaging are measured on the whole
     validation set. Returns (all-float score, exact effects of the head, first-pass effects of the rest)."""
     n = session.subset_size(RANK_SUBSET)
@@ -165,7 +165,7 @@ def ranked_int8_alone(session: Any, budget: Budget, candidates: Sequence[Layer],
         ref, exact = int8_alone_effects(session, budget, candidates, progress)
         return ref, exact, {}
     first = list(candidates)
-    keep = max(FIRST_PASS, 2 * top, len(candidates) // 6)
+    keep = max(FIRST_PASS, 2 * top, len(candidates) // 4)
     if noise is not None and len(first) > keep:
         first = sorted(first, key=lambda lay: noise.get(lay.tensor, float("inf")), reverse=True)[:keep]
     if n is None:  # too few samples for a cheaper first pass: what goes on is measured on all of them

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -96,7 +97,13 @@ def _quiet_quantizer() -> None:
 
 @contextlib.contextmanager
 def _silenced():  # type: ignore[no-untyped-def]
-    """The quantizer prints reports and tqdm bars; library code must not (edgemp shows its own progress)."""
+    """The quantizer prints reports and tqdm bars; library code must not (edgemp shows its own progress).
+    sys.stdout/stderr and the warning filters are process-wide: swapped from the main thread only (on a candidate
+    thread, two swaps interleaving would leave the process writing into a buffer; the executor silences warnings
+    around its pool, and quantize() prints nothing with its reports and bars off)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": calibration needs exactly that
         yield
