@@ -4,8 +4,13 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$repo"
+# One pytest-xdist worker per usable CPU, at most 4 (each loads TensorFlow and PyTorch: ~2 GB); a test file stays on
+# one worker, so its session fixtures are built once. EDGEMP_TEST_WORKERS overrides (1: no workers, plain pytest).
+workers="${EDGEMP_TEST_WORKERS:-$(python -c 'import os; print(min(4, len(os.sched_getaffinity(0))))')}"
+par=()
+[ "$workers" -gt 1 ] && par=(-n "$workers" --dist loadfile)
 if [ "$#" -gt 0 ]; then
-    exec python -m pytest "$@"
+    exec python -m pytest ${par[@]+"${par[@]}"} "$@"
 fi
-python -m pytest -m "not slow"
-exec python -m pytest -m slow
+python -m pytest ${par[@]+"${par[@]}"} -m "not slow" --durations=15
+exec python -m pytest ${par[@]+"${par[@]}"} -m slow --durations=15

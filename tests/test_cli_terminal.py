@@ -336,7 +336,9 @@ def test_latency_runs_0_is_not_measured_not_nan(fp16_no_latency: tuple[Any, Path
     assert lat["runs"] == 0 and lat["median_ms"] is None and lat["p90_ms"] is None and lat["mean_ms"] is None
 
 
-def test_inspect_table_is_not_cut_when_not_a_terminal(fp16_no_latency: tuple[Any, Path]) -> None:
+def test_inspect_table_is_not_cut_when_not_a_terminal(fp16_no_latency: tuple[Any, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)  # pytest-xdist's workers have it set; it wins over the wide default
     _, out = fp16_no_latency
     tflite = next(out.glob("*_fp16.tflite"))
     r = CliRunner().invoke(main, ["inspect", str(tflite)])

@@ -53,11 +53,19 @@ def test_analyze_maps_ops_to_pytorch_module_paths(torch_model, tmp_path: Path) -
     assert all(r["damage"] is not None for r in ranked)
 
 
-def test_budget_met_by_full_int8_keeps_everything_int8(model_path: Path, small_heldout, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_budget_met_by_full_int8_keeps_everything_int8(model_path: Path, small_heldout, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgemp.sources.keras import KerasSource
+
+    seen: list[int] = []
+    predict = KerasSource.predict
+    monkeypatch.setattr(KerasSource, "predict", lambda self, b: seen.append(len(next(iter(b.values()))))
+                        or predict(self, b))
     r = edgemp.convert(model_path, "mixed", CALIBRATION, small_heldout, tmp_path, max_accuracy_drop=0.01,
                        latency_runs=2, progress=False)
     m = r.report["mixed"]
     assert r.passed and m["met"] and m["float_layers"] == [] and len(m["steps"]) == 1
+    assert sum(seen) == len(small_heldout[0])  # the float model ran once on the data: validation reused the search's
     assert edgemp.inspect_model(r.artifacts["tflite"]).compute_counts == {"int8": 9}
 
 

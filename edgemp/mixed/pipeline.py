@@ -39,6 +39,9 @@ class MixedOutcome:
     met: bool
     message: str
     region_problems: list[str]
+    # (source, validation data, its float outputs): the final validation of the same model on the same data reuses
+    # them instead of running the float model again
+    reference: tuple[Any, Any, list[Any]] | None = None
 
 
 def run_mixed(source: Any, float_tflite: bytes, stats: Statistics | Callable[[], Statistics], vdata: ValidationData,
@@ -62,8 +65,10 @@ def run_mixed(source: Any, float_tflite: bytes, stats: Statistics | Callable[[],
     with executor_for(executor) as ex:
         session = MixedSession(source, float_tflite, stats, vdata, opts, float_io=float_io, progress=progress,
                                graph=graph, gate=gate, class_names=class_names, executor=ex)
-        return _run_mixed(session, budget, graph, keep, never, cap, learned, tensor_samples, title, progress,
-                          float_io, max_float_layers)
+        outcome = _run_mixed(session, budget, graph, keep, never, cap, learned, tensor_samples, title, progress,
+                             float_io, max_float_layers)
+    outcome.reference = (source, vdata, session.scorer.reference)
+    return outcome
 
 
 def qat_mixed(conv: Any, artifact: bytes, recipe: Any) -> MixedOutcome:

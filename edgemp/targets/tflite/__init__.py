@@ -45,8 +45,11 @@ class TFLiteTarget:
             artifact = compact(q.artifact)  # after every check that matches full tensor names
             art_census = census(artifact)
         vdata, note = conv.validation
+        known = q.mixed.reference if q.mixed is not None else None  # the search ran the same float model on this data
         with conv.timer.stage("validate"):
             section, quality = evaluate(artifact, conv.source.predict, vdata, conv.runtime, conv.gate,
+                                        reference_outputs=known[2] if known and known[0] is conv.source
+                                        and known[1] is vdata else None,
                                         precision=conv.precision,
                                         fp32_artifact=fm.tflite if q.recipe is not None else None,
                                         progress=conv.progress, data_note=note, adapt=conv.source.artifact_inputs,
