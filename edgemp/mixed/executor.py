@@ -19,19 +19,23 @@ from typing import Any
 from edgemp.errors import ConversionError
 from edgemp.mixed.scoring import Score, Scorer
 from edgemp.quantize import Statistics, apply_recipe
+from edgemp.quantize.engine import release_parsed
 
 
 def build_and_score_many(recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics,
                          scorer: Scorer) -> list[dict[str, Any]]:
     """A few candidates per Ray task: the arguments are fetched and unpacked once for all of them."""
-    return [build_and_score(r, float_tflite, statistics, scorer) for r in recipes]
+    try:
+        return [build_and_score(r, float_tflite, statistics, scorer) for r in recipes]
+    finally:
+        release_parsed()
 
 
 def build_and_score(recipe: Any, float_tflite: bytes, statistics: Statistics, scorer: Scorer) -> dict[str, Any]:
     """One candidate: quantize with `recipe`, run it, compare with the float reference (a plain dict: cheap to
     ship back from a worker)."""
     try:
-        artifact = apply_recipe(float_tflite, recipe, statistics)
+        artifact = apply_recipe(float_tflite, recipe, statistics, candidate=True)
     except ConversionError as exc:  # the quantizer refuses this one: infeasible, never chosen
         return Score.infeasible(f"the quantizer refused it: {exc}").to_dict()
     return scorer.run(artifact).to_dict()
@@ -75,8 +79,11 @@ class Executor:
 
         t0 = time.perf_counter()
         if self.num_workers == 1 or len(recipes) < 2:
-            done = [build_and_score(r, float_tflite, statistics, scorer)
-                    for r in track(recipes, label, total=len(recipes), enabled=progress)]
+            try:
+                done = [build_and_score(r, float_tflite, statistics, scorer)
+                        for r in track(recipes, label, total=len(recipes), enabled=progress)]
+            finally:
+                release_parsed()  # the pool's threads drop theirs when they end
         else:
             with warnings.catch_warnings(), ThreadPoolExecutor(min(self.num_workers, len(recipes)),
                                                                thread_name_prefix="edgemp-candidate") as pool:

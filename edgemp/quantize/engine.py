@@ -69,12 +69,16 @@ def calibrate(float_tflite: bytes, samples: Sequence[Sample], num_threads: int =
     return dict(cal.get_model_qsvs())
 
 
-def apply_recipe(float_tflite: bytes, recipe: Recipe, statistics: Statistics | None = None) -> bytes:
-    """Quantize with a recipe. Static recipes need `statistics` from calibrate(); re-use them across recipes."""
-    from ai_edge_quantizer import quantizer
+def apply_recipe(float_tflite: bytes, recipe: Recipe, statistics: Statistics | None = None, *,
+                 candidate: bool = False) -> bytes:
+    """Quantize with a recipe. Static recipes need `statistics` from calibrate(); re-use them across recipes.
 
+    `candidate=True`: an artifact only scored on this host, one of many from the same float model (analysis, the
+    mixed search): the parsed float model is kept for the next call on this thread (parsing it is a third of the
+    time on a few hundred ops; the quantizer copies it before changing anything), and the constant data stays where
+    the quantizer put it (LiteRT here reads it; only what ships needs it inline)."""
     _quiet_quantizer()
-    qt = quantizer.Quantizer(bytearray(float_tflite), recipe)
+    qt = _quantizer(float_tflite, recipe, keep=candidate)
     if qt.need_calibration and statistics is None:
         raise ConversionError("this recipe quantizes activations: calibrate() first and pass its statistics")
     try:
@@ -85,9 +89,32 @@ def apply_recipe(float_tflite: bytes, recipe: Recipe, statistics: Statistics | N
         raise ConversionError(f"quantization failed: {type(exc).__name__}: {exc}") from exc
     if result.quantized_model is None:
         raise ConversionError("the quantizer returned no model")
+    unsigned = has_unsigned_outputs(float_tflite)
+    if candidate and not unsigned:
+        return bytes(result.quantized_model)
     # constant data back inside the flatbuffer: older device runtimes cannot read the quantizer's offset buffers
     model = inline_buffers(bytes(result.quantized_model))
-    return drop_unsigned_outputs(model) if has_unsigned_outputs(float_tflite) else model
+    return drop_unsigned_outputs(model) if unsigned else model
+
+
+_parsed = threading.local()  # this thread's last (float model, Quantizer holding it parsed)
+
+
+def _quantizer(float_tflite: bytes, recipe: Recipe, keep: bool) -> Any:
+    from ai_edge_quantizer import quantizer
+
+    if not keep:
+        return quantizer.Quantizer(bytearray(float_tflite), recipe)
+    held = getattr(_parsed, "held", None)
+    if held is None or held[0] is not float_tflite:  # the same bytes object: a session's float model
+        held = _parsed.held = (float_tflite, quantizer.Quantizer(bytearray(float_tflite)))
+    held[1].load_quantization_recipe(recipe)
+    return held[1]
+
+
+def release_parsed() -> None:
+    """Drop this thread's kept float model (the end of a batch of candidates)."""
+    _parsed.held = None
 
 
 def _quiet_quantizer() -> None:
