@@ -28,6 +28,23 @@ CALIBRATION = REPO / "calibration_data" / "fashion_mnist"
 VALIDATION_FOLDER = REPO / "examples" / "data" / "fashion_mnist_val"
 
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test starts from the same random state, whichever tests ran before it on its xdist worker: a model built
+    from random weights (torchvision with weights=None, say) is then the same model in every run and every order."""
+    import random
+    import sys
+
+    random.seed(0)
+    np.random.seed(0)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(0)
+    if "tensorflow" in sys.modules:
+        sys.modules["tensorflow"].random.set_seed(0)
+    if "keras" in sys.modules:
+        sys.modules["keras"].utils.set_random_seed(0)
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     from edgemp.demo import example_model_path
