@@ -178,6 +178,29 @@ def test_users_own_training_loop(data, tmp_path: Path) -> None:  # type: ignore[
     assert r.passed and set(r.report["census"]["compute_counts"]) == {"int8"}
 
 
+@pytest.mark.slow
+def test_learned_ranges_are_trained_and_exported(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x, y = data
+    qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:200], learn_ranges=True, progress=False)
+    fq = [m for m in qat.prepared.modules() if type(m).__name__ == "LearnableFakeQuantize"]
+    assert qat.learns_ranges and fq and all(m.scale.requires_grad for m in fq)
+    trainable = {id(p) for p in qat.parameters()}
+    assert all(id(m.scale) in trainable for m in fq)  # the optimizer sees them
+    before = [float(m.scale.detach()) for m in fq]
+    edgemp.finetune_qat(qat, (x[:N_TRAIN], y[:N_TRAIN]), epochs=2, progress=False)
+    after = [float(m.scale.detach()) for m in fq]
+    assert sum(a != b for a, b in zip(before, after, strict=True)) >= len(fq) // 2  # trained, not observed
+    assert not any(m.scale.requires_grad for m in fq)  # frozen by the recipe for the last steps
+    r = edgemp.convert(qat, "int8", None, (x[N_TRAIN:], y[N_TRAIN:]), tmp_path, progress=False,
+                       runtime=edgemp.RuntimeOptions(latency_runs=1))
+    assert r.passed, r.report.failures
+    c = r.report["census"]
+    assert set(c["compute_counts"]) == {"int8"} and r.report["qat"]["activation_ranges"] == "learned (LSQ)"
+    first = next(m for name, m in qat.prepared.named_modules() if name == "activation_post_process_0")
+    assert c["inputs"][0]["scale"] == pytest.approx(float(first.scale), rel=1e-6)  # the learned scale, exported
+    assert r.report["validation"]["accuracy"]["top1"] >= 0.9
+
+
 def test_bad_inputs(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, y = data
 
@@ -215,6 +238,8 @@ def test_bad_inputs(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
         edgemp.finetune_qat(qat, "batches.npz")
     with pytest.raises(errors.InputError, match="as long as each other"):
         edgemp.finetune_qat(qat, (x[:10], y[:9]))
+    with pytest.raises(errors.InputError, match="learn_ranges=True .* pass calibration="):
+        edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), learn_ranges=True, progress=False)
     with pytest.raises(errors.InputError, match="prepare_qat returned"):
         edgemp.finetune_qat(torch_digits_cnn(), (x[:10], y[:10]))
     assert not any(tmp_path.iterdir())

@@ -22,13 +22,15 @@ from edgemp.errors import ConversionError, InputError, public
 
 @public
 def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_calibration_samples: int = 256,
-                preprocessing: Any = None, input_layout: str | None = None, seed: int = 0,
-                progress: bool | None = None) -> Any:
+                preprocessing: Any = None, input_layout: str | None = None, learn_ranges: bool = False,
+                seed: int = 0, progress: bool | None = None) -> Any:
     """A trainable copy of `model` with fake quantization in its forward pass (PT2E QAT, edgemp's int8 scheme:
     per-channel symmetric int8 weights, per-tensor int8 activations). `calibration` (the same kinds of data as for
     convert) initialises the quantization ranges before training; without it they start from the first training
     batches. `input_layout` is the layout of the .tflite convert() will write (NHWC by default for 4-D inputs).
-    The model itself is not changed."""
+    `learn_ranges`: the activation ranges are trained too (LSQ, torchao's LearnableFakeQuantize), starting from the
+    calibrated ones (calibration is then required): for models whose measured ranges are the problem, e.g. a
+    concatenation of features with a raw input of a much wider range. The model itself is not changed."""
     from edgemp._compat import prepare_torch_import
 
     prepare_torch_import()
@@ -42,6 +44,10 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
     module = check_module(model)
     P.integer("num_calibration_samples", num_calibration_samples, 1, 10**6)
     P.optional_flag("progress", progress)
+    P.flag("learn_ranges", learn_ranges)
+    if learn_ranges and calibration is None:
+        raise InputError("learn_ranges=True trains the activation ranges from calibrated ones: pass calibration= "
+                         "(the same kinds of data as for convert)")
     float_model = copy.deepcopy(module).eval()
     source = load_torch(float_model, example_input=example_input, input_layout=input_layout)
     args = tuple(a[:1].expand(2, *a.shape[1:]).contiguous() for a in source.example_args)  # batch 2: not specialised
@@ -55,12 +61,14 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
                               "PT2E QAT needs a model torch.export can trace with a dynamic batch: no data-dependent "
                               "Python control flow, no .item()/.tolist() on tensors, no batch size baked into "
                               "reshapes (use x.flatten(1) or x.shape[0]).") from exc
-    quantizer = int8_quantizer()
+    quantizer = int8_quantizer(learn_ranges)
     with patterns_as_modules(), quiet():
         prepared = prepare_qat_pt2e(split_fused_activations(exported.module()), quantizer)
     qat = QATModel(prepared, float_model, source.example_args, quantizer, source.layout, source.name)
     if calibration is not None:
         _initialise(qat, source, calibration, num_calibration_samples, preprocessing, seed, progress)
+    if learn_ranges:
+        qat.start_range_learning()
     return qat
 
 

@@ -97,7 +97,12 @@ def split_fused_activations(gm: Any) -> Any:
     return gm
 
 
-def int8_quantizer() -> Any:
+def int8_quantizer(learn_ranges: bool = False) -> Any:
+    """`learn_ranges`: activations get torchao's LearnableFakeQuantize (LSQ: scale and zero point trained by
+    backpropagation, initialised from the observers) instead of moving-average observers, so training can move a
+    range the data sets badly (a concatenation whose one scale is set by its widest input, say)."""
+    import dataclasses
+
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
 
     class EdgempQATQuantizer(PT2EQuantizer):  # type: ignore[misc]
@@ -108,7 +113,17 @@ def int8_quantizer() -> Any:
             _annotate_remaining(model, self.global_config)
             return model
 
-    return EdgempQATQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+    if learn_ranges:
+        from torchao.quantization.pt2e import LearnableFakeQuantize
+        from torchao.quantization.pt2e.observer import MovingAverageMinMaxObserver
+
+        act = config.input_activation
+        learned = dataclasses.replace(act, observer_or_fake_quant_ctr=LearnableFakeQuantize.with_args(
+            observer=MovingAverageMinMaxObserver, quant_min=act.quant_min, quant_max=act.quant_max, dtype=act.dtype,
+            qscheme=act.qscheme, eps=2**-12, use_grad_scaling=True))
+        config = dataclasses.replace(config, input_activation=learned, output_activation=learned)
+    return EdgempQATQuantizer().set_global(config)
 
 
 # TFLite's int8 kernels for these ops take one output scale and zero point only (LiteRT refuses others):
@@ -180,11 +195,31 @@ class QATModel(torch.nn.Module):
             move_exported_model_to_eval(self.prepared)
         return self
 
+    def _learnable(self) -> list[Any]:
+        from torchao.quantization.pt2e import LearnableFakeQuantize
+
+        return [m for m in self.prepared.modules() if isinstance(m, LearnableFakeQuantize)]
+
+    @property
+    def learns_ranges(self) -> bool:
+        return bool(self._learnable())
+
+    def start_range_learning(self) -> None:
+        """Learned ranges (prepare_qat(learn_ranges=True)): from the calibrated ranges on, scales and zero points are
+        parameters the optimizer trains (observers off)."""
+        for m in self._learnable():
+            if m.scale is None:
+                raise InputError("learned ranges start from calibrated ones: pass calibration= to prepare_qat")
+            m.enable_range_learning()
+
     def freeze_observers(self) -> None:
-        """Stop updating the quantization ranges: from here on training adapts the weights to fixed scales."""
+        """Stop updating the quantization ranges (observed or learned): from here on training adapts the weights to
+        fixed scales."""
         from torchao.quantization.pt2e.fake_quantize import disable_observer
 
         self.prepared.apply(disable_observer)
+        for m in self._learnable():
+            m.disable_range_learning()
         self.frozen["observers"] = self.steps_trained
 
     def freeze_batch_norm(self) -> None:
@@ -199,8 +234,10 @@ class QATModel(torch.nn.Module):
         for name, mod in self.prepared.named_modules():
             obs = getattr(mod, "activation_post_process", None)
             vals = [getattr(obs, k, None) for k in ("min_val", "max_val")]
+            learned = getattr(mod, "scale", None) if mod.__class__.__name__ == "LearnableFakeQuantize" else None
             if any(isinstance(v, torch.Tensor) and v.numel() and torch.isnan(v).any() for v in vals) or \
-                    (isinstance(vals[1], torch.Tensor) and vals[1].numel() and (vals[1] == float("inf")).any()):
+                    (isinstance(vals[1], torch.Tensor) and vals[1].numel() and (vals[1] == float("inf")).any()) or \
+                    (isinstance(learned, torch.Tensor) and not torch.isfinite(learned).all()):
                 out.append(name)
         return out
 

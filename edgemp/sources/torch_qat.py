@@ -64,6 +64,7 @@ class QATSource(TorchSource):
         q = self.qat
         return {"steps_trained": q.steps_trained, "observers_frozen_at_step": q.frozen["observers"],
                 "batch_norm_frozen_at_step": q.frozen["batch_norm"], "calibration": q.calibration,
+                "activation_ranges": "learned (LSQ)" if q.learns_ranges else "observed (moving average)",
                 "scheme": "PT2E QAT: int8 per-channel symmetric weights, int8 per-tensor activations"}
 
     def qat_tflite(self) -> bytes:
