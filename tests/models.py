@@ -432,6 +432,30 @@ def torch_digits_cnn() -> Any:
                       nn.CrossEntropyLoss(), 1500)
 
 
+def torch_digits_join() -> Any:
+    """A PTQ-hostile model (edgemp.demo's sensitive model, small): conv features L2-normalised (the denominator
+    clamped, as QAT needs) joined with the raw brightness of 0..255 pixels; int8's one scale for the concatenation is
+    set by the brightness and leaves the features a few levels. Full-INT8 PTQ loses about 6 points on digits."""
+    import torch
+    from torch import nn
+
+    class Join(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                                          nn.ReLU())
+            self.logits = nn.Linear(33, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.features(x / 255.0).mean(dim=(2, 3))
+            f = f * torch.rsqrt(torch.clamp((f * f).sum(dim=1, keepdim=True), min=1.0))
+            return self.logits(torch.cat([f, x.mean(dim=(2, 3))], dim=1))
+
+    x, y = digits()
+    return _torch_fit(Join(), "torch_digits_join", _sampler(np.ascontiguousarray(x.transpose(0, 3, 1, 2)) * 255.0, y),
+                      nn.CrossEntropyLoss(), 1500)
+
+
 def keras_digits_cnn() -> Any:
     def build() -> Any:
         import keras

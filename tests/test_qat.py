@@ -11,7 +11,7 @@ import pytest
 import edgemp
 from edgemp import errors
 
-from .models import N_TRAIN, digits, torch_digits_cnn
+from .models import N_TRAIN, digits, torch_digits_cnn, torch_digits_join
 
 torch = pytest.importorskip("torch")
 
@@ -179,26 +179,34 @@ def test_users_own_training_loop(data, tmp_path: Path) -> None:  # type: ignore[
 
 
 @pytest.mark.slow
-def test_learned_ranges_are_trained_and_exported(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_learned_ranges_train_a_ptq_hostile_model_past_ptq(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, y = data
-    qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:200], learn_ranges=True, progress=False)
+    x = x * 255.0  # the model takes raw pixels: its brightness input is what sets the concatenation's int8 scale
+    val = (x[N_TRAIN:], y[N_TRAIN:])
+    common = {"progress": False, "preprocessing": {"scale": 1.0}, "runtime": edgemp.RuntimeOptions(latency_runs=1),
+              "gate": edgemp.GateOptions(max_accuracy_drop=1.0, min_sqnr_db=0, min_cosine=0)}  # scored, not gated
+    ptq = edgemp.convert(torch_digits_join(), "int8", x[:200], val, tmp_path / "ptq", example_input=torch.zeros(1, 1, 8, 8),
+                         **common)
+    qat = edgemp.prepare_qat(torch_digits_join(), torch.zeros(1, 1, 8, 8), x[:200], preprocessing={"scale": 1.0},
+                             learn_ranges=True, progress=False)
     fq = [m for m in qat.prepared.modules() if type(m).__name__ == "LearnableFakeQuantize"]
     assert qat.learns_ranges and fq and all(m.scale.requires_grad for m in fq)
     trainable = {id(p) for p in qat.parameters()}
     assert all(id(m.scale) in trainable for m in fq)  # the optimizer sees them
     before = [float(m.scale.detach()) for m in fq]
-    edgemp.finetune_qat(qat, (x[:N_TRAIN], y[:N_TRAIN]), epochs=2, progress=False)
+    edgemp.finetune_qat(qat, (x[:N_TRAIN], y[:N_TRAIN]), epochs=3, progress=False)
     after = [float(m.scale.detach()) for m in fq]
     assert sum(a != b for a, b in zip(before, after, strict=True)) >= len(fq) // 2  # trained, not observed
     assert not any(m.scale.requires_grad for m in fq)  # frozen by the recipe for the last steps
-    r = edgemp.convert(qat, "int8", None, (x[N_TRAIN:], y[N_TRAIN:]), tmp_path, progress=False,
-                       runtime=edgemp.RuntimeOptions(latency_runs=1))
-    assert r.passed, r.report.failures
+    r = edgemp.convert(qat, "int8", None, val, tmp_path / "qat", **common)
     c = r.report["census"]
     assert set(c["compute_counts"]) == {"int8"} and r.report["qat"]["activation_ranges"] == "learned (LSQ)"
     first = next(m for name, m in qat.prepared.named_modules() if name == "activation_post_process_0")
-    assert c["inputs"][0]["scale"] == pytest.approx(float(first.scale), rel=1e-6)  # the learned scale, exported
-    assert r.report["validation"]["accuracy"]["top1"] >= 0.9
+    assert c["inputs"][0]["scale"] == pytest.approx(float(first.scale.detach()), rel=1e-6)  # the learned scale
+    # measured here: float 0.937, PTQ 0.874, QAT with learned ranges 0.902 (observed ranges: 0.869)
+    acc, ptq_acc = r.report["validation"]["accuracy"], ptq.report["validation"]["accuracy"]
+    assert ptq_acc["drop"] > 0.04, ptq_acc  # PTQ-hostile indeed
+    assert acc["top1"] >= ptq_acc["top1"] + 0.015, (acc, ptq_acc)
 
 
 def test_bad_inputs(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
