@@ -432,10 +432,11 @@ def torch_digits_cnn() -> Any:
                       nn.CrossEntropyLoss(), 1500)
 
 
-def torch_digits_join() -> Any:
-    """A PTQ-hostile model (edgemp.demo's sensitive model, small): conv features L2-normalised (the denominator
-    clamped, as QAT needs) joined with the raw brightness of 0..255 pixels; int8's one scale for the concatenation is
-    set by the brightness and leaves the features a few levels. Full-INT8 PTQ loses about 6 points on digits."""
+def torch_digits_join(clamped: bool = True) -> Any:
+    """A PTQ-hostile model (edgemp.demo's sensitive model, small): conv features L2-normalised, joined with the raw
+    brightness of 0..255 pixels; int8's one scale for the concatenation is set by the brightness and leaves the
+    features a few levels. Full-INT8 PTQ loses about 6 points on digits. `clamped`: the denominator is max(sum, 1)
+    (else sum + 1e-6, which int8 rounds to 0 for short vectors: TFLite's RSQRT saturates there)."""
     import torch
     from torch import nn
 
@@ -448,11 +449,12 @@ def torch_digits_join() -> Any:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             f = self.features(x / 255.0).mean(dim=(2, 3))
-            f = f * torch.rsqrt(torch.clamp((f * f).sum(dim=1, keepdim=True), min=1.0))
+            sq = (f * f).sum(dim=1, keepdim=True)
+            f = f * torch.rsqrt(torch.clamp(sq, min=1.0) if clamped else sq + 1e-6)
             return self.logits(torch.cat([f, x.mean(dim=(2, 3))], dim=1))
 
     x, y = digits()
-    return _torch_fit(Join(), "torch_digits_join", _sampler(np.ascontiguousarray(x.transpose(0, 3, 1, 2)) * 255.0, y),
+    return _torch_fit(Join(), "torch_digits_join" if clamped else "torch_digits_join_eps", _sampler(np.ascontiguousarray(x.transpose(0, 3, 1, 2)) * 255.0, y),
                       nn.CrossEntropyLoss(), 1500)
 
 

@@ -152,7 +152,7 @@ def _choose(graph: LayerGraph, budget: Budget, region: frozenset[str], avail: li
             gains: dict[str, tuple[float, float]]) -> Layer:
     """The largest gain; among near-equal gains the one adding the fewest boundaries (contiguous regions)."""
     top = max(gains[lay.tensor] for lay in avail)
-    near = [lay for lay in avail if budget.near(gains[lay.tensor], top)]
+    near = [lay for lay in avail if budget.near(gains[lay.tensor], top)] or avail  # NaN gains: none is near
     return min(near, key=lambda lay: (graph.boundaries(graph.close(region | {lay.tensor})),
                                       tuple(-g for g in gains[lay.tensor]), lay.index))
 

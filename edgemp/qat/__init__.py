@@ -37,7 +37,8 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    from edgemp.qat.model import QATModel, check_module, int8_quantizer, patterns_as_modules, split_fused_activations
+    from edgemp.qat.model import (QATModel, check_module, int8_quantizer, patterns_as_modules, saturate_rsqrt,
+                                  split_fused_activations)
     from edgemp.sources.onnx_export import quiet
     from edgemp.sources.torch import load_torch
 
@@ -64,7 +65,9 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
     quantizer = int8_quantizer(learn_ranges)
     with patterns_as_modules(), quiet():
         prepared = prepare_qat_pt2e(split_fused_activations(exported.module()), quantizer)
+    saturating = saturate_rsqrt(prepared)
     qat = QATModel(prepared, float_model, source.example_args, quantizer, source.layout, source.name)
+    qat.saturating = saturating
     if calibration is not None:
         _initialise(qat, source, calibration, num_calibration_samples, preprocessing, seed, progress)
     if learn_ranges:
@@ -74,8 +77,12 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
 
 def _initialise(qat: Any, source: Any, calibration: Any, n: int, preprocessing: Any, seed: int,
                 progress: bool | None) -> None:
-    """Observers see the calibration set once, in eval mode (batch-norm statistics untouched)."""
+    """Observers see the calibration set once, in eval mode (batch-norm statistics untouched), with fake quantization
+    on (each range as the ranges before it quantize). The outputs of saturating ops (rsqrt: saturate_rsqrt) are
+    observed first, in float, as post-training calibration sees them, then kept: fake-quantized, their inputs can round
+    to 0, and the floored value that gives is the kernel's saturation, not a range to learn."""
     import torch
+    from torchao.quantization.pt2e.fake_quantize import disable_fake_quant, enable_fake_quant
 
     from edgemp.calibration import load_calibration
     from edgemp.config import Layout, Preprocessing
@@ -87,10 +94,27 @@ def _initialise(qat: Any, source: Any, calibration: Any, n: int, preprocessing: 
                            progress=progress)
     names = [s.name for s in source.input_specs()]
     joined = [np.concatenate([s[k] for s in cal.samples]) for k in names]
+
+    def run() -> None:
+        with torch.no_grad():
+            for i in range(0, len(joined[0]), 32):
+                qat(*(torch.from_numpy(np.ascontiguousarray(a[i : i + 32])) for a in joined))
+
     qat.eval()
-    with torch.no_grad():
-        for i in range(0, len(joined[0]), 32):
-            qat(*(torch.from_numpy(np.ascontiguousarray(a[i : i + 32])) for a in joined))
+    modules = dict(qat.prepared.named_modules())
+    if qat.saturating:
+        others = [m for name, m in modules.items() if hasattr(m, "disable_observer") and name not in qat.saturating]
+        qat.prepared.apply(disable_fake_quant)
+        for m in others:
+            m.disable_observer()
+        try:
+            run()
+        finally:
+            qat.prepared.apply(enable_fake_quant)
+            for m in others:
+                m.enable_observer()
+            qat.fix_saturating_ranges()
+    run()
     qat.calibration = cal.summary()
     qat.train()
 

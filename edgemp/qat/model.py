@@ -97,6 +97,48 @@ def split_fused_activations(gm: Any) -> Any:
     return gm
 
 
+# TFLite's int8 RSQRT returns its largest output for an input of 0 ("any value close to 0 represents the max output
+# value"): fake-quantized, a small sum of squares rounds to 0 and rsqrt(0) is infinite, so the first forward pass of
+# an L2 norm is NaN. In the training graph rsqrt's input is floored here (after its fake quantization), so an input
+# of 0 gives a value the output's fake quantization clamps to its largest, as the kernel does, with no gradient; the
+# floor is removed again before export (the int8 kernel saturates on its own). The floor keeps rsqrt's derivative
+# finite in float32.
+_RSQRT_FLOOR = 1e-12
+
+
+def saturate_rsqrt(gm: Any) -> list[str]:
+    """Rewrite the prepared graph `gm` in place (see _RSQRT_FLOOR); the names of the fake-quant modules on those rsqrt
+    outputs: their range comes from calibration and is not re-observed on saturated values."""
+    outputs = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or str(node.target).removeprefix("aten.") != "rsqrt.default":
+            continue
+        with gm.graph.inserting_before(node):
+            floored = gm.graph.call_function(torch.ops.aten.clamp_min.default, (node.args[0], _RSQRT_FLOOR))
+        floored.meta.update({k: v for k, v in node.args[0].meta.items() if k == "val"})
+        floored.meta["edgemp_rsqrt_floor"] = True
+        node.replace_input_with(node.args[0], floored)
+        outputs += [str(u.target) for u in node.users if u.op == "call_module"]
+    if outputs:
+        gm.graph.lint()
+        gm.recompile()
+    return outputs
+
+
+def _drop_rsqrt_floors(gm: Any) -> None:
+    dropped = False
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and str(node.target).removeprefix("aten.") == "clamp_min.default" and \
+                node.args[1] == _RSQRT_FLOOR and all(str(u.target).removeprefix("aten.") == "rsqrt.default"
+                                                     for u in node.users):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            dropped = True
+    if dropped:
+        gm.graph.lint()
+        gm.recompile()
+
+
 def int8_quantizer(learn_ranges: bool = False) -> Any:
     """`learn_ranges`: activations get torchao's LearnableFakeQuantize (LSQ: scale and zero point trained by
     backpropagation, initialised from the observers) instead of moving-average observers, so training can move a
@@ -179,6 +221,7 @@ class QATModel(torch.nn.Module):
         self.steps_trained = 0
         self.calibration: dict[str, Any] | None = None
         self.frozen: dict[str, int | None] = {"observers": None, "batch_norm": None}
+        self.saturating: list[str] = []  # fake-quant modules on saturating int8 ops' outputs (saturate_rsqrt)
         self._bn_frozen = False
         self.train()
 
@@ -222,6 +265,13 @@ class QATModel(torch.nn.Module):
             m.disable_range_learning()
         self.frozen["observers"] = self.steps_trained
 
+    def fix_saturating_ranges(self) -> None:
+        """After calibration: the ranges on saturating ops' outputs (rsqrt) stay the calibrated ones, as in the int8
+        kernel, instead of growing to the floored values a zero input gives in training."""
+        modules = dict(self.prepared.named_modules())
+        for name in self.saturating:
+            modules[name].disable_observer()
+
     def freeze_batch_norm(self) -> None:
         """Batch norm uses (and keeps) its running statistics while training goes on: the standard QAT recipe."""
         self._bn_frozen = True
@@ -260,7 +310,9 @@ class QATModel(torch.nn.Module):
         graph = copy.deepcopy(self.prepared)
         move_exported_model_to_eval(graph)
         try:
-            return convert_pt2e(graph, fold_quantize=fold_quantize)
+            converted = convert_pt2e(graph, fold_quantize=fold_quantize)
+            _drop_rsqrt_floors(converted)
+            return converted
         except Exception as exc:  # noqa: BLE001 - one typed error with the cause
             raise ConversionError(f"PT2E could not convert the QAT module: {type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
