@@ -80,6 +80,29 @@ def test_local_threads_give_the_same_scores(tmp_path: Path, monkeypatch: pytest.
     assert runs[1].summary["quantize_runs"] == runs[3].summary["quantize_runs"] > 24
 
 
+def test_a_recipe_never_sees_another_recipes_statistics() -> None:
+    """The quantizer aligns shared-scale ops' statistics in the dict it is given: each recipe quantizes from its own
+    copy, so candidates (on threads, in any order) never see each other's alignment."""
+    import copy
+
+    import tensorflow as tf
+
+    from edgemp.quantize import engine
+    from edgemp.quantize.recipes import float_rule, static_rule
+
+    x, _ = digits()
+    float_tflite = tf.lite.TFLiteConverter.from_keras_model(deep_mlp()).convert()
+    stats = engine.calibrate(float_tflite, [{"image": x[i : i + 1]} for i in range(32)])
+    before = copy.deepcopy(stats)
+    alone = engine.apply_recipe(float_tflite, [static_rule(8), float_rule(regex=".*d3/.*")], stats, candidate=True)
+    engine.apply_recipe(float_tflite, [static_rule(8), float_rule(regex=".*d9/.*")], stats, candidate=True)
+    after = engine.apply_recipe(float_tflite, [static_rule(8), float_rule(regex=".*d3/.*")], stats, candidate=True)
+    assert alone == after
+    assert stats.keys() == before.keys() and all(
+        np.array_equal(np.asarray(stats[k][q]), np.asarray(before[k][q])) and
+        np.asarray(stats[k][q]).shape == np.asarray(before[k][q]).shape for k in stats for q in stats[k])
+
+
 def test_executor_options_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x, _ = digits()
     with pytest.raises(errors.InputError, match="executor must be 'local' or 'ray'"):

@@ -7,6 +7,7 @@ Min/max statistics, not the quantizer's default moving average: the average clip
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -81,10 +82,12 @@ def apply_recipe(float_tflite: bytes, recipe: Recipe, statistics: Statistics | N
     qt = _quantizer(float_tflite, recipe, keep=candidate)
     if qt.need_calibration and statistics is None:
         raise ConversionError("this recipe quantizes activations: calibrate() first and pass its statistics")
+    # the quantizer aligns the statistics of ops that share a scale in the dict it is given, per recipe: a copy, so
+    # one recipe never sees another's (candidates on threads share one dict, and the order they run in would leak in)
+    stats = copy.deepcopy(statistics) if statistics is not None and qt.need_calibration else None
     try:
         with _silenced():
-            result = qt.quantize(statistics if qt.need_calibration else None, enable_progress_report=False,
-                                 enable_progress_bar=False)
+            result = qt.quantize(stats, enable_progress_report=False, enable_progress_bar=False)
     except Exception as exc:
         raise ConversionError(f"quantization failed: {type(exc).__name__}: {exc}") from exc
     if result.quantized_model is None:
