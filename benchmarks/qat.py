@@ -279,14 +279,13 @@ def to_markdown(d: dict[str, Any]) -> str:
               f"the `{TUNED}` row gives the float model exactly that training without quantization, so QAT's own "
               "effect is its distance to that row.", "",
               "sensitive_twin computes v * rsqrt(sum(v^2) + 1e-6) in its head. Fake-quantized as the int8 model computes "
-              "it, the sum of squares gets one int8 scale for the whole range of sums, so a small embedding's sum rounds "
-              "to 0 and rsqrt(0) is infinite: the first forward pass is already NaN (TFLite's int8 RSQRT saturates "
-              "instead, so PTQ runs, at -16 points). edgemp stops with a ConversionError that says to clamp that input "
-              "above its quantization step. sensitive_twin_clamped is the same model with that fix applied, "
-              "v * rsqrt(max(sum(v^2), 1)) (embeddings shorter than 1 are left as they are), trained the same way: PTQ "
-              "still loses more than 5 points (the concatenation's one scale is set by the raw brightness), and QAT "
-              "trains it to fully integer at float accuracy. `learned ranges` trains the activation scales too "
-              "(prepare_qat(learn_ranges=True), LSQ).", "",
+              "it, the sum of squares gets one int8 scale for the whole range of sums, so a short embedding's sum rounds "
+              "to 0, where TFLite's int8 RSQRT gives its largest value; edgemp's QAT graph does the same (a floor on "
+              "rsqrt's quantized input, dropped at export), where plain fake quantization gives rsqrt(0) = inf and a NaN "
+              "loss at step 0. sensitive_twin_clamped is the same model with the denominator written "
+              "max(sum(v^2), 1) (embeddings shorter than 1 are left as they are), trained the same way. On both, PTQ "
+              "loses more than 5 points because the concatenation's one int8 scale is set by the raw brightness it "
+              "joins; `learned ranges` trains the activation scales too (prepare_qat(learn_ranges=True), LSQ).", "",
               "Trained honestly on this data, the EfficientNet and MobileNetV1 blocks lose under 0.1 point with PTQ "
               "(per-channel weights); so did a batch-normalised CNN joined with the raw brightness (0.27 points), a "
               "tanh-bounded join and a ReZero residual net: on those QAT shows it works, not that it wins."]
