@@ -79,6 +79,18 @@ def apply_recipe(float_tflite: bytes, recipe: Recipe, statistics: Statistics | N
     time on a few hundred ops; the quantizer copies it before changing anything), and the constant data stays where
     the quantizer put it (LiteRT here reads it; only what ships needs it inline)."""
     _quiet_quantizer()
+    with _QUANTIZE_LOCK:
+        result = _apply(float_tflite, recipe, statistics, candidate)
+    return _finish(result, float_tflite, candidate)
+
+
+# One quantization at a time in a process: the AI Edge Quantizer is not thread-safe. Candidates quantized on several
+# threads at once (each with its own Quantizer and statistics) scored as the float model or as NaN now and then, more
+# often under load (tests/test_scale.py); serialised, the candidates' interpreter runs still overlap.
+_QUANTIZE_LOCK = threading.Lock()
+
+
+def _apply(float_tflite: bytes, recipe: Recipe, statistics: Statistics | None, candidate: bool) -> Any:
     qt = _quantizer(float_tflite, recipe, keep=candidate)
     if qt.need_calibration and statistics is None:
         raise ConversionError("this recipe quantizes activations: calibrate() first and pass its statistics")
@@ -92,6 +104,10 @@ def apply_recipe(float_tflite: bytes, recipe: Recipe, statistics: Statistics | N
         raise ConversionError(f"quantization failed: {type(exc).__name__}: {exc}") from exc
     if result.quantized_model is None:
         raise ConversionError("the quantizer returned no model")
+    return result
+
+
+def _finish(result: Any, float_tflite: bytes, candidate: bool) -> bytes:
     unsigned = has_unsigned_outputs(float_tflite)
     if candidate and not unsigned:
         return bytes(result.quantized_model)
