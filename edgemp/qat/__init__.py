@@ -101,9 +101,9 @@ def _initialise(qat: Any, source: Any, calibration: Any, n: int, preprocessing: 
                 qat(*(torch.from_numpy(np.ascontiguousarray(a[i : i + 32])) for a in joined))
 
     qat.eval()
-    modules = dict(qat.prepared.named_modules())
     if qat.saturating:
-        others = [m for name, m in modules.items() if hasattr(m, "disable_observer") and name not in qat.saturating]
+        others = [m for name, m in qat.prepared.named_modules()
+                  if hasattr(m, "disable_observer") and name not in qat.saturating]
         qat.prepared.apply(disable_fake_quant)
         for m in others:
             m.disable_observer()

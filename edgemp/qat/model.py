@@ -116,7 +116,6 @@ def saturate_rsqrt(gm: Any) -> list[str]:
         with gm.graph.inserting_before(node):
             floored = gm.graph.call_function(torch.ops.aten.clamp_min.default, (node.args[0], _RSQRT_FLOOR))
         floored.meta.update({k: v for k, v in node.args[0].meta.items() if k == "val"})
-        floored.meta["edgemp_rsqrt_floor"] = True
         node.replace_input_with(node.args[0], floored)
         outputs += [str(u.target) for u in node.users if u.op == "call_module"]
     if outputs:
