@@ -3,7 +3,7 @@ model and data (issue: sensitivity analysis and mixed precision at the scale of 
 run; the time is attributed to edgemp's stages (inclusive times of the functions below, so nested stages overlap:
 read each line as "time spent inside this").
 
-    source scripts/env.sh && python benchmarks/analysis_profile.py [--model mobilenetv2|fashion]   # ~5 min
+    source scripts/env.sh && python benchmarks/analysis_profile.py [--model mobilenetv2|fashion|efficientnetb0]   # ~5 min
 Writes benchmarks/results/analysis_profile.{json,md}.
 """
 
@@ -81,6 +81,10 @@ def model(kind: str) -> tuple[Any, np.ndarray, Any]:
 
         x, y = fashion_mnist("test")
         return keras.saving.load_model(example_model_path(), compile=False), x[:200], (x[200:332], y[200:332])
+    if kind == "efficientnetb0":  # the largest model of benchmarks/analysis_scale.py, built the same way
+        from benchmarks.analysis_scale import model as scale_model
+
+        return scale_model(kind)
     keras.utils.set_random_seed(0)
     net = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classifier_activation=None)
     crops = ((photo_crops(332, 224, seed=3) / 255.0 - MEAN) / STD).astype(np.float32)
@@ -93,24 +97,25 @@ def main() -> None:
     import edgemp
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=["mobilenetv2", "fashion"], default="mobilenetv2")
+    ap.add_argument("--model", choices=["mobilenetv2", "fashion", "efficientnetb0"], default="mobilenetv2")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     net, cal, val = model(args.model)
     work = work_dir("edgemp-analysis-profile-")
     os.environ["EDGEMP_SCORE_CACHE_DIR"] = str(work / "scores")  # cold at first: this run's own score cache
     kw: dict[str, Any] = {"progress": False}
+    serial = edgemp.MixedOptions(num_workers=1)  # candidates on this thread, where cProfile sees them
     runs = {}
     t, st, r = profiled(lambda: edgemp.convert(net, "int8", cal, val, work / "int8", **kw))
     runs["int8 conversion"] = {"seconds": round(t, 1), "stages": by_stage(st), "ops": len(r.report["census"]["ops"])}
-    t, st, a = profiled(lambda: edgemp.analyze(net, cal, val, work / "analysis", **kw))
+    t, st, a = profiled(lambda: edgemp.analyze(net, cal, val, work / "analysis", num_workers=1, **kw))
     runs["analyze"] = {"seconds": round(t, 1), "stages": by_stage(st)}
-    t, st, a2 = profiled(lambda: edgemp.analyze(net, cal, val, work / "analysis2", **kw))
+    t, st, a2 = profiled(lambda: edgemp.analyze(net, cal, val, work / "analysis2", num_workers=1, **kw))
     runs["analyze again (scores cached)"] = {"seconds": round(t, 1), "stages": by_stage(st),
                                              "scores_from_cache": a2.summary["scores_from_cache"],
                                              "same_table": a2.layers == a.layers}
     gate = {} if isinstance(val, tuple) else {"gate": edgemp.GateOptions(max_accuracy_drop=None, min_sqnr_db=30)}
-    t, st, m = profiled(lambda: edgemp.convert(net, "mixed", cal, val, work / "mixed", **kw, **gate))
+    t, st, m = profiled(lambda: edgemp.convert(net, "mixed", cal, val, work / "mixed", mixed=serial, **kw, **gate))
     mixed = m.report["mixed"]
     runs["mixed conversion"] = {"seconds": round(t, 1), "stages": by_stage(st),
                                 "scores_from_cache": mixed["scores_from_cache"],

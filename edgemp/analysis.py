@@ -97,7 +97,7 @@ def analyze(
         check_overwrite(list(paths.values()), force)
         source, qbase = conv.source, conv.float_model.quantization_base
         vdata, note = conv.validation
-        stats = conv._statistics(qbase)
+        stats = conv._statistics(qbase, executor=ex)
         session = MixedSession(source, qbase, stats, vdata, conv.runtime, progress=progress, executor=ex)
         rows, summary = analyze_layers(session, tensor_samples, progress)
     cal = conv.calibration_set

@@ -296,7 +296,9 @@ class Conversion:
                 artifact, _ = self.spec.finish(artifact)
             return Quantized(artifact, recipe, None, self.calibration_runs)
 
-    def _statistics(self, qbase: bytes, source: Any = None) -> Any:
+    def _statistics(self, qbase: bytes, source: Any = None, executor: Any = None) -> Any:
+        """`executor`: where calibration runs (a Ray one shards it across its workers); default: in this process,
+        or the mixed search's executor when this conversion searches."""
         from edgemp.quantize import calibrate
         from edgemp.validation.inputs import check_token_ids
 
@@ -313,7 +315,9 @@ class Conversion:
         def run() -> Any:
             with self.timer.stage("calibrate"):
                 self.calibration_runs += 1
-                return calibrate(qbase, samples, num_threads=self.runtime.num_threads, progress=self.progress)
+                ex = executor or (self.executor if self.spec.searched else None)
+                run_on = ex.calibrate if ex is not None else calibrate
+                return run_on(qbase, samples, num_threads=self.runtime.num_threads, progress=self.progress)
 
         stats, self.statistics_from_cache = _diskcache.statistics(qbase, samples, run)
         return stats

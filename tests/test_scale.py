@@ -103,6 +103,25 @@ def test_a_recipe_never_sees_another_recipes_statistics() -> None:
         np.asarray(stats[k][q]).shape == np.asarray(before[k][q]).shape for k in stats for q in stats[k])
 
 
+def test_calibration_shards_merge_to_the_statistics_of_one_pass() -> None:
+    """What a Ray run's sharded calibration relies on: consecutive shards, merged, are one pass bit for bit (same
+    tensors in the same order, same min/max arrays), so the artifact does not depend on the executor."""
+    import tensorflow as tf
+
+    from edgemp.quantize import calibrate, merge_statistics
+
+    x, _ = digits()
+    float_tflite = tf.lite.TFLiteConverter.from_keras_model(deep_mlp()).convert()
+    samples = [{"image": x[i : i + 1]} for i in range(40)]
+    whole = calibrate(float_tflite, samples)
+    merged = merge_statistics([calibrate(float_tflite, samples[a:b]) for a, b in ((0, 13), (13, 29), (29, 40))])
+    assert list(merged) == list(whole)
+    assert all(merged[k].keys() == whole[k].keys() and all(
+        np.array_equal(np.asarray(merged[k][q]), np.asarray(whole[k][q])) for q in whole[k]) for k in whole)
+    assert any(not np.array_equal(np.asarray(merged[k]["max"]), np.asarray(calibrate(float_tflite, samples[:13])[k]["max"]))
+               for k in whole)  # the shards do differ: the merge is doing the work
+
+
 def test_executor_options_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x, _ = digits()
     with pytest.raises(errors.InputError, match="executor must be 'local' or 'ray'"):
@@ -125,17 +144,20 @@ def test_ray_gives_the_same_layers_and_bytes(tmp_path: Path, monkeypatch: pytest
     xt, yt = fashion_mnist("test")
     data = (xt[:300] * 255.0, yt[:300])
     cal = xt[1000:1100] * 255.0
+    model = sensitive_model_path()
     out = {}
     for ex in ("local", "ray"):
+        monkeypatch.setenv("EDGEMP_CACHE", str(tmp_path / f"cache-{ex}"))  # cold: Ray calibrates in shards too
         monkeypatch.setenv("EDGEMP_SCORE_CACHE_DIR", str(tmp_path / f"scores-{ex}"))  # cold: Ray scores everything
         opts = {"executor": ex} | ({"num_workers": 2} if ex == "ray" else {})
-        a = edgemp.analyze(sensitive_model_path(), cal, data, tmp_path / f"a-{ex}", progress=False,
+        a = edgemp.analyze(model, cal, data, tmp_path / f"a-{ex}", progress=False,
                            preprocessing={"scale": 1.0}, **opts)
         monkeypatch.setenv("EDGEMP_SCORE_CACHE_DIR", str(tmp_path / f"scores-{ex}-m"))  # the search on Ray too
-        r = edgemp.convert(sensitive_model_path(), "mixed", cal, data, tmp_path / f"m-{ex}", progress=False,
+        r = edgemp.convert(model, "mixed", cal, data, tmp_path / f"m-{ex}", progress=False,
                            preprocessing={"scale": 1.0}, gate=edgemp.GateOptions(max_accuracy_drop=0.005),
                            mixed=edgemp.MixedOptions(**opts), runtime=edgemp.RuntimeOptions(latency_runs=1))
-        assert a.summary["executor"] == ex
+        assert a.summary["executor"] == ex and a.summary["calibration_runs"] == 1
+        assert a.summary["calibration_shards"] == (2 if ex == "ray" else 1)
         out[ex] = (a.layers, r.report["mixed"]["float_layers"], r.artifacts["tflite"].read_bytes())
     (la, fa, ba), (lb, fb, bb) = out["local"], out["ray"]
     assert [r["label"] for r in la] == [r["label"] for r in lb]

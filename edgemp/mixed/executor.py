@@ -18,7 +18,7 @@ from typing import Any
 
 from edgemp.errors import ConversionError
 from edgemp.mixed.scoring import Score, Scorer
-from edgemp.quantize import Statistics, apply_recipe
+from edgemp.quantize import Statistics, apply_recipe, calibrate, merge_statistics
 from edgemp.quantize.engine import release_parsed
 
 
@@ -39,6 +39,14 @@ def build_and_score(recipe: Any, float_tflite: bytes, statistics: Statistics, sc
     except ConversionError as exc:  # the quantizer refuses this one: infeasible, never chosen
         return Score.infeasible(f"the quantizer refused it: {exc}").to_dict()
     return scorer.run(artifact).to_dict()
+
+
+def calibrate_shard(samples: Sequence[Any], float_tflite: bytes, num_threads: int) -> Statistics:
+    """A Ray task: the statistics of a few consecutive calibration samples."""
+    return calibrate(float_tflite, samples, num_threads=num_threads, progress=False)
+
+
+CALIBRATION_SHARD_MIN = 16  # samples: fewer per worker and parsing the model costs more than the shard saves
 
 
 def warm_up() -> bool:
@@ -71,6 +79,7 @@ class Executor:
 
     def __init__(self, num_workers: int | None = None) -> None:
         self.seconds = 0.0
+        self.calibration_shards = 0  # how the last calibration here was split (0: none ran here)
         self.num_workers = num_workers or min(usable_cpus(), LOCAL_WORKERS)
 
     def score(self, recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics, scorer: Scorer,
@@ -98,6 +107,13 @@ class Executor:
                     raise
         self.seconds += time.perf_counter() - t0
         return [Score(**d) for d in done]
+
+    def calibrate(self, float_tflite: bytes, samples: Sequence[Any], num_threads: int = 1,
+                  progress: bool | None = None) -> Statistics:
+        """The calibration statistics (in this process: one pass on this thread; the quantizer's calibrator is
+        Python work per tensor that threads would not overlap)."""
+        self.calibration_shards = 1
+        return calibrate(float_tflite, samples, num_threads=num_threads, progress=progress)
 
     def close(self) -> None:
         """Release what the executor holds (nothing in-process)."""
@@ -157,6 +173,28 @@ class RayExecutor(Executor):
                                   f"{failed[0].error}. Run with executor='local' to see it in this process.")
         self.seconds += time.perf_counter() - t0
         return [Score(**v) for o in outcomes for v in o.value]
+
+    def calibrate(self, float_tflite: bytes, samples: Sequence[Any], num_threads: int = 1,
+                  progress: bool | None = None) -> Statistics:
+        """One shard of consecutive samples per worker, merged: the statistics a single pass gives, bit for bit
+        (min/max), in a fraction of the time. Calibration is as long as a plain conversion's float conversion, and
+        outside the candidates it is what runs longest (benchmarks/results/analysis_profile_efficientnetb0.md)."""
+        from edgemp._ray import put, run_tasks
+
+        self.start()
+        shards = min(self._slots(), len(samples) // CALIBRATION_SHARD_MIN)
+        if shards < 2:
+            return super().calibrate(float_tflite, samples, num_threads, progress)
+        edges = [round(i * len(samples) / shards) for i in range(shards + 1)]
+        parts = [list(samples[a:b]) for a, b in zip(edges, edges[1:])]
+        outcomes = run_tasks(calibrate_shard, parts, args=(put(float_tflite), num_threads),
+                             num_workers=self.num_workers, retries=self.retries, timeout=self.timeout,
+                             progress=progress, label=f"Calibrating ({shards} shards on Ray)")
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            raise ConversionError(f"calibration failed on a Ray worker: {failed[0].error}")
+        self.calibration_shards = shards
+        return merge_statistics([o.value for o in outcomes])
 
     def close(self) -> None:
         if self._session is not None:

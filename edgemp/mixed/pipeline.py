@@ -183,6 +183,7 @@ def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | 
                "first_pass": {"samples": session.subset_size(RANK_SUBSET), "layers": len(rough)} if rough else None,
                "not_scored": len(graph.ranked) - len(damage) - len(rough),  # little added noise: no candidate built
                "executor": session.executor.name, "executor_seconds": round(session.executor.seconds, 2),
+               "calibration_shards": session.executor.calibration_shards,
                "quantize_runs": session.quantize_runs, "scored_artifacts": session.scorer.runs,
                "scores_from_cache": _cache_hits(session)}
     return ranked_rows(sens, graph), summary

@@ -70,6 +70,18 @@ def calibrate(float_tflite: bytes, samples: Sequence[Sample], num_threads: int =
     return dict(cal.get_model_qsvs())
 
 
+def merge_statistics(parts: Sequence[Statistics]) -> Statistics:
+    """Statistics of consecutive shards of one calibration set, as one calibrate() call over the whole set gives
+    them: min/max merging is exact and order-free, and tensors keep the order they were first seen in."""
+    from ai_edge_quantizer.utils import qsv_utils
+
+    merged: Statistics = {}
+    for part in parts:
+        for name, qsv in part.items():
+            merged[name] = qsv_utils.min_max_update(merged[name], qsv) if name in merged else qsv
+    return merged
+
+
 def apply_recipe(float_tflite: bytes, recipe: Recipe, statistics: Statistics | None = None, *,
                  candidate: bool = False) -> bytes:
     """Quantize with a recipe. Static recipes need `statistics` from calibrate(); re-use them across recipes.
