@@ -7,7 +7,10 @@ For each model, in one run (side by side, so machine noise hits all alike):
   serial    analyze, then mixed (which reuses the analysis' scores: the usual sequence), cold caches, candidates
             one after another (executor="local", num_workers=1)
   local     the same with the default in-process executor (one thread per CPU, at most 4)
-  ray       the same with executor="ray" (a local Ray with --workers workers), its own cold caches
+  ray       the same with executor="ray" (a local Ray with --workers workers, started by each call and shut down
+            after it), its own cold caches
+  ray_up    the same on a Ray the application started before (ray.init(num_cpus=--workers)), as a cluster that is
+            already running: no start-up in the figures, workers stay warm between analyze and mixed
 and checks that every executor chose the same layers and wrote the same artifact bytes.
 The mixed budget is output SQNR 1 dB above what full INT8 reaches (these models have no labels), so the search
 has to keep layers in float.
@@ -73,7 +76,7 @@ def one(kind: str, workers: int) -> dict[str, Any]:
         os.environ.pop("EDGEMP_CACHE", None) if saved is None else os.environ.__setitem__("EDGEMP_CACHE", saved)
 
 
-EXECUTORS = ("serial", "local", "ray")
+EXECUTORS = ("serial", "local", "ray", "ray_up")
 
 
 def _one(kind: str, workers: int) -> dict[str, Any]:
@@ -92,36 +95,45 @@ def _one(kind: str, workers: int) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for ex in EXECUTORS:
         os.environ["EDGEMP_CACHE"] = str(work / f"cache-{ex}")  # cold for each executor: scores, float model, statistics
-        opts = {"serial": {"num_workers": 1}, "local": {}, "ray": {"executor": "ray", "num_workers": workers}}[ex]
+        opts = {"serial": {"num_workers": 1}, "local": {}}.get(ex, {"executor": "ray", "num_workers": workers})
+        if ex == "ray_up":
+            import ray
+
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         t_a, a = timed(lambda: edgemp.analyze(net, cal, val, work / f"analysis-{ex}", **kw, **opts))
         mixed = edgemp.MixedOptions(**opts)
 
-        def run_mixed(ex: str = ex, mixed: Any = mixed) -> tuple[dict[str, Any], bytes]:
+        def run_mixed(ex: str = ex, mixed: Any = mixed) -> tuple[dict[str, Any], bytes, dict[str, float]]:
             try:
                 m = edgemp.convert(net, "mixed", cal, val, work / f"mixed-{ex}", gate=gate, mixed=mixed,
                                    runtime=edgemp.RuntimeOptions(latency_runs=0), **kw)
-                return m.report["mixed"], m.artifacts["tflite"].read_bytes()
+                return m.report["mixed"], m.artifacts["tflite"].read_bytes(), m.report["timings_s"]
             except edgemp.errors.MixedPrecisionError as exc:  # not met under the cap: still a result to compare
-                return exc.report["mixed"], Path(exc.result.artifacts["tflite"]).read_bytes()
+                return exc.report["mixed"], Path(exc.result.artifacts["tflite"]).read_bytes(), exc.report["timings_s"]
 
-        t_m, (sec, art) = timed(run_mixed)
+        t_m, (sec, art, stages) = timed(run_mixed)
+        if ex == "ray_up":
+            ray.shutdown()
         runs[ex] = {"analyze_s": round(t_a, 1), "mixed_s": round(t_m, 1), "total_s": round(t_a + t_m, 1),
                     "ratio_to_int8": round((t_a + t_m) / t_int8, 2), "float_layers": sec["float_layers"],
                     "met": sec["met"], "score": sec["score"], "scores_from_cache": sec["scores_from_cache"],
                     "quantize_runs_analyze": a.summary["quantize_runs"], "quantize_runs_mixed": sec["quantize_runs"],
                     "measured_on_all_samples": a.summary["measured_on_all_samples"],
                     "analyze_candidates_s": a.summary["executor_seconds"],
+                    "calibration_shards": a.summary["calibration_shards"], "mixed_stages_s": stages,
                     "first_pass": a.summary["first_pass"], "artifact_sha256": hashlib.sha256(art).hexdigest(),
                     "ranking": [row["label"] for row in a.layers if row["rank"] is not None][:10]}
-    ser, loc, ray = runs["serial"], runs["local"], runs["ray"]
+    ser, loc, ray, up = runs["serial"], runs["local"], runs["ray"], runs["ray_up"]
     return {"model": kind, "ops": len(r.report["census"]["ops"]), "validation_samples": len(val),
             "int8_s": round(t_int8, 1), "int8_sqnr_db": round(int8_sqnr, 2), "budget": gate.min_sqnr_db,
             "runs": runs, "ray_speedup": round(ser["total_s"] / ray["total_s"], 2),
+            "ray_up_speedup": round(ser["total_s"] / up["total_s"], 2),
+            "ray_up_speedup_candidates": round(ser["analyze_candidates_s"] / up["analyze_candidates_s"], 2),
             "threads_speedup": round(ser["total_s"] / loc["total_s"], 2),
             "ray_speedup_candidates": round(ser["analyze_candidates_s"] / ray["analyze_candidates_s"], 2),
             "threads_speedup_candidates": round(ser["analyze_candidates_s"] / loc["analyze_candidates_s"], 2),
             "same_result": all(r["float_layers"] == ser["float_layers"] and r["artifact_sha256"] == ser["artifact_sha256"]
-                               and r["ranking"] == ser["ranking"] for r in (loc, ray))}
+                               and r["ranking"] == ser["ranking"] for r in (loc, ray, up))}
 
 
 def main() -> None:
@@ -146,24 +158,33 @@ def to_markdown(d: dict[str, Any]) -> str:
     lines = ["# Analysis + mixed precision at scale: time against one int8 conversion", "",
              f"Host: {d['host']}. Reproduce: `source scripts/env.sh && python benchmarks/analysis_scale.py`. "
              "serial: candidates one after another in this process; threads: the default in-process executor (one "
-             f"thread per CPU); Ray: a local Ray with {d['workers']} workers, started on demand (its start-up is in the "
-             "figures). Times in seconds; ratios are analyze + mixed against the one int8 conversion. Each row is one "
+             f"thread per CPU); Ray: a local Ray with {d['workers']} workers, started by each call (its start-up is in "
+             "the figures) or already running (ray.init() before the calls, as a cluster is). Times in seconds; ratios are analyze + mixed against the one int8 conversion. Each row is one "
              "run, all executors side by side: " + ", ".join(f"{m['model']} {m.get('run', '?')}" for m in d["models"])
              + ".", "",
              "| model | ops | val. samples | int8 s | serial analyze + mixed | threads analyze + mixed | "
-             "Ray analyze + mixed | serial / int8 | threads / int8 | Ray / int8 | speed-up vs serial: threads, Ray | "
-             "candidate phase of analyze: serial / threads / Ray | float layers (budget) | same result |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "serial / int8 | threads / int8 | float layers (budget) | same result on every executor |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for m in d["models"]:
-        se, lo, ra = (m["runs"][k] for k in EXECUTORS)
+        se, lo = m["runs"]["serial"], m["runs"]["local"]
         lines.append(f"| {m['model']} | {m['ops']} | {m['validation_samples']} | {m['int8_s']} | "
                      f"{se['analyze_s']} + {se['mixed_s']} | {lo['analyze_s']} + {lo['mixed_s']} | "
-                     f"{ra['analyze_s']} + {ra['mixed_s']} | {se['ratio_to_int8']}x | **{lo['ratio_to_int8']}x** | "
-                     f"{ra['ratio_to_int8']}x | {m['threads_speedup']}x, {m['ray_speedup']}x | "
-                     f"{se['analyze_candidates_s']} / {lo['analyze_candidates_s']} / {ra['analyze_candidates_s']} "
-                     f"({m['threads_speedup_candidates']}x, {m['ray_speedup_candidates']}x) | "
-                     f"{', '.join(lo['float_layers']) or 'none'} "
+                     f"{se['ratio_to_int8']}x | **{lo['ratio_to_int8']}x** | {', '.join(lo['float_layers']) or 'none'} "
                      f"(SQNR >= {m['budget']} dB: {'met' if lo['met'] else 'not met'}) | {m['same_result']} |")
+    lines += ["", f"With {d['workers']} Ray workers (speed-ups against serial, the same run):", "",
+              "| model | Ray started by each call: analyze + mixed | speed-up | Ray already running: analyze + mixed | "
+              "speed-up | threads speed-up | candidate phase of analyze: serial / threads / Ray / Ray running | "
+              "calibration shards on Ray |", "|---|---|---|---|---|---|---|---|"]
+    for m in d["models"]:
+        se, lo, ra = (m["runs"][k] for k in ("serial", "local", "ray"))
+        up = m["runs"].get("ray_up")
+        upc = f"{up['analyze_s']} + {up['mixed_s']}" if up else "– (not run then)"
+        ups = f"**{m['ray_up_speedup']}x**" if up else "–"
+        cand = (f"{se['analyze_candidates_s']} / {lo['analyze_candidates_s']} / {ra['analyze_candidates_s']} / "
+                f"{up['analyze_candidates_s'] if up else '–'} ({m['threads_speedup_candidates']}x, "
+                f"{m['ray_speedup_candidates']}x" + (f", {m['ray_up_speedup_candidates']}x)" if up else ")"))
+        lines.append(f"| {m['model']} | {ra['analyze_s']} + {ra['mixed_s']} | {m['ray_speedup']}x | {upc} | {ups} | "
+                     f"{m['threads_speedup']}x | {cand} | {ra.get('calibration_shards', '1 (before sharding)')} |")
     lines += ["", "Each executor starts from cold caches. analyze runs the full-INT8 model once with preserved tensors "
               "and sends the layers that add the most noise to a first pass on 32 samples, then "
               "measures the 12 most damaging on all samples with their 'float alone' gain. mixed, run next on the same "
@@ -174,6 +195,13 @@ def to_markdown(d: dict[str, Any]) -> str:
         lines.append(f"- {m['model']}: analyze quantized {lo['quantize_runs_analyze']} candidates "
                      f"({lo['measured_on_all_samples']} on all samples); mixed quantized {lo['quantize_runs_mixed']} and "
                      f"took {lo['scores_from_cache']} scores from the cache.")
+    for m in d["models"]:
+        ra = m["runs"]["ray"]
+        if "mixed_stages_s" not in ra:  # rows from before these were recorded
+            continue
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in ra["mixed_stages_s"].items() if v >= 0.5)
+        lines.append(f"- {m['model']}, Ray: calibration in {ra['calibration_shards']} shard(s); the mixed run's "
+                     f"stages (s): {stages}.")
     return "\n".join(lines) + "\n"
 
 
