@@ -161,3 +161,29 @@ def test_mixed_meets_the_budget_with_few_float_layers(sensitive, tmp_path: Path,
     assert float((out.argmax(1) == y[:500]).mean()) > 0.85
     for suffix in ("md", "png", "html"):
         assert r.artifacts[f"sensitivity_{suffix}"].exists()
+
+
+def test_a_nan_gain_ranks_last_whatever_order_candidates_come_in() -> None:
+    """A candidate whose score is NaN must neither win nor, by the comparisons NaN breaks, make the choice depend on
+    the order the candidates were scored in (threads and Ray finish in any order)."""
+    import itertools
+    import math
+    from types import SimpleNamespace
+
+    from edgemp.mixed.scoring import Budget
+    from edgemp.mixed.search import _choose
+
+    class Chain:  # every region contiguous: the tie-break on boundaries is neutral
+        def close(self, region: frozenset[str]) -> frozenset[str]:
+            return region
+
+        def boundaries(self, region: frozenset[str]) -> int:
+            return 1
+
+    layers = [SimpleNamespace(tensor=t, index=i) for i, t in enumerate("abcd")]
+    gains = {"a": (math.nan, math.nan), "b": (0.02, 3.0), "c": (math.nan, 9.0), "d": (0.01, 8.0)}
+    for budget in (Budget(max_accuracy_drop=0.01), Budget(min_sqnr_db=30.0)):
+        picked = {_choose(Chain(), budget, frozenset(), list(p), gains).tensor for p in itertools.permutations(layers)}
+        assert picked == {"b"}
+    only_nan = {t: (math.nan, math.nan) for t in "abcd"}
+    assert _choose(Chain(), Budget(min_sqnr_db=30.0), frozenset(), layers, only_nan).tensor == "a"

@@ -9,6 +9,8 @@ boundaries (each is a QUANTIZE/DEQUANTIZE pair's half). Every candidate re-uses 
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
@@ -151,17 +153,26 @@ def search(session: Any, budget: Budget, *, cap: int, keep: Sequence[str] = (), 
 def _choose(graph: LayerGraph, budget: Budget, region: frozenset[str], avail: list[Layer],
             gains: dict[str, tuple[float, float]]) -> Layer:
     """The largest gain; among near-equal gains the one adding the fewest boundaries (contiguous regions)."""
-    top = max(gains[lay.tensor] for lay in avail)
-    near = [lay for lay in avail if budget.near(gains[lay.tensor], top)] or avail  # NaN gains: none is near
+    ranked = {lay.tensor: rankable(gains[lay.tensor]) for lay in avail}
+    top = max(ranked.values())
+    # equal -inf gains (every candidate NaN or unscorable) are not "near" by arithmetic: then any of them will do
+    near = [lay for lay in avail if ranked[lay.tensor] == top or budget.near(ranked[lay.tensor], top)]
     return min(near, key=lambda lay: (graph.boundaries(graph.close(region | {lay.tensor})),
-                                      tuple(-g for g in gains[lay.tensor]), lay.index))
+                                      tuple(-g for g in ranked[lay.tensor]), lay.index))
+
+
+def rankable(gain: tuple[float, float]) -> tuple[float, ...]:
+    """A gain that orders: NaN (a candidate whose score could not be computed) ranks below every number, where
+    comparisons with NaN would make max() and sorted() depend on the order the candidates come in."""
+    return tuple(-math.inf if math.isnan(g) else g for g in gain)
 
 
 def _what_it_would_take(make: Callable[[frozenset[str]], bytes], graph: LayerGraph, scorer: Scorer, budget: Budget,
                         region: frozenset[str], cands: list[Layer], gains: dict[str, tuple[float, float]],
                         cap: int, limit: int = 40) -> str:
     """Continue past the cap in ranking order (bounded) to tell the user what meeting the budget would need."""
-    order = sorted((lay for lay in cands if lay.tensor not in region), key=lambda lay: gains[lay.tensor], reverse=True)
+    order = sorted((lay for lay in cands if lay.tensor not in region), key=lambda lay: rankable(gains[lay.tensor]),
+                   reverse=True)
     r = region
     for lay in order[:limit]:
         r = graph.close(r | {lay.tensor})
