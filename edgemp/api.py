@@ -95,9 +95,9 @@ def validate(
     specs = [TensorSpec(s.name, tuple(None if d < 0 else d for d in s.shape),
                         s.dtype if s.dtype.startswith(("int", "uint", "bool")) and not s.scale else "float32")
              for s in c.inputs]
-    from edgemp.pipeline import _preprocessing
+    from edgemp.config import as_preprocessing
 
-    pre = _preprocessing(preprocessing)
+    pre = as_preprocessing(preprocessing)
     opts = RuntimeOptions(num_threads=num_threads, xnnpack=xnnpack, delegates=delegates,  # type: ignore[arg-type]
                           latency_runs=latency_runs)
     predict, ref_name, ref_outputs = _reference(reference, unsafe_load)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -303,3 +304,60 @@ def __getattr__(name: str) -> Any:
 
         return {p: s.fidelity_floor for p, s in _REGISTRY.items()}
     raise AttributeError(f"module 'edgemp.config' has no attribute {name!r}")
+
+
+# flat keywords of earlier releases -> the option group that holds them now
+_GROUPS = {
+    "data": (DataOptions, {"num_calibration_samples": "num_calibration_samples", "seed": "seed",
+                           "max_validation_samples": "max_validation_samples", "batch_size": "batch_size",
+                           "class_names": "class_names"}),
+    "gate": (GateOptions, {"max_accuracy_drop": "max_accuracy_drop", "min_sqnr_db": "min_sqnr_db",
+                           "min_cosine": "min_cosine", "metric": "metric", "output_tasks": "output_tasks",
+                           "label_output": "label_output"}),
+    "mixed": (MixedOptions, {"max_float_layers": "max_float_layers", "keep_float": "keep_float",
+                             "never_float": "never_float", "executor": "executor", "ray_address": "ray_address"}),
+    "runtime": (RuntimeOptions, {"num_threads": "num_threads", "xnnpack": "xnnpack", "delegates": "delegates",
+                                 "latency_runs": "latency_runs"}),
+    "coreml": (CoreMLOptions, {"coreml_precision": "precision", "coreml_fp32_ops": "fp32_ops",
+                               "coreml_image_input": "image_input",
+                               "minimum_deployment_target": "minimum_deployment_target"}),
+    "onnx": (OnnxOptions, {}),
+}
+
+
+def group_options(data: Any, gate: Any, mixed: Any, runtime: Any, coreml: Any, onnx: Any,
+                  flat: dict[str, Any]) -> dict[str, Any]:
+    """The option groups, from the group objects given and the flat keywords of earlier releases."""
+    given = {"data": data, "gate": gate, "mixed": mixed, "runtime": runtime, "coreml": coreml, "onnx": onnx}
+    known = {k: g for g, (_, fields) in _GROUPS.items() for k in fields}
+    unknown = sorted(set(flat) - set(known))
+    if unknown:
+        raise InputError(f"convert() got unknown keyword(s) {unknown}; options are grouped as data=, gate=, mixed=, "
+                         "runtime=, coreml=, onnx= (see help(edgemp.convert)).")
+    out = {}
+    for group, (cls, fields) in _GROUPS.items():
+        mine = {fields[k]: v for k, v in flat.items() if k in fields}
+        obj = given[group]
+        if obj is not None and not isinstance(obj, cls):
+            obj = cls.from_dict(obj) if isinstance(obj, Mapping) else \
+                _refuse(f"{group}= must be an edgemp.{cls.__name__} (or a dict of its fields), got {obj!r}")
+        if mine:
+            if obj is not None:
+                raise InputError(f"give the {group} options once: {group}= or the keywords {sorted(mine)}, not both.")
+            warnings.warn(f"flat keywords {sorted(k for k in flat if k in fields)} are deprecated: pass {group}="
+                          f"edgemp.{cls.__name__}(...)", DeprecationWarning, stacklevel=4)
+            obj = cls(**mine)
+        out[group] = obj if obj is not None else cls()
+    return out
+
+
+def _refuse(message: str) -> Any:
+    raise InputError(message)
+
+
+def as_preprocessing(value: Any) -> Preprocessing | None:
+    if value is None or isinstance(value, Preprocessing):
+        return value
+    if isinstance(value, Mapping):
+        return Preprocessing.from_dict(value)
+    raise InputError(f"preprocessing must be an edgemp.Preprocessing or a dict of its fields, got {value!r}.")

@@ -12,7 +12,6 @@ import functools
 import logging
 import shutil
 import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from edgemp._versions import versions
 from edgemp.calibration import CalibrationSet, load_calibration
 from edgemp.calibration.checks import check_ranges
 from edgemp.config import (CoreMLOptions, DataOptions, GateOptions, IODType, Layout, MixedOptions, OnnxOptions,
-                           Preprocessing, RuntimeOptions, parse_enum)
+                           Preprocessing, RuntimeOptions, as_preprocessing, group_options, parse_enum)
 from edgemp.errors import CalibrationError, InputError, MixedPrecisionError, QualityGateError, public
 from edgemp.precisions import Precision, precision_spec
 from edgemp.sources import load_source
@@ -33,25 +32,6 @@ from edgemp.targets import TargetResult, get_target
 from edgemp.validation import Report, ValidationData
 
 log = logging.getLogger(__name__)
-
-# flat keywords of earlier releases -> the option group that holds them now
-_GROUPS = {
-    "data": (DataOptions, {"num_calibration_samples": "num_calibration_samples", "seed": "seed",
-                           "max_validation_samples": "max_validation_samples", "batch_size": "batch_size",
-                           "class_names": "class_names"}),
-    "gate": (GateOptions, {"max_accuracy_drop": "max_accuracy_drop", "min_sqnr_db": "min_sqnr_db",
-                           "min_cosine": "min_cosine", "metric": "metric", "output_tasks": "output_tasks",
-                           "label_output": "label_output"}),
-    "mixed": (MixedOptions, {"max_float_layers": "max_float_layers", "keep_float": "keep_float",
-                             "never_float": "never_float", "executor": "executor", "ray_address": "ray_address"}),
-    "runtime": (RuntimeOptions, {"num_threads": "num_threads", "xnnpack": "xnnpack", "delegates": "delegates",
-                                 "latency_runs": "latency_runs"}),
-    "coreml": (CoreMLOptions, {"coreml_precision": "precision", "coreml_fp32_ops": "fp32_ops",
-                               "coreml_image_input": "image_input",
-                               "minimum_deployment_target": "minimum_deployment_target"}),
-    "onnx": (OnnxOptions, {}),
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class ConvertResult:
@@ -100,7 +80,7 @@ def convert(model: Any, precision: str | Precision = "int8", calibration: Any = 
     How artifacts are judged: docs/validation.md; the families that convert at each precision: docs/families.md.
     """
     conv = Conversion(model, precision, calibration, validation, output_dir,
-                      options=_options(data, gate, mixed, runtime, coreml, onnx, flat), example_input=example_input,
+                      options=group_options(data, gate, mixed, runtime, coreml, onnx, flat), example_input=example_input,
                       input_layout=input_layout, io_dtype=io_dtype, targets=targets, preprocessing=preprocessing,
                       name=name, force=force, strict=strict, progress=progress, unsafe_load=unsafe_load)
     with conv:
@@ -137,7 +117,7 @@ class Conversion:
         self.force, self.strict, self.unsafe_load = force, strict, unsafe_load
         self.progress = P.optional_flag("progress", progress)
         self.name = P.text("name", name, none_ok=True)
-        self.preprocessing = _preprocessing(preprocessing)
+        self.preprocessing = as_preprocessing(preprocessing)
         from edgemp.sources import is_qat_module
 
         self.qat = is_qat_module(model)
@@ -396,44 +376,6 @@ class Conversion:
             if self.strict:
                 raise QualityGateError("validation failed: " + "; ".join(report.failures), report)
         return result
-
-
-def _options(data: Any, gate: Any, mixed: Any, runtime: Any, coreml: Any, onnx: Any,
-             flat: dict[str, Any]) -> dict[str, Any]:
-    """The option groups, from the group objects given and the flat keywords of earlier releases."""
-    given = {"data": data, "gate": gate, "mixed": mixed, "runtime": runtime, "coreml": coreml, "onnx": onnx}
-    known = {k: g for g, (_, fields) in _GROUPS.items() for k in fields}
-    unknown = sorted(set(flat) - set(known))
-    if unknown:
-        raise InputError(f"convert() got unknown keyword(s) {unknown}; options are grouped as data=, gate=, mixed=, "
-                         "runtime=, coreml=, onnx= (see help(edgemp.convert)).")
-    out = {}
-    for group, (cls, fields) in _GROUPS.items():
-        mine = {fields[k]: v for k, v in flat.items() if k in fields}
-        obj = given[group]
-        if obj is not None and not isinstance(obj, cls):
-            obj = cls.from_dict(obj) if isinstance(obj, Mapping) else \
-                _raise(f"{group}= must be an edgemp.{cls.__name__} (or a dict of its fields), got {obj!r}")
-        if mine:
-            if obj is not None:
-                raise InputError(f"give the {group} options once: {group}= or the keywords {sorted(mine)}, not both.")
-            warnings.warn(f"flat keywords {sorted(k for k in flat if k in fields)} are deprecated: pass {group}="
-                          f"edgemp.{cls.__name__}(...)", DeprecationWarning, stacklevel=4)
-            obj = cls(**mine)
-        out[group] = obj if obj is not None else cls()
-    return out
-
-
-def _raise(message: str) -> Any:
-    raise InputError(message)
-
-
-def _preprocessing(value: Any) -> Preprocessing | None:
-    if value is None or isinstance(value, Preprocessing):
-        return value
-    if isinstance(value, Mapping):
-        return Preprocessing.from_dict(value)
-    raise InputError(f"preprocessing must be an edgemp.Preprocessing or a dict of its fields, got {value!r}.")
 
 
 def _app_preprocessing(cal: CalibrationSet | None, layout: Layout) -> dict[str, Any] | None:

@@ -86,9 +86,9 @@ def _initialise(qat: Any, source: Any, calibration: Any, n: int, preprocessing: 
 
     from edgemp.calibration import load_calibration
     from edgemp.config import Layout, Preprocessing
-    from edgemp.pipeline import _preprocessing
+    from edgemp.config import as_preprocessing
 
-    pre = _preprocessing(preprocessing)
+    pre = as_preprocessing(preprocessing)
     pre = dataclasses.replace(pre or Preprocessing(), layout=Layout.NCHW)
     cal = load_calibration(calibration, source.input_specs(), num_samples=n, seed=seed, preprocessing=pre,
                            progress=progress)
