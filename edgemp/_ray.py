@@ -90,6 +90,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             if address is None:
                 ray.init(num_cpus=num_cpus, **options)
             else:
+                check_reachable(address)
                 ray.init(address=address, **options)
         except ConnectionError as exc:
             raise InputError(f"cannot connect to the Ray cluster at {address!r} ({exc}): check the address "
@@ -103,6 +104,28 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """An explicit host:port that accepts no connection is refused now: Ray itself retries it for minutes before it
+    gives up. ('auto' and other forms are left to Ray, which answers those quickly.)"""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number: Ray's own error says what it expects
+        return
+    if not host or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(f"cannot reach the Ray cluster at {address!r} ({host}:{port}: "
+                         f"{exc.strerror or type(exc).__name__}): check the address and that the head node is running "
+                         "(`ray start --head` prints it; ray://<head>:10001 for a client, <head>:6379 on a cluster "
+                         "node), or leave it out for a local Ray.") from exc
 
 
 def put(value: Any) -> Any:

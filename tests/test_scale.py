@@ -192,3 +192,21 @@ def test_a_model_file_is_converted_and_calibrated_once(tmp_path: Path, monkeypat
     assert c.artifacts["tflite"].read_bytes() == a.artifacts["tflite"].read_bytes()
     monkeypatch.setenv("EDGEMP_ARTIFACT_CACHE", "0")
     assert run("d").report["reused"] == {"float_tflite": False, "statistics": False} and len(calls) == 3
+
+
+def test_an_unreachable_ray_address_is_refused_at_once(tmp_path: Path) -> None:
+    """Ray retries an address it cannot reach for minutes; edgemp checks the port first and names the fix."""
+    pytest.importorskip("ray")
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on: bound, then closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    x, _ = digits()
+    t0 = time.perf_counter()
+    with pytest.raises(errors.InputError, match=rf"cannot reach the Ray cluster at 'ray://127.0.0.1:{port}'.*head"):
+        edgemp.analyze(deep_mlp(), x[:50], x[N_TRAIN:], tmp_path / "a", progress=False, executor="ray",
+                       ray_address=f"ray://127.0.0.1:{port}")
+    assert time.perf_counter() - t0 < 60
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
