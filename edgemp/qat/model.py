@@ -59,35 +59,75 @@ _ALSO_INT8 = ("mean.dim", "sum.dim_IntList", "rsqrt.default", "sqrt.default", "d
 
 
 # aten ops litert-torch lowers to more than one TFLite op with no quantization between them (SiLU becomes LOGISTIC and
-# MUL): split in the exported graph before it is prepared, so each part gets its own fake quantization, as the int8
-# kernels compute it. name -> (the ops, as a function of the node's input).
-def _silu(g: Any, x: Any) -> Any:
-    return g.call_function(torch.ops.aten.mul.Tensor, (x, g.call_function(torch.ops.aten.sigmoid.default, (x,))))
+# MUL; LayerNorm MEAN, SQUARED_DIFFERENCE, ADD, RSQRT, MUL...): split in the exported graph before it is prepared, so
+# each part gets its own fake quantization, as the int8 kernels compute it (a LayerNorm left whole has no fake
+# quantization inside and exports as float ops the int8 label refuses). name -> (the ops, from the node).
+def _call(g: Any, op: Any, *args: Any) -> Any:
+    return g.call_function(op, args)
 
 
-def _hardsigmoid(g: Any, x: Any) -> Any:  # relu6(x + 3) / 6, as TFLite computes it (ADD, RELU6, MUL)
-    shifted = g.call_function(torch.ops.aten.add.Tensor, (x, 3.0))
-    return g.call_function(torch.ops.aten.mul.Tensor,
-                           (g.call_function(torch.ops.aten.hardtanh.default, (shifted, 0.0, 6.0)), 1 / 6))
+def _silu(g: Any, node: Any) -> Any:
+    x = node.args[0]
+    return _call(g, torch.ops.aten.mul.Tensor, x, _call(g, torch.ops.aten.sigmoid.default, x))
+
+
+def _hardsigmoid(g: Any, node: Any) -> Any:  # relu6(x + 3) / 6, as TFLite computes it (ADD, RELU6, MUL)
+    shifted = _call(g, torch.ops.aten.add.Tensor, node.args[0], 3.0)
+    return _call(g, torch.ops.aten.mul.Tensor, _call(g, torch.ops.aten.hardtanh.default, shifted, 0.0, 6.0), 1 / 6)
+
+
+def _layer_norm(g: Any, node: Any) -> Any:
+    """(x - mean) * rsqrt(mean((x - mean)^2) + eps) * weight + bias, over the normalized dimensions."""
+    aten = torch.ops.aten
+    x, shape = node.args[0], node.args[1]
+    weight, bias = (node.args[i] if len(node.args) > i else node.kwargs.get(k) for i, k in ((2, "weight"), (3, "bias")))
+    eps = node.args[4] if len(node.args) > 4 else node.kwargs.get("eps", 1e-5)
+    dims = list(range(-len(shape), 0))
+    centred = _call(g, aten.sub.Tensor, x, _call(g, aten.mean.dim, x, dims, True))
+    var = _call(g, aten.mean.dim, _call(g, aten.mul.Tensor, centred, centred), dims, True)
+    out = _call(g, aten.mul.Tensor, centred, _call(g, aten.rsqrt.default, _call(g, aten.add.Tensor, var, eps)))
+    if weight is not None:
+        out = _call(g, aten.mul.Tensor, out, weight)
+    return out if bias is None else _call(g, aten.add.Tensor, out, bias)
+
+
+def _attention(g: Any, node: Any) -> Any:
+    """softmax(q @ k^T * scale) @ v, as litert-torch lowers scaled_dot_product_attention (BATCH_MATMUL, MUL,
+    SOFTMAX, BATCH_MATMUL). A mask, causal attention, dropout or grouped heads: left whole (None)."""
+    aten = torch.ops.aten
+    q, k, v = node.args[:3]
+    named = dict(zip(("attn_mask", "dropout_p", "is_causal"), node.args[3:6], strict=False)) | node.kwargs
+    if named.get("attn_mask") is not None or named.get("dropout_p") or named.get("is_causal") or \
+            named.get("enable_gqa") or not isinstance(q.meta.get("val"), torch.Tensor):
+        return None
+    scale = named.get("scale") or q.meta["val"].shape[-1] ** -0.5
+    scores = _call(g, aten.mul.Tensor, _call(g, aten.matmul.default, q, _call(g, aten.transpose.int, k, -2, -1)),
+                   float(scale))
+    return _call(g, aten.matmul.default, _call(g, aten.softmax.int, scores, -1), v)
 
 
 _SPLIT = {"silu.default": _silu, "silu_.default": _silu, "hardsigmoid.default": _hardsigmoid,
-          "hardsigmoid_.default": _hardsigmoid}
+          "hardsigmoid_.default": _hardsigmoid, "layer_norm.default": _layer_norm,
+          "scaled_dot_product_attention.default": _attention}
 
 
 def split_fused_activations(gm: Any) -> Any:
-    """Rewrite `gm` (an exported GraphModule) in place: see _SPLIT."""
+    """Rewrite `gm` (an exported GraphModule) in place: see _SPLIT. The new nodes get their tensor metadata (shape,
+    dtype) by running them on the graph's fake tensors, as export would have."""
+    from torch._guards import detect_fake_mode
+
+    fake_mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes])
     changed = False
     for node in list(gm.graph.nodes):
         split = _SPLIT.get(str(node.target).removeprefix("aten.")) if node.op == "call_function" else None
         if split is None:
             continue
+        before = set(gm.graph.nodes)
         with gm.graph.inserting_before(node):
-            new = split(gm.graph, node.args[0])
-        new.meta.update(node.meta)
-        for n in (new, *new.all_input_nodes):
-            if "val" not in n.meta and "val" in node.meta:
-                n.meta["val"] = node.meta["val"]
+            new = split(gm.graph, node)
+        if new is None:
+            continue
+        _add_meta([n for n in gm.graph.nodes if n not in before], node, fake_mode)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         changed = True
@@ -95,6 +135,21 @@ def split_fused_activations(gm: Any) -> Any:
         gm.graph.lint()
         gm.recompile()
     return gm
+
+
+def _add_meta(nodes: list[Any], replaced: Any, fake_mode: Any) -> None:
+    """The replaced node's metadata (source location, module stack: what names the layer in reports) on every new
+    node, and each one's own "val" computed from its inputs' (the replaced node's when that cannot be done)."""
+    def val(a: Any) -> Any:
+        return a.meta.get("val") if isinstance(a, torch.fx.Node) else a
+
+    for n in nodes:  # in graph order: inputs before users
+        n.meta.update({k: v for k, v in replaced.meta.items() if k != "val"})
+        try:
+            with fake_mode if fake_mode is not None else contextlib.nullcontext():
+                n.meta["val"] = n.target(*[val(a) for a in n.args])
+        except Exception:  # noqa: BLE001 - metadata only: the dtype is what preparation reads
+            n.meta["val"] = replaced.meta.get("val")
 
 
 # TFLite's int8 RSQRT returns its largest output for an input of 0 ("any value close to 0 represents the max output
