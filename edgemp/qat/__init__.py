@@ -38,7 +38,7 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     from edgemp.qat.model import (QATModel, check_module, int8_quantizer, patterns_as_modules, saturate_rsqrt,
-                                  split_fused_activations)
+                                  split_composite_ops)
     from edgemp.sources.onnx_export import quiet
     from edgemp.sources.torch import load_torch
 
@@ -64,7 +64,7 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
                               "reshapes (use x.flatten(1) or x.shape[0]).") from exc
     quantizer = int8_quantizer(learn_ranges)
     with patterns_as_modules(), quiet():
-        prepared = prepare_qat_pt2e(split_fused_activations(exported.module()), quantizer)
+        prepared = prepare_qat_pt2e(split_composite_ops(exported.module()), quantizer)
     saturating = saturate_rsqrt(prepared)
     qat = QATModel(prepared, float_model, source.example_args, quantizer, source.layout, source.name)
     qat.saturating = saturating

@@ -111,7 +111,7 @@ _SPLIT = {"silu.default": _silu, "silu_.default": _silu, "hardsigmoid.default": 
           "scaled_dot_product_attention.default": _attention}
 
 
-def split_fused_activations(gm: Any) -> Any:
+def split_composite_ops(gm: Any) -> Any:
     """Rewrite `gm` (an exported GraphModule) in place: see _SPLIT. The new nodes get their tensor metadata (shape,
     dtype) by running them on the graph's fake tensors, as export would have."""
     from torch._guards import detect_fake_mode
