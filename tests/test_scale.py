@@ -210,3 +210,33 @@ def test_an_unreachable_ray_address_is_refused_at_once(tmp_path: Path) -> None:
                        ray_address=f"ray://127.0.0.1:{port}")
     assert time.perf_counter() - t0 < 60
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+
+
+def test_candidates_on_threads_draw_no_quantizer_progress_bars(capfd: pytest.CaptureFixture[str]) -> None:
+    """The quantizer draws a tqdm bar for models of 100+ tensors even when asked not to; on a candidate thread (where
+    stderr is not swapped) it reached the user's terminal once per candidate."""
+    import threading
+
+    import keras
+    import tensorflow as tf
+
+    from edgemp.quantize import engine
+    from edgemp.quantize.recipes import float_rule, static_rule
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    t = inp
+    for i in range(80):  # 161 tensors to transform: the quantizer's bar shows from 100
+        t = keras.layers.Dense(8, activation="relu", name=f"d{i}")(t)
+    float_tflite = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, t)).convert()
+    key = next(iter(__import__("ai_edge_litert.interpreter", fromlist=["Interpreter"]).Interpreter(
+        model_content=float_tflite).get_signature_runner().get_input_details()))
+    stats = engine.calibrate(float_tflite, [{key: np.random.default_rng(i).random((1, 8), np.float32)} for i in range(8)])
+    capfd.readouterr()
+    out: list[bytes] = []
+    worker = threading.Thread(target=lambda: out.append(engine.apply_recipe(
+        float_tflite, [static_rule(8), float_rule(regex=".*d3/.*")], stats, candidate=True)))
+    worker.start()
+    worker.join()
+    assert out and len(out[0]) > 0
+    assert "Applying Transformations" not in capfd.readouterr().err

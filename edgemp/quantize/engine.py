@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from edgemp.calibration.data import Sample
@@ -110,7 +110,7 @@ def _apply(float_tflite: bytes, recipe: Recipe, statistics: Statistics | None, c
     # one recipe never sees another's (candidates on threads share one dict, and the order they run in would leak in)
     stats = copy.deepcopy(statistics) if statistics is not None and qt.need_calibration else None
     try:
-        with _silenced():
+        with _silenced(), _no_progress_bars():
             result = qt.quantize(stats, enable_progress_report=False, enable_progress_bar=False)
     except Exception as exc:
         raise ConversionError(f"quantization failed: {type(exc).__name__}: {exc}") from exc
@@ -151,6 +151,28 @@ def release_parsed() -> None:
 def _quiet_quantizer() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """quantize(enable_progress_bar=False) does not reach the model modifier (ai-edge-quantizer 0.10: quantizer.py
+    calls _get_quantized_model without it), which draws a tqdm bar for models of 100 tensors or more; on a candidate
+    thread, where stderr is not swapped, that bar reached the user's terminal once per candidate. Off while this
+    process's one quantization runs (callers hold _QUANTIZE_LOCK)."""
+    from ai_edge_quantizer.utils import progress_utils
+
+    original = progress_utils.ProgressBar
+
+    class Off(original):  # type: ignore[misc, valid-type]
+        def __init__(self, total_steps: int, description: str = "", disappear_on_finish: bool = False,
+                     enable: bool | None = None) -> None:
+            super().__init__(total_steps, description, disappear_on_finish, enable=False)
+
+    progress_utils.ProgressBar = Off
+    try:
+        yield
+    finally:
+        progress_utils.ProgressBar = original
 
 
 @contextlib.contextmanager
