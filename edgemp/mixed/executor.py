@@ -18,7 +18,8 @@ from typing import Any
 
 from edgemp.errors import ConversionError
 from edgemp.mixed.scoring import Score, Scorer
-from edgemp.quantize import Statistics, apply_recipe, calibrate, merge_statistics
+from edgemp import quantize
+from edgemp.quantize import Statistics, apply_recipe, merge_statistics
 from edgemp.quantize.engine import release_parsed
 
 
@@ -43,7 +44,7 @@ def build_and_score(recipe: Any, float_tflite: bytes, statistics: Statistics, sc
 
 def calibrate_shard(samples: Sequence[Any], float_tflite: bytes, num_threads: int) -> Statistics:
     """A Ray task: the statistics of a few consecutive calibration samples."""
-    return calibrate(float_tflite, samples, num_threads=num_threads, progress=False)
+    return quantize.calibrate(float_tflite, samples, num_threads=num_threads, progress=False)
 
 
 CALIBRATION_SHARD_MIN = 16  # samples: fewer per worker and parsing the model costs more than the shard saves
@@ -113,7 +114,7 @@ class Executor:
         """The calibration statistics (in this process: one pass on this thread; the quantizer's calibrator is
         Python work per tensor that threads would not overlap)."""
         self.calibration_shards = 1
-        return calibrate(float_tflite, samples, num_threads=num_threads, progress=progress)
+        return quantize.calibrate(float_tflite, samples, num_threads=num_threads, progress=progress)
 
     def close(self) -> None:
         """Release what the executor holds (nothing in-process)."""
