@@ -181,6 +181,53 @@ def test_a_transformer_trains_and_exports_fully_integer(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_qat_trains_the_constants_the_tflite_stores(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A per-pixel standardisation, (x - mean) / std with buffers: the .tflite stores mean and 1/std as int8 tensors
+    with one scale each, which wipes out most pixels here (PTQ ~11%). Fake quantization skipped those constants, so
+    QAT trained to ~92% in PyTorch and exported at ~11%: now training sees the same rounding, and the module's own
+    accuracy is the artifact's."""
+    from torch import nn
+
+    x, y = data
+    x = x * 16.0  # raw 0..16 pixels
+    flat = x[:N_TRAIN].reshape(N_TRAIN, -1)
+
+    class PixelStd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.from_numpy(flat.mean(0, keepdims=True)))
+            self.register_buffer("std", torch.from_numpy(flat.std(0, keepdims=True) + 1e-3))
+            self.net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.net((t.flatten(1) - self.mean) / self.std)
+
+    torch.manual_seed(0)
+    model = PixelStd()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    xt, yt = torch.from_numpy(x[:N_TRAIN]), torch.from_numpy(y[:N_TRAIN])
+    for _ in range(600):
+        idx = torch.randint(0, N_TRAIN, (64,))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+        opt.step()
+    xv, yv = x[N_TRAIN:], y[N_TRAIN:]
+
+    def top1(m: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float((m.eval()(torch.from_numpy(xv)).argmax(1).numpy() == yv).mean())
+
+    assert top1(model) > 0.85
+    qat = edgemp.prepare_qat(model, torch.zeros(1, 1, 8, 8), x[:200], preprocessing={"scale": 1.0}, progress=False)
+    edgemp.finetune_qat(qat, (x[:N_TRAIN], y[:N_TRAIN]), epochs=1, progress=False)
+    r = edgemp.convert(qat, "int8", None, (xv, yv), tmp_path, progress=False, preprocessing={"scale": 1.0},
+                       runtime=edgemp.RuntimeOptions(latency_runs=1))
+    assert set(r.report["census"]["compute_counts"]) == {"int8"}
+    assert abs(r.report["validation"]["accuracy"]["top1"] - top1(qat)) < 0.02
+    assert not r.passed  # int8 cannot hold these constants: the gate says so, whatever the training did
+
+
+@pytest.mark.slow
 def test_users_own_training_loop(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, y = data
     qat = edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:100], progress=False)

@@ -111,13 +111,44 @@ _SPLIT = {"silu.default": _silu, "silu_.default": _silu, "hardsigmoid.default": 
           "scaled_dot_product_attention.default": _attention}
 
 
+def _divide_as_tflite(gm: Any) -> bool:
+    """x / c with c a constant tensor -> x * (1 / c), as the TFLite converter writes it (a MUL by the reciprocal): the
+    constant that training fake-quantizes is then the one the .tflite stores in int8."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or str(node.target).removeprefix("aten.") != "div.Tensor" or \
+                _constant(gm, node.args[1]) is None:
+            continue
+        name = "edgemp_reciprocal_" + str(node.args[1].target).replace(".", "_")
+        if not hasattr(gm, name):
+            gm.register_buffer(name, 1.0 / _constant(gm, node.args[1]))
+        with gm.graph.inserting_before(node):
+            inverse = gm.graph.get_attr(name)
+            mul = _call(gm.graph, torch.ops.aten.mul.Tensor, node.args[0], inverse)
+        mul.meta.update(node.meta)
+        node.replace_all_uses_with(mul)
+        gm.graph.erase_node(node)
+        changed = True
+    return changed
+
+
+def _constant(gm: Any, arg: Any) -> torch.Tensor | None:
+    """The float tensor a get_attr node reads (a buffer or parameter used as an operand), else None."""
+    if not isinstance(arg, torch.fx.Node) or arg.op != "get_attr":
+        return None
+    value: Any = gm
+    for part in str(arg.target).split("."):
+        value = getattr(value, part, None)
+    return value if isinstance(value, torch.Tensor) and value.is_floating_point() else None
+
+
 def split_composite_ops(gm: Any) -> Any:
     """Rewrite `gm` (an exported GraphModule) in place: see _SPLIT. The new nodes get their tensor metadata (shape,
     dtype) by running them on the graph's fake tensors, as export would have."""
     from torch._guards import detect_fake_mode
 
     fake_mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes])
-    changed = False
+    changed = _divide_as_tflite(gm)
     for node in list(gm.graph.nodes):
         split = _SPLIT.get(str(node.target).removeprefix("aten.")) if node.op == "call_function" else None
         if split is None:
@@ -239,6 +270,7 @@ def _annotate_remaining(model: Any, config: Any) -> None:
             continue
         ann = node.meta.get("quantization_annotation")
         if ann is not None and ann._annotated:
+            _quantize_constants(model, node, ann.input_qspec_map, act_in)
             continue
         inputs = {a: act_in for a in node.args if isinstance(a, torch.fx.Node) and a.op != "get_attr" and _is_float(a)}
         out = act_out
@@ -246,8 +278,23 @@ def _annotate_remaining(model: Any, config: Any) -> None:
             scale, zero_point = _FIXED_OUTPUT[op]
             out = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=-128,
                                                quant_max=127, qscheme=torch.per_tensor_affine)
+        _quantize_constants(model, node, inputs, act_in)
         node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=inputs, output_qspec=out,
                                                                       _annotated=True)
+
+
+# Elementwise ops whose constant tensor operand (a normalisation's mean and 1/std, a LayerNorm's weight and bias)
+# the .tflite stores as an int8 tensor with one scale: fake-quantized in training the same way, or training never
+# sees that rounding (a per-pixel standardisation trained to 92% in PyTorch and exported at 11%).
+_CONSTANT_OPERANDS = ("mul.Tensor", "add.Tensor", "sub.Tensor")
+
+
+def _quantize_constants(model: Any, node: Any, inputs: dict[Any, Any], spec: Any) -> None:
+    if str(node.target).removeprefix("aten.") not in _CONSTANT_OPERANDS:
+        return
+    for a in node.args:
+        if a not in inputs and _constant(model, a) is not None:
+            inputs[a] = spec
 
 
 def _is_float(node: Any) -> bool:
