@@ -8,6 +8,8 @@ Models (trained here, 3 epochs, on Fashion-MNIST as raw 0..255 pixels, cached un
   - mobilenetv1: MobileNetV1's depthwise-separable blocks with batch norm and ReLU6 (the architecture the
     quantization white paper reports PTQ hurting most).
   - vit: a tiny pre-norm ViT (7x7 patches, LayerNorm, 4-head attention written out, GELU MLP).
+  - pixel_std_mlp: an MLP on inputs standardised per pixel inside the model ((x - mean) / std): the .tflite stores
+    1/std (0.01 to 10.7) as one int8 tensor with one scale, so most pixels' factors round to 0.
 Float vs PTQ int8 vs mixed (top-1 drop <= 0.3 points, at most 10% of the layers in float) vs QAT int8
 (edgemp.prepare_qat + edgemp.finetune_qat on 20,000 training images, then convert at int8): top-1 on the 8,000
 held-out test images (the search and the gate see test images 0..1999), float layers, size, host latency (side by
@@ -33,7 +35,7 @@ from benchmarks._common import write_results, cpu_description, side_by_side_late
 
 SEARCH, HELD_OUT = slice(0, 2000), slice(2000, None)
 VERSION = "v1"
-KINDS = ("sensitive_twin", "sensitive_twin_clamped", "efficientnet", "mobilenetv1", "vit")
+KINDS = ("sensitive_twin", "sensitive_twin_clamped", "efficientnet", "mobilenetv1", "vit", "pixel_std_mlp")
 TUNED = "fp32 + QAT's fine-tuning"  # the float model trained as much as QAT trains it, without quantization
 QAT_ROWS = {"qat int8": False, "qat int8 (learned ranges)": True}  # row -> prepare_qat(learn_ranges=...)
 
@@ -151,8 +153,25 @@ def build(kind: str) -> Any:
             t = self.embed(x / 255.0).flatten(2).transpose(1, 2) + self.pos
             return self.head(self.norm(self.blocks(t)).mean(dim=1))
 
+    class PixelStdMLP(nn.Module):
+        """An MLP on per-pixel standardised inputs, the standardisation inside the model ((x - mean) / std with the
+        training set's per-pixel statistics, as sklearn's StandardScaler gives them)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            from edgemp.demo import fashion_mnist
+
+            pixels = fashion_mnist("train")[0].reshape(-1, 784) * 255.0
+            self.register_buffer("mean", torch.from_numpy(pixels.mean(0, keepdims=True)))
+            self.register_buffer("std", torch.from_numpy(pixels.std(0, keepdims=True) + 1e-3))
+            self.net = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net((x.flatten(1) - self.mean) / self.std)
+
     return {"sensitive_twin": JoinCNN, "sensitive_twin_clamped": lambda: JoinCNN(floor=1.0, clamped=True),
-            "efficientnet": TinyEfficientNet, "mobilenetv1": TinyMobileNetV1, "vit": TinyViT}[kind]()
+            "efficientnet": TinyEfficientNet, "mobilenetv1": TinyMobileNetV1, "vit": TinyViT,
+            "pixel_std_mlp": PixelStdMLP}[kind]()
 
 
 def trained(kind: str, x: np.ndarray, y: np.ndarray, epochs: int = 3) -> tuple[Any, float | None]:

@@ -237,10 +237,10 @@ def int8_quantizer(learn_ranges: bool = False) -> Any:
 
         def annotate(self, model: Any) -> Any:
             model = super().annotate(model)
-            _annotate_remaining(model, self.global_config)
+            _annotate_remaining(model, self.global_config, observed.input_activation)
             return model
 
-    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+    config = observed = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
     if learn_ranges:
         from torchao.quantization.pt2e import LearnableFakeQuantize
         from torchao.quantization.pt2e.observer import MovingAverageMinMaxObserver
@@ -259,7 +259,9 @@ _FIXED_OUTPUT = {"sigmoid.default": (1 / 256, -128), "softmax.int": (1 / 256, -1
                  "tanh.default": (1 / 128, 0)}
 
 
-def _annotate_remaining(model: Any, config: Any) -> None:
+def _annotate_remaining(model: Any, config: Any, constants: Any) -> None:
+    """`constants`: the spec of constant operands (observed min/max, never learned: a constant's range is known, and
+    LSQ scales on constants drove a per-pixel standardisation to chance)."""
     from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
     from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationAnnotation
 
@@ -270,7 +272,7 @@ def _annotate_remaining(model: Any, config: Any) -> None:
             continue
         ann = node.meta.get("quantization_annotation")
         if ann is not None and ann._annotated:
-            _quantize_constants(model, node, ann.input_qspec_map, act_in)
+            _quantize_constants(model, node, ann.input_qspec_map, constants)
             continue
         inputs = {a: act_in for a in node.args if isinstance(a, torch.fx.Node) and a.op != "get_attr" and _is_float(a)}
         out = act_out
@@ -278,7 +280,7 @@ def _annotate_remaining(model: Any, config: Any) -> None:
             scale, zero_point = _FIXED_OUTPUT[op]
             out = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=-128,
                                                quant_max=127, qscheme=torch.per_tensor_affine)
-        _quantize_constants(model, node, inputs, act_in)
+        _quantize_constants(model, node, inputs, constants)
         node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=inputs, output_qspec=out,
                                                                       _annotated=True)
 
