@@ -342,6 +342,10 @@ def to_markdown(d: dict[str, Any]) -> str:
               "max(sum(v^2), 1) (embeddings shorter than 1 are left as they are), trained the same way. On both, PTQ "
               "loses more than 5 points because the concatenation's one int8 scale is set by the raw brightness it "
               "joins; `learned ranges` trains the activation scales too (prepare_qat(learn_ranges=True), LSQ).", "",
+              "pixel_std_mlp standardises each pixel inside the model; the .tflite stores 1/std (0.01 to 10.7) as one "
+              "int8 tensor with one scale, which rounds most pixels' factors to 0: QAT trains with that rounding (as "
+              "the artifact computes) and learns to use what survives, but cannot restore the rest; mixed keeps that "
+              "one MUL in float.", "",
               "Trained honestly on this data, the EfficientNet and MobileNetV1 blocks and the tiny ViT lose under "
               "0.1 point with PTQ "
               "(per-channel weights); so did a batch-normalised CNN joined with the raw brightness (0.27 points), a "
