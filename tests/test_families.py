@@ -105,6 +105,46 @@ def test_torch_attention_is_fully_integer_and_weights_are_only_constants(tmp_pat
 
 
 @pytest.mark.slow
+def test_a_fully_connected_bias_of_rank_4_is_flattened_before_quantization() -> None:
+    """The converter folds ConvNeXt's LayerScale (gamma * Linear(x)) into the Linear with a bias of shape (1, 1, 1, C)
+    (found on a trained tiny ConvNeXt); the quantizer gave that bias C scales along its first dimension, of size 1,
+    and LiteRT refused the int8 model ("num_scales must be 1 ... but got C"). Flattened to (C,) first, exactly."""
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgemp.quantize import apply_recipe, calibrate, recipe_for
+    from edgemp.quantize.rewrites import pack, prepare_for_quantization
+    from edgemp.targets.tflite.census import _schema
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    dense = {"bias_initializer": "random_normal"}  # a zero bias is dropped by the converter
+    model = keras.Model(inp, keras.layers.Dense(10, **dense)(keras.layers.Dense(16, activation="relu", **dense)(inp)))
+    flat = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    schema = _schema()[0]
+    m = schema.ModelT.InitFromPackedBuf(flat, 0)
+    sg = m.subgraphs[0]
+    fc = [op for op in sg.operators if max(m.operatorCodes[op.opcodeIndex].builtinCode,
+                                           m.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode) == 9]
+    for op in fc:  # what the converter writes for a folded LayerScale
+        sg.tensors[op.inputs[2]].shape = np.array([1, 1, 1, sg.tensors[op.inputs[2]].shape[-1]], np.int32)
+    rank4 = pack(m, len(flat))
+    x = np.random.default_rng(0).random((32, 8), np.float32)
+    key = next(iter(Interpreter(model_content=rank4).get_signature_runner().get_input_details()))
+    samples = [{key: x[i : i + 1]} for i in range(16)]
+    with pytest.raises(ValueError, match="num_scales"):  # the bug, on the model as the converter wrote it
+        Interpreter(model_content=apply_recipe(rank4, recipe_for("int8"), calibrate(rank4, samples))).allocate_tensors()
+    prepared = prepare_for_quantization(rank4)
+    assert prepared.rewrites["FULLY_CONNECTED bias -> 1-D"] == len(fc) == 2
+    int8 = apply_recipe(prepared.model, recipe_for("int8"), calibrate(prepared.model, samples))
+    runner = Interpreter(model_content=int8).get_signature_runner()  # loads: LiteRT checks the scales here
+    out = runner(**{key: np.clip(np.round(x[:1] / runner.get_input_details()[key]["quantization"][0])
+                                 + runner.get_input_details()[key]["quantization"][1], -128, 127).astype(np.int8)})
+    assert next(iter(out.values())).shape == (1, 10)
+
+
+@pytest.mark.slow
 def test_keras_layernorm_transformer_is_fully_integer(tmp_path: Path) -> None:
     cal, _, val = _tokens()
     r = edgemp.convert(M.keras_vit(), "int8", calibration=cal, validation=val, output_dir=tmp_path, latency_runs=2)

@@ -43,7 +43,8 @@ def prepare_for_quantization(float_tflite: bytes) -> Prepared:
     m = schema.ModelT.InitFromPackedBuf(float_tflite, 0)
     if any((b.offset or 0) > 1 for b in m.buffers or []):
         return Prepared(float_tflite, {}, 0)  # external buffers would be lost in a ModelT round trip
-    counts = {"NEG->MUL": _neg_to_mul(m, schema), "SQUARE->MUL": _square_to_mul(m, schema)}
+    counts = {"NEG->MUL": _neg_to_mul(m, schema), "SQUARE->MUL": _square_to_mul(m, schema),
+              "FULLY_CONNECTED bias -> 1-D": _flat_fc_biases(m, schema)}
     exposed = _expose_dead_outputs(m)
     if not any(counts.values()) and not exposed:
         return Prepared(float_tflite, counts, 0)
@@ -149,6 +150,26 @@ def _square_to_mul(m: Any, schema: Any) -> int:
         for op in sg.operators or []:
             if _code(m, op) == schema.BuiltinOperator.SQUARE and sg.tensors[op.inputs[0]].type == schema.TensorType.FLOAT32:
                 _as_mul(op, m, schema, [int(op.inputs[0]), int(op.inputs[0])])
+                n += 1
+    return n
+
+
+def _flat_fc_biases(m: Any, schema: Any) -> int:
+    """A FULLY_CONNECTED bias of shape (1, ..., 1, C) -> (C,), the same data. The converter writes such biases when it
+    folds a per-channel scale into the layer (ConvNeXt's LayerScale); the quantizer then gives the bias C scales along
+    its first dimension, of size 1, and LiteRT refuses the model ("num_scales must be 1 ... but got 64")."""
+    n = 0
+    for sg in m.subgraphs or []:
+        for op in sg.operators or []:
+            if _code(m, op) != schema.BuiltinOperator.FULLY_CONNECTED or op.inputs is None or len(op.inputs) < 3 \
+                    or op.inputs[2] < 0:
+                continue
+            t = sg.tensors[op.inputs[2]]
+            shape = [int(d) for d in (t.shape if t.shape is not None else [])]
+            if len(shape) > 1 and all(d == 1 for d in shape[:-1]):
+                t.shape = np.array(shape[-1:], np.int32)
+                if t.shapeSignature is not None and len(t.shapeSignature):
+                    t.shapeSignature = np.array(shape[-1:], np.int32)
                 n += 1
     return n
 
