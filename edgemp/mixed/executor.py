@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
+from edgemp import quantize
 from edgemp.errors import ConversionError
 from edgemp.mixed.scoring import Score, Scorer
-from edgemp import quantize
 from edgemp.quantize import Statistics, apply_recipe, merge_statistics
 from edgemp.quantize.engine import release_parsed
 

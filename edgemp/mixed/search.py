@@ -9,10 +9,9 @@ boundaries (each is a QUANTIZE/DEQUANTIZE pair's half). Every candidate re-uses 
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 

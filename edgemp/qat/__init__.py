@@ -37,8 +37,8 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    from edgemp.qat.model import (QATModel, check_module, int8_quantizer, patterns_as_modules, saturate_rsqrt,
-                                  split_composite_ops)
+    from edgemp.qat.model import QATModel, check_module, int8_quantizer, patterns_as_modules
+    from edgemp.qat.rewrites import saturate_rsqrt, split_composite_ops
     from edgemp.sources.onnx_export import quiet
     from edgemp.sources.torch import load_torch
 
@@ -65,9 +65,8 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
     quantizer = int8_quantizer(learn_ranges)
     with patterns_as_modules(), quiet():
         prepared = prepare_qat_pt2e(split_composite_ops(exported.module()), quantizer)
-    saturating = saturate_rsqrt(prepared)
-    qat = QATModel(prepared, float_model, source.example_args, quantizer, source.layout, source.name)
-    qat.saturating = saturating
+    qat = QATModel(prepared, float_model, source.example_args, quantizer, source.layout, source.name,
+                   saturating=saturate_rsqrt(prepared))
     if calibration is not None:
         _initialise(qat, source, calibration, num_calibration_samples, preprocessing, seed, progress)
     if learn_ranges:

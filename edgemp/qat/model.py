@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from edgemp.errors import ConversionError, InputError
+from edgemp.qat.rewrites import aten_name, constant_operand, drop_rsqrt_floors
 
 
 @contextlib.contextmanager
@@ -56,172 +57,6 @@ _ALSO_INT8 = ("mean.dim", "sum.dim_IntList", "rsqrt.default", "sqrt.default", "d
               "sigmoid.default", "tanh.default", "softmax.int", "_softmax.default", "mean.default", "gelu.default",
               "hardswish.default", "silu.default", "amax.default", "minimum.default", "maximum.default",
               "square.default", "pow.Tensor_Scalar", "exp.default", "log.default")
-
-
-# aten ops litert-torch lowers to more than one TFLite op with no quantization between them (SiLU becomes LOGISTIC and
-# MUL; LayerNorm MEAN, SQUARED_DIFFERENCE, ADD, RSQRT, MUL...): split in the exported graph before it is prepared, so
-# each part gets its own fake quantization, as the int8 kernels compute it (a LayerNorm left whole has no fake
-# quantization inside and exports as float ops the int8 label refuses). name -> (the ops, from the node).
-def _call(g: Any, op: Any, *args: Any) -> Any:
-    return g.call_function(op, args)
-
-
-def _silu(g: Any, node: Any) -> Any:
-    x = node.args[0]
-    return _call(g, torch.ops.aten.mul.Tensor, x, _call(g, torch.ops.aten.sigmoid.default, x))
-
-
-def _hardsigmoid(g: Any, node: Any) -> Any:  # relu6(x + 3) / 6, as TFLite computes it (ADD, RELU6, MUL)
-    shifted = _call(g, torch.ops.aten.add.Tensor, node.args[0], 3.0)
-    return _call(g, torch.ops.aten.mul.Tensor, _call(g, torch.ops.aten.hardtanh.default, shifted, 0.0, 6.0), 1 / 6)
-
-
-def _layer_norm(g: Any, node: Any) -> Any:
-    """(x - mean) * rsqrt(mean((x - mean)^2) + eps) * weight + bias, over the normalized dimensions."""
-    aten = torch.ops.aten
-    x, shape = node.args[0], node.args[1]
-    weight, bias = (node.args[i] if len(node.args) > i else node.kwargs.get(k) for i, k in ((2, "weight"), (3, "bias")))
-    eps = node.args[4] if len(node.args) > 4 else node.kwargs.get("eps", 1e-5)
-    dims = list(range(-len(shape), 0))
-    centred = _call(g, aten.sub.Tensor, x, _call(g, aten.mean.dim, x, dims, True))
-    var = _call(g, aten.mean.dim, _call(g, aten.mul.Tensor, centred, centred), dims, True)
-    out = _call(g, aten.mul.Tensor, centred, _call(g, aten.rsqrt.default, _call(g, aten.add.Tensor, var, eps)))
-    if weight is not None:
-        out = _call(g, aten.mul.Tensor, out, weight)
-    return out if bias is None else _call(g, aten.add.Tensor, out, bias)
-
-
-def _attention(g: Any, node: Any) -> Any:
-    """softmax(q @ k^T * scale) @ v, as litert-torch lowers scaled_dot_product_attention (BATCH_MATMUL, MUL,
-    SOFTMAX, BATCH_MATMUL). A mask, causal attention, dropout or grouped heads: left whole (None)."""
-    aten = torch.ops.aten
-    q, k, v = node.args[:3]
-    named = dict(zip(("attn_mask", "dropout_p", "is_causal"), node.args[3:6], strict=False)) | node.kwargs
-    if named.get("attn_mask") is not None or named.get("dropout_p") or named.get("is_causal") or \
-            named.get("enable_gqa") or not isinstance(q.meta.get("val"), torch.Tensor):
-        return None
-    scale = named.get("scale") or q.meta["val"].shape[-1] ** -0.5
-    scores = _call(g, aten.mul.Tensor, _call(g, aten.matmul.default, q, _call(g, aten.transpose.int, k, -2, -1)),
-                   float(scale))
-    return _call(g, aten.matmul.default, _call(g, aten.softmax.int, scores, -1), v)
-
-
-_SPLIT = {"silu.default": _silu, "silu_.default": _silu, "hardsigmoid.default": _hardsigmoid,
-          "hardsigmoid_.default": _hardsigmoid, "layer_norm.default": _layer_norm,
-          "scaled_dot_product_attention.default": _attention}
-
-
-def _divide_as_tflite(gm: Any) -> bool:
-    """x / c with c a constant tensor -> x * (1 / c), as the TFLite converter writes it (a MUL by the reciprocal): the
-    constant that training fake-quantizes is then the one the .tflite stores in int8."""
-    changed = False
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or str(node.target).removeprefix("aten.") != "div.Tensor" or \
-                _constant(gm, node.args[1]) is None:
-            continue
-        name = "edgemp_reciprocal_" + str(node.args[1].target).replace(".", "_")
-        if not hasattr(gm, name):
-            gm.register_buffer(name, 1.0 / _constant(gm, node.args[1]))
-        with gm.graph.inserting_before(node):
-            inverse = gm.graph.get_attr(name)
-            mul = _call(gm.graph, torch.ops.aten.mul.Tensor, node.args[0], inverse)
-        mul.meta.update(node.meta)
-        node.replace_all_uses_with(mul)
-        gm.graph.erase_node(node)
-        changed = True
-    return changed
-
-
-def _constant(gm: Any, arg: Any) -> torch.Tensor | None:
-    """The float tensor a get_attr node reads (a buffer or parameter used as an operand), else None."""
-    if not isinstance(arg, torch.fx.Node) or arg.op != "get_attr":
-        return None
-    value: Any = gm
-    for part in str(arg.target).split("."):
-        value = getattr(value, part, None)
-    return value if isinstance(value, torch.Tensor) and value.is_floating_point() else None
-
-
-def split_composite_ops(gm: Any) -> Any:
-    """Rewrite `gm` (an exported GraphModule) in place: see _SPLIT. The new nodes get their tensor metadata (shape,
-    dtype) by running them on the graph's fake tensors, as export would have."""
-    from torch._guards import detect_fake_mode
-
-    fake_mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes])
-    changed = _divide_as_tflite(gm)
-    for node in list(gm.graph.nodes):
-        split = _SPLIT.get(str(node.target).removeprefix("aten.")) if node.op == "call_function" else None
-        if split is None:
-            continue
-        before = set(gm.graph.nodes)
-        with gm.graph.inserting_before(node):
-            new = split(gm.graph, node)
-        if new is None:
-            continue
-        _add_meta([n for n in gm.graph.nodes if n not in before], node, fake_mode)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
-        changed = True
-    if changed:
-        gm.graph.lint()
-        gm.recompile()
-    return gm
-
-
-def _add_meta(nodes: list[Any], replaced: Any, fake_mode: Any) -> None:
-    """The replaced node's metadata (source location, module stack: what names the layer in reports) on every new
-    node, and each one's own "val" computed from its inputs' (the replaced node's when that cannot be done)."""
-    def val(a: Any) -> Any:
-        return a.meta.get("val") if isinstance(a, torch.fx.Node) else a
-
-    for n in nodes:  # in graph order: inputs before users
-        n.meta.update({k: v for k, v in replaced.meta.items() if k != "val"})
-        try:
-            with fake_mode if fake_mode is not None else contextlib.nullcontext():
-                n.meta["val"] = n.target(*[val(a) for a in n.args])
-        except Exception:  # noqa: BLE001 - metadata only: the dtype is what preparation reads
-            n.meta["val"] = replaced.meta.get("val")
-
-
-# TFLite's int8 RSQRT returns its largest output for an input of 0 ("any value close to 0 represents the max output
-# value"): fake-quantized, a small sum of squares rounds to 0 and rsqrt(0) is infinite, so the first forward pass of
-# an L2 norm is NaN. In the training graph rsqrt's input is floored here (after its fake quantization), so an input
-# of 0 gives a value the output's fake quantization clamps to its largest, as the kernel does, with no gradient; the
-# floor is removed again before export (the int8 kernel saturates on its own). The floor keeps rsqrt's derivative
-# finite in float32.
-_RSQRT_FLOOR = 1e-12
-
-
-def saturate_rsqrt(gm: Any) -> list[str]:
-    """Rewrite the prepared graph `gm` in place (see _RSQRT_FLOOR); the names of the fake-quant modules on those rsqrt
-    outputs: their range comes from calibration and is not re-observed on saturated values."""
-    outputs = []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or str(node.target).removeprefix("aten.") != "rsqrt.default":
-            continue
-        with gm.graph.inserting_before(node):
-            floored = gm.graph.call_function(torch.ops.aten.clamp_min.default, (node.args[0], _RSQRT_FLOOR))
-        floored.meta.update({k: v for k, v in node.args[0].meta.items() if k == "val"})
-        node.replace_input_with(node.args[0], floored)
-        outputs += [str(u.target) for u in node.users if u.op == "call_module"]
-    if outputs:
-        gm.graph.lint()
-        gm.recompile()
-    return outputs
-
-
-def _drop_rsqrt_floors(gm: Any) -> None:
-    dropped = False
-    for node in list(gm.graph.nodes):
-        if node.op == "call_function" and str(node.target).removeprefix("aten.") == "clamp_min.default" and \
-                node.args[1] == _RSQRT_FLOOR and all(str(u.target).removeprefix("aten.") == "rsqrt.default"
-                                                     for u in node.users):
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
-            dropped = True
-    if dropped:
-        gm.graph.lint()
-        gm.recompile()
 
 
 def int8_quantizer(learn_ranges: bool = False) -> Any:
@@ -266,9 +101,9 @@ def _annotate_remaining(model: Any, config: Any, constants: Any) -> None:
     from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationAnnotation
 
     act_in, act_out = get_input_act_qspec(config), get_output_act_qspec(config)
-    for node in model.graph.nodes:  # by name: exported graphs hold their own OpOverload objects
-        op = str(node.target).removeprefix("aten.")
-        if node.op != "call_function" or op not in _ALSO_INT8:
+    for node in model.graph.nodes:
+        op = aten_name(node)
+        if op not in _ALSO_INT8:
             continue
         ann = node.meta.get("quantization_annotation")
         if ann is not None and ann._annotated:
@@ -292,10 +127,10 @@ _CONSTANT_OPERANDS = ("mul.Tensor", "add.Tensor", "sub.Tensor")
 
 
 def _quantize_constants(model: Any, node: Any, inputs: dict[Any, Any], spec: Any) -> None:
-    if str(node.target).removeprefix("aten.") not in _CONSTANT_OPERANDS:
+    if aten_name(node) not in _CONSTANT_OPERANDS:
         return
     for a in node.args:
-        if a not in inputs and _constant(model, a) is not None:
+        if a not in inputs and constant_operand(model, a) is not None:
             inputs[a] = spec
 
 
@@ -313,7 +148,7 @@ class QATModel(torch.nn.Module):
     """
 
     def __init__(self, prepared: Any, float_model: torch.nn.Module, example_args: tuple[Any, ...],
-                 quantizer: Any, input_layout: Any, name: str) -> None:
+                 quantizer: Any, input_layout: Any, name: str, saturating: list[str] | None = None) -> None:
         super().__init__()
         self.prepared = prepared
         self.float_model = float_model
@@ -324,7 +159,7 @@ class QATModel(torch.nn.Module):
         self.steps_trained = 0
         self.calibration: dict[str, Any] | None = None
         self.frozen: dict[str, int | None] = {"observers": None, "batch_norm": None}
-        self.saturating: list[str] = []  # fake-quant modules on saturating int8 ops' outputs (saturate_rsqrt)
+        self.saturating = saturating or []  # fake-quant modules on saturating int8 ops' outputs (saturate_rsqrt)
         self._bn_frozen = False
         self.train()
 
@@ -414,7 +249,7 @@ class QATModel(torch.nn.Module):
         move_exported_model_to_eval(graph)
         try:
             converted = convert_pt2e(graph, fold_quantize=fold_quantize)
-            _drop_rsqrt_floors(converted)
+            drop_rsqrt_floors(converted)
             return converted
         except Exception as exc:  # noqa: BLE001 - one typed error with the cause
             raise ConversionError(f"PT2E could not convert the QAT module: {type(exc).__name__}: "

@@ -1,0 +1,181 @@
+"""Rewrites of the exported graph that make QAT train what the int8 .tflite computes: composite ops split into the
+ops TFLite runs (each part fake-quantized), division by a constant written as TFLite writes it, and rsqrt saturating
+as the int8 kernel does."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+
+def aten_name(node: Any) -> str | None:
+    """The aten op a call_function node runs, by name ("rsqrt.default"; exported graphs hold their own OpOverload
+    objects), else None."""
+    return str(node.target).removeprefix("aten.") if node.op == "call_function" else None
+
+
+# aten ops litert-torch lowers to more than one TFLite op with no quantization between them (SiLU becomes LOGISTIC and
+# MUL; LayerNorm MEAN, SQUARED_DIFFERENCE, ADD, RSQRT, MUL...): split in the exported graph before it is prepared, so
+# each part gets its own fake quantization, as the int8 kernels compute it (a LayerNorm left whole has no fake
+# quantization inside and exports as float ops the int8 label refuses). name -> (the ops, from the node).
+def _call(g: Any, op: Any, *args: Any) -> Any:
+    return g.call_function(op, args)
+
+
+def _silu(g: Any, node: Any) -> Any:
+    x = node.args[0]
+    return _call(g, torch.ops.aten.mul.Tensor, x, _call(g, torch.ops.aten.sigmoid.default, x))
+
+
+def _hardsigmoid(g: Any, node: Any) -> Any:  # relu6(x + 3) / 6, as TFLite computes it (ADD, RELU6, MUL)
+    shifted = _call(g, torch.ops.aten.add.Tensor, node.args[0], 3.0)
+    return _call(g, torch.ops.aten.mul.Tensor, _call(g, torch.ops.aten.hardtanh.default, shifted, 0.0, 6.0), 1 / 6)
+
+
+def _layer_norm(g: Any, node: Any) -> Any:
+    """(x - mean) * rsqrt(mean((x - mean)^2) + eps) * weight + bias, over the normalized dimensions."""
+    aten = torch.ops.aten
+    x, shape = node.args[0], node.args[1]
+    weight, bias = (node.args[i] if len(node.args) > i else node.kwargs.get(k) for i, k in ((2, "weight"), (3, "bias")))
+    eps = node.args[4] if len(node.args) > 4 else node.kwargs.get("eps", 1e-5)
+    dims = list(range(-len(shape), 0))
+    centred = _call(g, aten.sub.Tensor, x, _call(g, aten.mean.dim, x, dims, True))
+    var = _call(g, aten.mean.dim, _call(g, aten.mul.Tensor, centred, centred), dims, True)
+    out = _call(g, aten.mul.Tensor, centred, _call(g, aten.rsqrt.default, _call(g, aten.add.Tensor, var, eps)))
+    if weight is not None:
+        out = _call(g, aten.mul.Tensor, out, weight)
+    return out if bias is None else _call(g, aten.add.Tensor, out, bias)
+
+
+def _attention(g: Any, node: Any) -> Any:
+    """softmax(q @ k^T * scale) @ v, as litert-torch lowers scaled_dot_product_attention (BATCH_MATMUL, MUL,
+    SOFTMAX, BATCH_MATMUL). A mask, causal attention, dropout or grouped heads: left whole (None)."""
+    aten = torch.ops.aten
+    q, k, v = node.args[:3]
+    named = dict(zip(("attn_mask", "dropout_p", "is_causal"), node.args[3:6], strict=False)) | node.kwargs
+    if named.get("attn_mask") is not None or named.get("dropout_p") or named.get("is_causal") or \
+            named.get("enable_gqa") or not isinstance(q.meta.get("val"), torch.Tensor):
+        return None
+    scale = named.get("scale") or q.meta["val"].shape[-1] ** -0.5
+    scores = _call(g, aten.mul.Tensor, _call(g, aten.matmul.default, q, _call(g, aten.transpose.int, k, -2, -1)),
+                   float(scale))
+    return _call(g, aten.matmul.default, _call(g, aten.softmax.int, scores, -1), v)
+
+
+_SPLIT = {"silu.default": _silu, "silu_.default": _silu, "hardsigmoid.default": _hardsigmoid,
+          "hardsigmoid_.default": _hardsigmoid, "layer_norm.default": _layer_norm,
+          "scaled_dot_product_attention.default": _attention}
+
+
+def _divide_as_tflite(gm: Any) -> bool:
+    """x / c with c a constant tensor -> x * (1 / c), as the TFLite converter writes it (a MUL by the reciprocal): the
+    constant that training fake-quantizes is then the one the .tflite stores in int8."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        divisor = constant_operand(gm, node.args[1]) if aten_name(node) == "div.Tensor" else None
+        if divisor is None:
+            continue
+        name = "edgemp_reciprocal_" + str(node.args[1].target).replace(".", "_")
+        if not hasattr(gm, name):
+            gm.register_buffer(name, 1.0 / divisor)
+        with gm.graph.inserting_before(node):
+            inverse = gm.graph.get_attr(name)
+            mul = _call(gm.graph, torch.ops.aten.mul.Tensor, node.args[0], inverse)
+        mul.meta.update(node.meta)
+        node.replace_all_uses_with(mul)
+        gm.graph.erase_node(node)
+        changed = True
+    return changed
+
+
+def constant_operand(gm: Any, arg: Any) -> torch.Tensor | None:
+    """The float tensor a get_attr node reads (a buffer or parameter used as an operand), else None."""
+    if not isinstance(arg, torch.fx.Node) or arg.op != "get_attr":
+        return None
+    value: Any = gm
+    for part in str(arg.target).split("."):
+        value = getattr(value, part, None)
+    return value if isinstance(value, torch.Tensor) and value.is_floating_point() else None
+
+
+def split_composite_ops(gm: Any) -> Any:
+    """Rewrite `gm` (an exported GraphModule) in place: see _SPLIT. The new nodes get their tensor metadata (shape,
+    dtype) by running them on the graph's fake tensors, as export would have."""
+    from torch._guards import detect_fake_mode
+
+    fake_mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes])
+    changed = _divide_as_tflite(gm)
+    for node in list(gm.graph.nodes):
+        split = _SPLIT.get(aten_name(node) or "")
+        if split is None:
+            continue
+        before = set(gm.graph.nodes)
+        with gm.graph.inserting_before(node):
+            new = split(gm.graph, node)
+        if new is None:
+            continue
+        _add_meta([n for n in gm.graph.nodes if n not in before], node, fake_mode)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return gm
+
+
+def _add_meta(nodes: list[Any], replaced: Any, fake_mode: Any) -> None:
+    """The replaced node's metadata (source location, module stack: what names the layer in reports) on every new
+    node, and each one's own "val" computed from its inputs' (the replaced node's when that cannot be done)."""
+    def val(a: Any) -> Any:
+        return a.meta.get("val") if isinstance(a, torch.fx.Node) else a
+
+    for n in nodes:  # in graph order: inputs before users
+        n.meta.update({k: v for k, v in replaced.meta.items() if k != "val"})
+        try:
+            with fake_mode if fake_mode is not None else contextlib.nullcontext():
+                n.meta["val"] = n.target(*[val(a) for a in n.args])
+        except Exception:  # noqa: BLE001 - metadata only: the dtype is what preparation reads
+            n.meta["val"] = replaced.meta.get("val")
+
+
+# TFLite's int8 RSQRT returns its largest output for an input of 0 ("any value close to 0 represents the max output
+# value"): fake-quantized, a small sum of squares rounds to 0 and rsqrt(0) is infinite, so the first forward pass of
+# an L2 norm is NaN. In the training graph rsqrt's input is floored here (after its fake quantization), so an input
+# of 0 gives a value the output's fake quantization clamps to its largest, as the kernel does, with no gradient; the
+# floor is removed again before export (the int8 kernel saturates on its own). The floor keeps rsqrt's derivative
+# finite in float32.
+_RSQRT_FLOOR = 1e-12
+
+
+def saturate_rsqrt(gm: Any) -> list[str]:
+    """Rewrite the prepared graph `gm` in place (see _RSQRT_FLOOR); the names of the fake-quant modules on those rsqrt
+    outputs: their range comes from calibration and is not re-observed on saturated values."""
+    outputs = []
+    for node in list(gm.graph.nodes):
+        if aten_name(node) != "rsqrt.default":
+            continue
+        with gm.graph.inserting_before(node):
+            floored = gm.graph.call_function(torch.ops.aten.clamp_min.default, (node.args[0], _RSQRT_FLOOR))
+        floored.meta.update({k: v for k, v in node.args[0].meta.items() if k == "val"})
+        node.replace_input_with(node.args[0], floored)
+        outputs += [str(u.target) for u in node.users if u.op == "call_module"]
+    if outputs:
+        gm.graph.lint()
+        gm.recompile()
+    return outputs
+
+
+def drop_rsqrt_floors(gm: Any) -> None:
+    dropped = False
+    for node in list(gm.graph.nodes):
+        if aten_name(node) == "clamp_min.default" and node.args[1] == _RSQRT_FLOOR and \
+                all(aten_name(u) == "rsqrt.default" for u in node.users):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            dropped = True
+    if dropped:
+        gm.graph.lint()
+        gm.recompile()
