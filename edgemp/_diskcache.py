@@ -1,18 +1,23 @@
-"""Intermediate results kept on disk between runs: the float .tflite of a model file and the calibration statistics.
+"""Intermediate results kept on disk between runs: the float .tflite of a model file, the calibration statistics, the
+float model's reference outputs on the validation inputs and the per-tensor errors of an int8 model.
 
 `edgemp analyze model.keras ...` followed by `edgemp convert model.keras -p mixed ...` (two processes) otherwise
-converts and calibrates the same model on the same data twice (benchmarks/results/analysis_profile_*.md). Entries
-are keyed by everything they depend on (the file's bytes, the calibration samples, edgemp's version) under
-`<EDGEMP_CACHE>/<kind>/`, written atomically, and each kind is kept under a size limit (oldest first).
-EDGEMP_ARTIFACT_CACHE=0 turns it off.
+converts, calibrates, runs the float model on the validation set and runs the full-INT8 model with preserved tensors
+on the same model and data twice (benchmarks/results/analysis_profile_*.md). Entries are keyed by everything they
+depend on (the file's bytes, the samples, edgemp's version) under `<EDGEMP_CACHE>/<kind>/`, written atomically, no
+pickle (.npz read with allow_pickle=False, or JSON), and each kind is kept under a size limit (oldest first). A
+damaged entry is a miss. EDGEMP_ARTIFACT_CACHE=0 turns it off.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 import os
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,10 @@ from edgemp import __version__
 from edgemp._io import write_atomic
 from edgemp.errors import EdgempError
 
-LIMITS = {"float": 1024 * 2**20, "statistics": 64 * 2**20}
+# what reading a damaged or truncated .npz raises (np.load opens it as a zip): a miss, never an error
+_DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+LIMITS = {"float": 1024 * 2**20, "statistics": 64 * 2**20, "reference": 256 * 2**20,
+          "tensor_errors": 16 * 2**20}
 
 
 def enabled() -> bool:
@@ -102,7 +110,7 @@ def statistics_from_bytes(data: bytes) -> dict[str, Any] | None:
                 tensor, field = name.rsplit("|", 1)
                 out.setdefault(tensor, {})[field] = z[name]
             return out
-    except (OSError, ValueError, KeyError, EOFError):  # a damaged entry is a miss
+    except _DAMAGED:  # a damaged entry is a miss
         return None
 
 
@@ -132,3 +140,95 @@ def statistics(qbase: bytes, samples: Any, compute: Callable[[], dict[str, Any]]
     if data is not None:
         put("statistics", f"{key}.npz", data)
     return stats, False
+
+
+def arrays_to_bytes(arrays: Sequence[np.ndarray]) -> bytes | None:
+    """A list of arrays as an .npz in order (no pickle); None if one is not numeric."""
+    if any(np.asarray(a).dtype.kind not in "fiubc" for a in arrays):
+        return None
+    buf = io.BytesIO()
+    np.savez(buf, **{f"a{i}": np.asarray(a) for i, a in enumerate(arrays)})
+    return buf.getvalue()
+
+
+def arrays_from_bytes(data: bytes) -> list[np.ndarray] | None:
+    if not data:
+        return None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return [z[f"a{i}"] for i in range(len(z.files))]
+    except _DAMAGED:  # a damaged entry is a miss
+        return None
+
+
+def reference(source: Any, inputs: dict[str, np.ndarray], batch: int,
+              compute: Callable[[], list[np.ndarray]]) -> tuple[list[np.ndarray], bool]:
+    """(the source's float outputs on `inputs`, taken from the cache?): keyed by the model file's bytes (a source
+    without a fingerprint, e.g. an in-memory model, is not cached: its code is not in its bytes), the source's kind,
+    layouts and outputs, its framework's versions, the batch it runs in and the inputs."""
+    from edgemp.mixed.cache import data_key
+
+    digest = source.fingerprint() if enabled() and hasattr(source, "fingerprint") else None
+    key = None
+    if digest:
+        versions = source.framework_versions() if hasattr(source, "framework_versions") else None
+        key = data_key([digest, source.kind, type(source).__name__, str(getattr(source, "artifact_layout", None)),
+                        str(getattr(source, "layout", None)), list(source.output_names()),
+                        list(source.output_channels_first()), versions, batch,
+                        {k: [str(v.dtype), list(v.shape)] for k, v in inputs.items()}, inputs])
+    cached = arrays_from_bytes(get("reference", f"{key}.npz") or b"") if key else None
+    if cached is not None:
+        return cached, True
+    outputs = compute()
+    data = arrays_to_bytes(outputs) if key else None
+    if data is not None and len(data) <= LIMITS["reference"] // 4:  # a huge one would push every other entry out
+        put("reference", f"{key}.npz", data)
+    return outputs, False
+
+
+def errors_to_bytes(errors: dict[str, Any]) -> bytes | None:
+    """Per-tensor errors (tensor -> LayerSensitivity) as JSON, in order: every field but the layer (which the graph
+    gives back); None if a field is not a number or None (e.g. a score attached later)."""
+    rows = []
+    for t, s in errors.items():
+        fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "layer"}
+        if s.layer.tensor != t or any(v is not None and type(v) not in (float, int) for v in fields.values()):
+            return None
+        rows.append([t, fields])
+    return json.dumps(rows, allow_nan=True).encode()
+
+
+def errors_from_bytes(data: bytes, graph: Any) -> dict[str, Any] | None:
+    from edgemp.mixed.sensitivity import LayerSensitivity
+
+    if not data:
+        return None
+    try:
+        out = {}
+        for t, fields in json.loads(data):
+            if any(v is not None and type(v) not in (float, int) for v in fields.values()):
+                return None
+            out[t] = LayerSensitivity(graph.by_tensor[t], **fields)
+        return out
+    except (ValueError, TypeError, KeyError, AttributeError):  # a damaged entry is a miss
+        return None
+
+
+def tensor_errors(float_tflite: bytes, quant_tflite: bytes, samples: Sequence[dict[str, np.ndarray]], graph: Any,
+                  compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """(per-tensor errors of `quant_tflite` against `float_tflite`, taken from the cache?): keyed by both models'
+    bytes, the samples and the tensors compared (the graph's layers, in order)."""
+    from edgemp.mixed.cache import data_key
+
+    key = data_key([hashlib.sha256(float_tflite).hexdigest(), hashlib.sha256(quant_tflite).hexdigest(),
+                    [lay.tensor for lay in graph.layers], len(samples),
+                    [[k, str(v.dtype), list(v.shape)] for s in samples[:1] for k, v in sorted(s.items())],
+                    *samples]) if enabled() else None
+    cached = errors_from_bytes(get("tensor_errors", f"{key}.json") or b"", graph) if key else None
+    if cached is not None:
+        return cached, True
+    errors = compute()
+    data = errors_to_bytes(errors) if key else None
+    if data is not None:
+        put("tensor_errors", f"{key}.json", data)
+    return errors, False

@@ -21,7 +21,7 @@ from edgemp.targets.tflite.census import census
 from edgemp.mixed.graph import LayerGraph
 from edgemp.mixed.search import SearchResult, format_score, resolve_cap, search, verify_region
 from edgemp.mixed.sensitivity import (RANK_SUBSET, LayerSensitivity, added_noise, float_alone_effects,
-                                      ranked_int8_alone, tensor_errors)
+                                      ranked_int8_alone)
 from edgemp.mixed.session import MixedSession
 from edgemp.quantize import Statistics
 from edgemp.quantize.support import why_float
@@ -104,8 +104,7 @@ def _run_mixed(session: MixedSession, budget: Budget, graph: LayerGraph, keep: l
             return _learned_outcome(learned, prior, budget, session, max_float_layers)
     start = session.make(graph.close(keep))
     forced = _without_int8(start, graph)
-    sens = tensor_errors(session.float_tflite, start, session.samples(tensor_samples), graph) \
-        if not isinstance(start, FailedCandidate) else {}
+    sens = session.tensor_errors(start, tensor_samples) if not isinstance(start, FailedCandidate) else {}
     sr = search(session, budget, cap=cap, keep=keep, never=never, forced=list(forced), latency=session.latency_ms,
                 progress=progress, noise=added_noise(sens, graph))
     _attach_effects(sens, sr.effects, graph, "int8_alone")
@@ -152,7 +151,7 @@ def _learned_outcome(learned: tuple[bytes, Any], prior: dict[str, Any], budget: 
                "num_ranked_layers": len(session.graph.ranked), "float_layers": [], "float_ops": [], "boundaries": 0,
                "score": prior["score"], "metric": session.scorer.judge.name or None, "float_accuracy": fa,
                "steps": [], "would_take": None, "quantize_runs": 0, "scored_artifacts": session.scorer.runs,
-               "scores_from_cache": 0, "layers": [], "qat_learned_scales": prior}
+               "scores_from_cache": 0, **_reused(session), "layers": [], "qat_learned_scales": prior}
     message = (f"mixed precision met the budget ({budget.describe()}) with the QAT module's learned scales alone, "
                f"no layer in float: {format_score(score, fa, budget.metric)}.")
     return MixedOutcome(learned[0], learned[1] or [], section, {}, True, message, [])
@@ -165,7 +164,7 @@ def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | 
     base = session.scorer(int8)
     budget = Budget(max_accuracy_drop=0.0, metric=session.scorer.judge.name) if session.scorer.labelled \
         else Budget(min_sqnr_db=0.0)
-    sens = tensor_errors(session.float_tflite, int8, session.samples(tensor_samples), graph)
+    sens = session.tensor_errors(int8, tensor_samples)
     all_float, damage, rough = ranked_int8_alone(session, budget, graph.ranked, ANALYSIS_TOP, progress,
                                                  added_noise(sens, graph))
     head = [lay for lay in graph.ranked if lay.tensor in damage]
@@ -185,7 +184,7 @@ def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | 
                "executor": session.executor.name, "executor_seconds": round(session.executor.seconds, 2),
                "calibration_shards": session.executor.calibration_shards,
                "quantize_runs": session.quantize_runs, "scored_artifacts": session.scorer.runs,
-               "scores_from_cache": _cache_hits(session)}
+               "scores_from_cache": _cache_hits(session), **_reused(session)}
     return ranked_rows(sens, graph), summary
 
 
@@ -234,6 +233,7 @@ def _section(sr: SearchResult, budget: Budget, session: MixedSession, rows: list
         "quantize_runs": session.quantize_runs,
         "scored_artifacts": session.scorer.runs,
         "scores_from_cache": _cache_hits(session),
+        **_reused(session),
         "layers": rows,
     }
 
@@ -241,6 +241,13 @@ def _section(sr: SearchResult, budget: Budget, session: MixedSession, rows: list
 def _cache_hits(session: MixedSession) -> int:
     """Candidates whose score came from an earlier run on the same model and data (edgemp.mixed.cache)."""
     return session.cache_hits()
+
+
+def _reused(session: MixedSession) -> dict[str, bool]:
+    """The float reference outputs and the tensor errors, taken from an earlier run on the same model file and data
+    (edgemp._diskcache) instead of run again."""
+    return {"reference_from_cache": session.reused["float_reference"],
+            "tensor_errors_from_cache": session.reused["tensor_errors"]}
 
 
 def _message(sr: SearchResult, budget: Budget, session: MixedSession) -> str:

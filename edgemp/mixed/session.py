@@ -10,8 +10,10 @@ import numpy as np
 from edgemp.targets.tflite.census import census
 from collections.abc import Callable, Sequence
 
+from edgemp import _diskcache
 from edgemp.config import GateOptions, RuntimeOptions
 from edgemp.errors import ConversionError
+from edgemp.mixed import sensitivity
 from edgemp.mixed.cache import ScoreCache, data_key
 from edgemp.mixed.graph import LayerGraph
 from edgemp.mixed.executor import Executor
@@ -22,6 +24,8 @@ from edgemp.validation.evaluate import batched
 from edgemp.validation.judge import TaskJudge
 from edgemp.validation.runtime import Runner
 from edgemp.validation.tasks import infer_tasks
+
+REFERENCE_BATCH = 64  # samples per source.predict call for the float reference (part of its cache key)
 
 
 class MixedSession:
@@ -38,7 +42,13 @@ class MixedSession:
         self.float_io = float_io
         self.graph = graph or LayerGraph(census(float_tflite), source.layers(), aliases=source.scope_aliases())
         self.inputs = {k: v for k, v in source.artifact_inputs(vdata.inputs).items()}
-        reference = batched(source.predict, vdata.inputs, progress=progress, label="Running float reference")
+        # what came from <EDGEMP_CACHE> (edgemp._diskcache) instead of running again: a second run on the same model
+        # file and data (analyze, then convert -p mixed) neither runs the float model nor the preserved-tensor pass
+        self.reused: dict[str, bool] = {"float_reference": False, "tensor_errors": False}
+        reference, self.reused["float_reference"] = _diskcache.reference(
+            source, vdata.inputs, REFERENCE_BATCH,
+            lambda: batched(source.predict, vdata.inputs, REFERENCE_BATCH, progress=progress,
+                            label="Running float reference"))
         names = [d.name for d in Runner(float_tflite, RuntimeOptions(latency_runs=0), source.output_names()).outputs]
         gate = gate or GateOptions()
         tasks = infer_tasks(names, [r.shape for r in reference], source.output_channels_first(), gate.output_tasks)
@@ -140,6 +150,15 @@ class MixedSession:
         opts = RuntimeOptions(num_threads=self.opts.num_threads, xnnpack=self.opts.xnnpack, latency_runs=runs,
                               warmup_runs=5)
         return float(Runner(artifact, opts).latency(first)["median_ms"])
+
+    def tensor_errors(self, artifact: bytes, n: int) -> dict[str, sensitivity.LayerSensitivity]:
+        """Per-tensor errors of `artifact` against the float model on the first n samples (sensitivity.tensor_errors),
+        taken from the disk cache when an earlier run compared the same two models on the same samples."""
+        samples = self.samples(n)
+        errors, self.reused["tensor_errors"] = _diskcache.tensor_errors(
+            self.float_tflite, artifact, samples, self.graph,
+            lambda: sensitivity.tensor_errors(self.float_tflite, artifact, samples, self.graph))
+        return errors
 
     def samples(self, n: int) -> list[dict[str, np.ndarray]]:
         """The first n validation samples as batch-1 dicts (artifact layout) for tensor-level comparison."""
