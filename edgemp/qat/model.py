@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from edgemp.errors import ConversionError, InputError
-from edgemp.qat.rewrites import aten_name, constant_operand, drop_rsqrt_floors
+from edgemp.qat.rewrites import aten_name, bake_folds, constant_operand, drop_rsqrt_floors, is_fold
 
 
 @contextlib.contextmanager
@@ -71,6 +71,11 @@ def int8_quantizer(learn_ranges: bool = False) -> Any:
         """litert-torch's quantizer, plus the elementwise and reduction ops it leaves in float."""
 
         def annotate(self, model: Any) -> Any:
+            from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+            for node in model.graph.nodes:  # a folded Linear's weight arithmetic: the weight's own spec covers it
+                if is_fold(node):
+                    node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
             model = super().annotate(model)
             _annotate_remaining(model, self.global_config, observed.input_activation)
             return model
@@ -103,7 +108,7 @@ def _annotate_remaining(model: Any, config: Any, constants: Any) -> None:
     act_in, act_out = get_input_act_qspec(config), get_output_act_qspec(config)
     for node in model.graph.nodes:
         op = aten_name(node)
-        if op not in _ALSO_INT8:
+        if op not in _ALSO_INT8 or is_fold(node):
             continue
         ann = node.meta.get("quantization_annotation")
         if ann is not None and ann._annotated:
@@ -248,6 +253,7 @@ class QATModel(torch.nn.Module):
         graph = copy.deepcopy(self.prepared)
         move_exported_model_to_eval(graph)
         try:
+            bake_folds(graph)
             converted = convert_pt2e(graph, fold_quantize=fold_quantize)
             drop_rsqrt_floors(converted)
             return converted
