@@ -243,6 +243,7 @@ def test_a_standardisation_folds_into_the_linear_it_feeds_exactly() -> None:
                          (_pixel_std_model(flat, "conv"), False)):
         model.eval()
         gm = split_composite_ops(torch.export.export(model, (x,)).module())
+        assert gm.meta["edgemp_rewrites"].get("constant scaling folded into the Linear it feeds", 0) == int(folds)
         ops = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
         assert ("aten.mv.default" in ops or "aten.mul.Tensor" in ops) if folds else "aten.mv.default" not in ops
         torch.testing.assert_close(gm(x), model(x), rtol=1e-4, atol=1e-4)
@@ -307,9 +308,12 @@ def test_qat_trains_the_constants_the_tflite_stores(data, head: str, tmp_path: P
     assert set(r.report["census"]["compute_counts"]) == {"int8"}
     assert abs(got - top1(qat)) < 0.02
     print(f"{head}: fp32 {fp32:.4f} PTQ {ptq:.4f} QAT {got:.4f}")
+    rewrites = r.report["qat"]["graph_rewrites"]
     if head == "linear":
+        assert rewrites == {"constant scaling folded into the Linear it feeds": 1}
         assert ptq < fp32 - 0.3 and got > fp32 - 0.03
     else:
+        assert rewrites == {"x / constant written as x * (1 / constant)": 1}
         assert not r.passed  # int8 cannot hold these constants: the gate says so, whatever the training did
 
 

@@ -64,9 +64,10 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
                               "reshapes (use x.flatten(1) or x.shape[0]).") from exc
     quantizer = int8_quantizer(learn_ranges)
     with patterns_as_modules(), quiet():
-        prepared = prepare_qat_pt2e(split_composite_ops(exported.module()), quantizer)
+        rewritten = split_composite_ops(exported.module())
+        prepared = prepare_qat_pt2e(rewritten, quantizer)
     qat = QATModel(prepared, float_model, source.example_args, quantizer, source.layout, source.name,
-                   saturating=saturate_rsqrt(prepared))
+                   saturating=saturate_rsqrt(prepared), rewrites=rewritten.meta["edgemp_rewrites"])
     if calibration is not None:
         _initialise(qat, source, calibration, num_calibration_samples, preprocessing, seed, progress)
     if learn_ranges:

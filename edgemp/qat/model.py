@@ -153,7 +153,8 @@ class QATModel(torch.nn.Module):
     """
 
     def __init__(self, prepared: Any, float_model: torch.nn.Module, example_args: tuple[Any, ...],
-                 quantizer: Any, input_layout: Any, name: str, saturating: list[str] | None = None) -> None:
+                 quantizer: Any, input_layout: Any, name: str, saturating: list[str] | None = None,
+                 rewrites: dict[str, int] | None = None) -> None:
         super().__init__()
         self.prepared = prepared
         self.float_model = float_model
@@ -165,6 +166,7 @@ class QATModel(torch.nn.Module):
         self.calibration: dict[str, Any] | None = None
         self.frozen: dict[str, int | None] = {"observers": None, "batch_norm": None}
         self.saturating = saturating or []  # fake-quant modules on saturating int8 ops' outputs (saturate_rsqrt)
+        self.rewrites = dict(rewrites or {})  # what split_composite_ops changed in the graph (the report lists it)
         self._bn_frozen = False
         self.train()
 

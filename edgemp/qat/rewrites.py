@@ -69,10 +69,10 @@ _SPLIT = {"silu.default": _silu, "silu_.default": _silu, "hardsigmoid.default": 
           "scaled_dot_product_attention.default": _attention}
 
 
-def _divide_as_tflite(gm: Any) -> bool:
+def _divide_as_tflite(gm: Any) -> int:
     """x / c with c a constant tensor -> x * (1 / c), as the TFLite converter writes it (a MUL by the reciprocal): the
     constant that training fake-quantizes is then the one the .tflite stores in int8."""
-    changed = False
+    changed = 0
     for node in list(gm.graph.nodes):
         divisor = constant_operand(gm, node.args[1]) if aten_name(node) == "div.Tensor" else None
         if divisor is None:
@@ -86,7 +86,7 @@ def _divide_as_tflite(gm: Any) -> bool:
         mul.meta.update(node.meta)
         node.replace_all_uses_with(mul)
         gm.graph.erase_node(node)
-        changed = True
+        changed += 1
     return changed
 
 
@@ -101,12 +101,13 @@ def constant_operand(gm: Any, arg: Any) -> torch.Tensor | None:
 
 
 def split_composite_ops(gm: Any) -> Any:
-    """Rewrite `gm` (an exported GraphModule) in place: see _SPLIT. The new nodes get their tensor metadata (shape,
-    dtype) by running them on the graph's fake tensors, as export would have."""
+    """Rewrite `gm` (an exported GraphModule) in place: see _SPLIT, fold_affine_into_linear and _divide_as_tflite. The
+    new nodes get their tensor metadata (shape, dtype) by running them on the graph's fake tensors, as export would
+    have. What was rewritten, counted, is in gm.meta["edgemp_rewrites"] (the QAT report lists it)."""
     from torch._guards import detect_fake_mode
 
     fake_mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes])
-    changed = False
+    counts: dict[str, int] = {}
     for node in list(gm.graph.nodes):
         split = _SPLIT.get(aten_name(node) or "")
         if split is None:
@@ -119,16 +120,19 @@ def split_composite_ops(gm: Any) -> Any:
         _add_meta([n for n in gm.graph.nodes if n not in before], node, fake_mode)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
-        changed = True
-    changed = bool(fold_affine_into_linear(gm)) | _divide_as_tflite(gm) | changed
-    if changed:
+        key = f"{(aten_name(node) or '').split('.')[0].rstrip('_')} split into its TFLite ops"
+        counts[key] = counts.get(key, 0) + 1
+    counts["constant scaling folded into the Linear it feeds"] = fold_affine_into_linear(gm)
+    counts["x / constant written as x * (1 / constant)"] = _divide_as_tflite(gm)
+    gm.meta["edgemp_rewrites"] = {k: v for k, v in counts.items() if v}
+    if gm.meta["edgemp_rewrites"]:
         gm.graph.lint()
         gm.recompile()
     return gm
 
 
 # Elementwise ops by constants that fold into the Linear they feed: op -> (a, d) of out = a * x + d, from (a, d) of x.
-_AFFINE = {"add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor"}
+_AFFINE = {"add.Tensor", "sub.Tensor", "rsub.Scalar", "mul.Tensor", "div.Tensor"}
 
 
 def fold_affine_into_linear(gm: Any) -> int:
@@ -144,7 +148,7 @@ def fold_affine_into_linear(gm: Any) -> int:
     fake_mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes])
     aten, folded = torch.ops.aten, 0
     for linear in list(gm.graph.nodes):
-        if aten_name(linear) != "linear.default" or len(linear.args) < 2:
+        if aten_name(linear) != "linear.default" or len(linear.args) < 2 or linear.kwargs:
             continue
         weight = constant_operand(gm, linear.args[1])
         has_bias = len(linear.args) > 2 and linear.args[2] is not None
@@ -156,10 +160,12 @@ def fold_affine_into_linear(gm: Any) -> int:
         a, d = _compose(gm, chain, weight.shape[1])
         before = set(gm.graph.nodes)
         with gm.graph.inserting_before(linear):
-            w_node = _call(gm.graph, aten.mul.Tensor, linear.args[1], _constant(gm, f"{linear.name}_scale", a))
+            w_node = _call(gm.graph, aten.mul.Tensor, linear.args[1],
+                           _constant(gm, f"{linear.name}_scale", a.to(weight.dtype)))
             b_node = linear.args[2] if has_bias else None
             if bool((d != 0).any()):
-                shift = _call(gm.graph, aten.mv.default, linear.args[1], _constant(gm, f"{linear.name}_shift", d))
+                shift = _call(gm.graph, aten.mv.default, linear.args[1],
+                              _constant(gm, f"{linear.name}_shift", d.to(weight.dtype)))
                 b_node = shift if b_node is None else _call(gm.graph, aten.add.Tensor, b_node, shift)
         new = [n for n in gm.graph.nodes if n not in before]
         _add_meta([n for n in new if n.op == "call_function"], linear, fake_mode)
@@ -184,9 +190,9 @@ def is_fold(node: Any) -> bool:
 
 
 def _constant(gm: Any, name: str, value: torch.Tensor) -> Any:
-    gm.register_buffer(f"edgemp_fold_{name}", value.float())
+    gm.register_buffer(f"edgemp_fold_{name}", value)
     node = gm.graph.get_attr(f"edgemp_fold_{name}")
-    node.meta["val"] = value.float()
+    node.meta["val"] = value
     return node
 
 
@@ -269,6 +275,8 @@ def _compose(gm: Any, chain: list[Any], features: int) -> tuple[torch.Tensor, to
             d = d + c
         elif op == "sub.Tensor":
             a, d = (a, d - c) if first else (-a, c - d)
+        elif op == "rsub.Scalar":  # c - x
+            a, d = -a, c - d
         elif op == "mul.Tensor":
             a, d = a * c, d * c
         else:  # div.Tensor, x / c
