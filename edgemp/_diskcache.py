@@ -127,19 +127,26 @@ def float_tflite(source: Any, batch_size: int | None) -> tuple[bytes, bool]:
     return tflite, False
 
 
+def _memo(kind: str, name: str | None, load: Callable[[bytes], Any], dump: Callable[[Any], bytes | None],
+          compute: Callable[[], Any]) -> tuple[Any, bool]:
+    """(value, taken from the cache?): the entry `name` of `kind` when it loads, else computed and stored (a value
+    `dump` cannot store, or one over a quarter of its kind's limit, which would push every other entry out, is not)."""
+    cached = load(get(kind, name) or b"") if name else None
+    if cached is not None:
+        return cached, True
+    value = compute()
+    data = dump(value) if name else None
+    if data is not None and len(data) <= LIMITS.get(kind, 256 * 2**20) // 4:
+        put(kind, name, data)
+    return value, False
+
+
 def statistics(qbase: bytes, samples: Any, compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
     """(calibration statistics, taken from the cache?): keyed by the float model's bytes and the samples."""
     from edgemp.mixed.cache import data_key
 
     key = data_key([hashlib.sha256(qbase).hexdigest(), *samples]) if enabled() else None
-    cached = statistics_from_bytes(get("statistics", f"{key}.npz") or b"") if key else None
-    if cached is not None:
-        return cached, True
-    stats = compute()
-    data = statistics_to_bytes(stats) if key else None
-    if data is not None:
-        put("statistics", f"{key}.npz", data)
-    return stats, False
+    return _memo("statistics", key and f"{key}.npz", statistics_from_bytes, statistics_to_bytes, compute)
 
 
 def arrays_to_bytes(arrays: Sequence[np.ndarray]) -> bytes | None:
@@ -176,14 +183,7 @@ def reference(source: Any, inputs: dict[str, np.ndarray], batch: int,
                         str(getattr(source, "layout", None)), list(source.output_names()),
                         list(source.output_channels_first()), versions, batch,
                         {k: [str(v.dtype), list(v.shape)] for k, v in inputs.items()}, inputs])
-    cached = arrays_from_bytes(get("reference", f"{key}.npz") or b"") if key else None
-    if cached is not None:
-        return cached, True
-    outputs = compute()
-    data = arrays_to_bytes(outputs) if key else None
-    if data is not None and len(data) <= LIMITS["reference"] // 4:  # a huge one would push every other entry out
-        put("reference", f"{key}.npz", data)
-    return outputs, False
+    return _memo("reference", key and f"{key}.npz", arrays_from_bytes, arrays_to_bytes, compute)
 
 
 def errors_to_bytes(errors: dict[str, Any]) -> bytes | None:
@@ -224,11 +224,5 @@ def tensor_errors(float_tflite: bytes, quant_tflite: bytes, samples: Sequence[di
                     [lay.tensor for lay in graph.layers], len(samples),
                     [[k, str(v.dtype), list(v.shape)] for s in samples[:1] for k, v in sorted(s.items())],
                     *samples]) if enabled() else None
-    cached = errors_from_bytes(get("tensor_errors", f"{key}.json") or b"", graph) if key else None
-    if cached is not None:
-        return cached, True
-    errors = compute()
-    data = errors_to_bytes(errors) if key else None
-    if data is not None:
-        put("tensor_errors", f"{key}.json", data)
-    return errors, False
+    return _memo("tensor_errors", key and f"{key}.json", lambda b: errors_from_bytes(b, graph), errors_to_bytes,
+                 compute)
