@@ -205,9 +205,9 @@ def _pixel_std_model(flat: np.ndarray, head: str) -> torch.nn.Module:
 
 
 def test_a_standardisation_folds_into_the_linear_it_feeds_exactly() -> None:
-    """(x - mean) / std -> Linear and a LayerNorm's weight and bias -> Linear become the Linear's weight and bias
-    (computed from the trainable weight in the graph, baked before export); a constant that varies along another
-    dimension, or feeds two ops, is left."""
+    """(x - mean) / std -> Linear and scaling by numbers after a LayerNorm become the Linear's weight and bias
+    (computed from the trainable weight in the graph, baked before export); LayerNorm's own weight and bias stay
+    trainable parameters; a constant that varies along another dimension, or feeds two ops, is left."""
     import copy
 
     from torch import nn
@@ -252,6 +252,9 @@ def test_a_standardisation_folds_into_the_linear_it_feeds_exactly() -> None:
         linears = [n for n in baked.graph.nodes if str(n.target) == "aten.linear.default"]
         assert all(a.op == "get_attr" for n in linears for a in n.args[1:3] if a is not None)
         torch.testing.assert_close(baked(x), model(x), rtol=1e-4, atol=1e-4)
+        if isinstance(model, LNHead):
+            assert {"ln_weight", "ln_bias"} <= {str(n.target).replace(".", "_") for n in gm.graph.nodes
+                                                if n.op == "get_attr"}
         if folds:
             assert not any(str(n.target) in ("aten.sub.Tensor", "aten.div.Tensor") and n.users and
                            str(next(iter(n.users)).target) == "aten.linear.default" for n in baked.graph.nodes)

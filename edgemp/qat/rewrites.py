@@ -136,8 +136,8 @@ _AFFINE = {"add.Tensor", "sub.Tensor", "rsub.Scalar", "mul.Tensor", "div.Tensor"
 
 
 def fold_affine_into_linear(gm: Any) -> int:
-    """Per-feature scaling and shifting by constants that feeds a Linear ((x - mean) / std -> Linear, a LayerNorm's
-    weight and bias -> Linear) becomes part of the Linear's weight and bias: W' = W * a, b' = b + W @ d. Left apart,
+    """Per-feature scaling and shifting by constants (buffers, frozen parameters, numbers) that feeds a Linear
+    ((x - mean) / std -> Linear, x / 255 -> Linear) becomes part of the Linear's weight and bias: W' = W * a, b' = b + W @ d. Left apart,
     the .tflite stores such a constant as one int8 tensor with one scale (1/std from 0.01 to 10.7 keeps about 20
     distinct values, and no training moves a constant); folded, it is in weights quantized per output channel that
     training adjusts, as batch norm is folded into a convolution. W' is computed in the graph from the trainable W
@@ -227,13 +227,16 @@ def bake_folds(gm: Any) -> None:
 
 def _scale_vector(gm: Any, node: Any, features: int) -> torch.Tensor | None:
     """The constant operand of `node` as a float64 vector over the last dimension (a scalar broadcasts), None when it
-    varies along any other dimension or is not a constant."""
+    varies along any other dimension or is not a constant. A trainable parameter (LayerNorm's weight and bias) is not
+    folded: it stays trainable, and fake-quantized as the .tflite stores it."""
     for arg in node.args[:2]:
         if isinstance(arg, (int, float)) and not isinstance(arg, bool):
             return torch.full((features,), float(arg), dtype=torch.float64)
         c = constant_operand(gm, arg)
         if c is None:
             continue
+        if c.requires_grad:
+            return None
         val = node.meta.get("val")
         if c.numel() == 1:
             return torch.full((features,), float(c.reshape(())), dtype=torch.float64)
