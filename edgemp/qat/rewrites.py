@@ -131,18 +131,18 @@ def split_composite_ops(gm: Any) -> Any:
     return gm
 
 
-# Elementwise ops by constants that fold into the Linear they feed: op -> (a, d) of out = a * x + d, from (a, d) of x.
+# Elementwise ops by a constant that fold into the Linear they feed (each maps out = a * x + d to new a and d).
 _AFFINE = {"add.Tensor", "sub.Tensor", "rsub.Scalar", "mul.Tensor", "div.Tensor"}
 
 
 def fold_affine_into_linear(gm: Any) -> int:
     """Per-feature scaling and shifting by constants (buffers, frozen parameters, numbers) that feeds a Linear
-    ((x - mean) / std -> Linear, x / 255 -> Linear) becomes part of the Linear's weight and bias: W' = W * a, b' = b + W @ d. Left apart,
-    the .tflite stores such a constant as one int8 tensor with one scale (1/std from 0.01 to 10.7 keeps about 20
-    distinct values, and no training moves a constant); folded, it is in weights quantized per output channel that
-    training adjusts, as batch norm is folded into a convolution. W' is computed in the graph from the trainable W
-    (W * a, a constant): training W' directly, on the unscaled inputs, diverged (chance accuracy at lr 1e-3);
-    `bake_folds` makes it one constant before export. Exact in float; returns the number of Linear layers changed."""
+    ((x - mean) / std -> Linear, x / 255 -> Linear) becomes part of the Linear's weight and bias: W' = W * a,
+    b' = b + W @ d. Left apart, the .tflite stores such a constant as one int8 tensor with one scale (1/std from 0.01
+    to 10.7 keeps about 20 distinct values, and no training moves a constant); folded, it is in weights quantized per
+    output channel that training adjusts, as batch norm is folded into a convolution. W' is computed in the graph
+    from the trainable W (W * a, a constant): training W' directly, on the unscaled inputs, diverged (chance accuracy
+    at lr 1e-3); `bake_folds` makes it one constant before export. Exact in float; returns the number of Linear layers changed."""
     from torch._guards import detect_fake_mode
 
     fake_mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes])
@@ -172,7 +172,7 @@ def fold_affine_into_linear(gm: Any) -> int:
         for n in new:
             n.meta[_FOLD] = True
         linear.args = (chain[0].args[_variable_index(gm, chain[0])], w_node, b_node, *linear.args[3:])
-        constants = [a for n in chain for a in n.args if isinstance(a, torch.fx.Node) and a.op == "get_attr"]
+        constants = [arg for n in chain for arg in n.args if isinstance(arg, torch.fx.Node) and arg.op == "get_attr"]
         for node in reversed(chain):
             gm.graph.erase_node(node)
         for node in dict.fromkeys(constants):
