@@ -86,10 +86,15 @@ def _one(kind: str, workers: int) -> dict[str, Any]:
     work = work_dir(f"edgemp-scale-{kind}-")
     net.save(work / f"{kind}.keras")  # a model file, as the CLI gets it (the float conversion can then be reused)
     net = str(work / f"{kind}.keras")
-    os.environ["EDGEMP_CACHE"] = str(work / "cache-int8")  # everything cold
     kw: dict[str, Any] = {"progress": False}
-    t_int8, r = timed(lambda: edgemp.convert(net, "int8", cal, val, work / "int8", **kw,
-                                             runtime=edgemp.RuntimeOptions(latency_runs=0)))
+    # twice, each from cold caches: the first pays the process's one-off costs (lazy imports, TF's first trace),
+    # which every run after it is spared; the second is the unit (the stricter comparison)
+    t_first = 0.0
+    for i in range(2):
+        os.environ["EDGEMP_CACHE"] = str(work / f"cache-int8-{i}")
+        t_int8, r = timed(lambda i=i: edgemp.convert(net, "int8", cal, val, work / f"int8-{i}", **kw,
+                                                     runtime=edgemp.RuntimeOptions(latency_runs=0)))
+        t_first = t_first or t_int8
     int8_sqnr = min(o["sqnr_db"] for o in r.report["validation"]["outputs"])
     gate = edgemp.GateOptions(min_sqnr_db=round(int8_sqnr + 1.0, 1))
     runs: dict[str, Any] = {}
@@ -125,7 +130,7 @@ def _one(kind: str, workers: int) -> dict[str, Any]:
                     "ranking": [row["label"] for row in a.layers if row["rank"] is not None][:10]}
     ser, loc, ray, up = runs["serial"], runs["local"], runs["ray"], runs["ray_up"]
     return {"model": kind, "ops": len(r.report["census"]["ops"]), "validation_samples": len(val),
-            "int8_s": round(t_int8, 1), "int8_sqnr_db": round(int8_sqnr, 2), "budget": gate.min_sqnr_db,
+            "int8_s": round(t_int8, 1), "int8_first_s": round(t_first, 1), "int8_sqnr_db": round(int8_sqnr, 2), "budget": gate.min_sqnr_db,
             "runs": runs, "ray_speedup": round(ser["total_s"] / ray["total_s"], 2),
             "ray_up_speedup": round(ser["total_s"] / up["total_s"], 2),
             "ray_up_speedup_candidates": round(ser["analyze_candidates_s"] / up["analyze_candidates_s"], 2),
@@ -159,7 +164,9 @@ def to_markdown(d: dict[str, Any]) -> str:
              f"Host: {d['host']}. Reproduce: `source scripts/env.sh && python benchmarks/analysis_scale.py`. "
              "serial: candidates one after another in this process; threads: the default in-process executor (one "
              f"thread per CPU); Ray: a local Ray with {d['workers']} workers, started by each call (its start-up is in "
-             "the figures) or already running (ray.init() before the calls, as a cluster is). Times in seconds; ratios are analyze + mixed against the one int8 conversion. Each row is one "
+             "the figures) or already running (ray.init() before the calls, as a cluster is). Times in seconds; ratios are "
+             "analyze + mixed against one int8 conversion: the second of two in the process, each from cold caches "
+             "(rows with a 'first' figure; older rows timed one, the process's first). Each row is one "
              "run, all executors side by side: " + ", ".join(f"{m['model']} {m.get('run', '?')}" for m in d["models"])
              + ".", "",
              "| model | ops | val. samples | int8 s | serial analyze + mixed | threads analyze + mixed | "
@@ -167,7 +174,8 @@ def to_markdown(d: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for m in d["models"]:
         se, lo = m["runs"]["serial"], m["runs"]["local"]
-        lines.append(f"| {m['model']} | {m['ops']} | {m['validation_samples']} | {m['int8_s']} | "
+        first = f" (first: {m['int8_first_s']})" if "int8_first_s" in m else ""
+        lines.append(f"| {m['model']} | {m['ops']} | {m['validation_samples']} | {m['int8_s']}{first} | "
                      f"{se['analyze_s']} + {se['mixed_s']} | {lo['analyze_s']} + {lo['mixed_s']} | "
                      f"{se['ratio_to_int8']}x | **{lo['ratio_to_int8']}x** | {', '.join(lo['float_layers']) or 'none'} "
                      f"(SQNR >= {m['budget']} dB: {'met' if lo['met'] else 'not met'}) | {m['same_result']} |")
