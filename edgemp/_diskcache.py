@@ -181,8 +181,7 @@ def reference(source: Any, inputs: dict[str, np.ndarray], batch: int,
         versions = source.framework_versions() if hasattr(source, "framework_versions") else None
         key = data_key([digest, source.kind, type(source).__name__, str(getattr(source, "artifact_layout", None)),
                         str(getattr(source, "layout", None)), list(source.output_names()),
-                        list(source.output_channels_first()), versions, batch,
-                        {k: [str(v.dtype), list(v.shape)] for k, v in inputs.items()}, inputs])
+                        list(source.output_channels_first()), versions, batch, inputs])
     return _memo("reference", key and f"{key}.npz", arrays_from_bytes, arrays_to_bytes, compute)
 
 
@@ -192,10 +191,14 @@ def errors_to_bytes(errors: dict[str, Any]) -> bytes | None:
     rows = []
     for t, s in errors.items():
         fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "layer"}
-        if s.layer.tensor != t or any(v is not None and type(v) not in (float, int) for v in fields.values()):
+        if s.layer.tensor != t or not _numbers(fields):
             return None
         rows.append([t, fields])
     return json.dumps(rows, allow_nan=True).encode()
+
+
+def _numbers(fields: dict[str, Any]) -> bool:
+    return all(v is None or type(v) in (float, int) for v in fields.values())
 
 
 def errors_from_bytes(data: bytes, graph: Any) -> dict[str, Any] | None:
@@ -206,7 +209,7 @@ def errors_from_bytes(data: bytes, graph: Any) -> dict[str, Any] | None:
     try:
         out = {}
         for t, fields in json.loads(data):
-            if any(v is not None and type(v) not in (float, int) for v in fields.values()):
+            if not _numbers(fields):
                 return None
             out[t] = LayerSensitivity(graph.by_tensor[t], **fields)
         return out
@@ -221,8 +224,6 @@ def tensor_errors(float_tflite: bytes, quant_tflite: bytes, samples: Sequence[di
     from edgemp.mixed.cache import data_key
 
     key = data_key([hashlib.sha256(float_tflite).hexdigest(), hashlib.sha256(quant_tflite).hexdigest(),
-                    [lay.tensor for lay in graph.layers], len(samples),
-                    [[k, str(v.dtype), list(v.shape)] for s in samples[:1] for k, v in sorted(s.items())],
-                    *samples]) if enabled() else None
+                    [lay.tensor for lay in graph.layers], len(samples), *samples]) if enabled() else None
     return _memo("tensor_errors", key and f"{key}.json", lambda b: errors_from_bytes(b, graph), errors_to_bytes,
                  compute)

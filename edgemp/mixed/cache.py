@@ -39,20 +39,25 @@ def data_key(parts: list[Any]) -> str | None:
     for part in parts:
         try:
             if isinstance(part, np.ndarray):
-                h.update(f"{part.dtype}{part.shape}".encode())
-                h.update(np.ascontiguousarray(part).tobytes())
+                _hash_array(h, part)
             elif isinstance(part, dict) and all(isinstance(v, np.ndarray) for v in part.values()):
                 for k in sorted(part):
                     h.update(k.encode())
-                    h.update(np.ascontiguousarray(part[k]).tobytes())
+                    _hash_array(h, part[k])
             elif isinstance(part, list | tuple) and part and all(isinstance(v, np.ndarray) for v in part):
                 for v in part:
-                    h.update(np.ascontiguousarray(v).tobytes())
+                    _hash_array(h, v)
             else:
                 h.update(json.dumps(part, sort_keys=True, default=_plain).encode())
         except (TypeError, ValueError):
             return None
     return h.hexdigest()[:32]
+
+
+def _hash_array(h: Any, a: np.ndarray) -> None:
+    """dtype and shape too: the same bytes in another dtype or shape are other data."""
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
 
 
 def _plain(x: Any) -> Any:

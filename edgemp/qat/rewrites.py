@@ -157,7 +157,7 @@ def fold_affine_into_linear(gm: Any) -> int:
         chain = _affine_chain(gm, linear.args[0], weight.shape[1])
         if not chain:
             continue
-        a, d = _compose(gm, chain, weight.shape[1])
+        a, d = _compose(chain, weight.shape[1])
         before = set(gm.graph.nodes)
         with gm.graph.inserting_before(linear):
             w_node = _call(gm.graph, aten.mul.Tensor, linear.args[1],
@@ -171,9 +171,10 @@ def fold_affine_into_linear(gm: Any) -> int:
         _add_meta([n for n in new if n.op == "call_function"], linear, fake_mode)
         for n in new:
             n.meta[_FOLD] = True
-        linear.args = (chain[0].args[_variable_index(gm, chain[0])], w_node, b_node, *linear.args[3:])
-        constants = [arg for n in chain for arg in n.args if isinstance(arg, torch.fx.Node) and arg.op == "get_attr"]
-        for node in reversed(chain):
+        nodes = [n for n, _, _ in chain]
+        linear.args = (nodes[0].args[0 if chain[0][2] else 1], w_node, b_node, *linear.args[3:])
+        constants = [arg for n in nodes for arg in n.args if isinstance(arg, torch.fx.Node) and arg.op == "get_attr"]
+        for node in reversed(nodes):
             gm.graph.erase_node(node)
         for node in dict.fromkeys(constants):
             if not node.users:
@@ -249,31 +250,40 @@ def _variable_index(gm: Any, node: Any) -> int:
     return 0 if isinstance(node.args[0], torch.fx.Node) and constant_operand(gm, node.args[0]) is None else 1
 
 
-def _affine_chain(gm: Any, start: Any, features: int) -> list[Any]:
+def _affine_step(gm: Any, node: Any, features: int) -> tuple[Any, torch.Tensor, bool] | None:
+    """(its variable input, its constant as a vector, is the variable first?) when `node` is an affine op by a
+    constant that keeps its input's shape and is read by one op only; else None."""
+    if not isinstance(node, torch.fx.Node) or aten_name(node) not in _AFFINE or len(node.users) != 1 or \
+            len(node.args) != 2 or node.kwargs:
+        return None
+    c = _scale_vector(gm, node, features)
+    first = _variable_index(gm, node) == 0
+    variable = node.args[0 if first else 1]
+    val, out = getattr(variable, "meta", {}).get("val"), node.meta.get("val")
+    if c is None or not isinstance(variable, torch.fx.Node) or constant_operand(gm, variable) is not None or \
+            not isinstance(val, torch.Tensor) or not isinstance(out, torch.Tensor) or \
+            tuple(val.shape) != tuple(out.shape) or not val.is_floating_point() or \
+            (aten_name(node) == "div.Tensor" and not first):
+        return None
+    return variable, c, first
+
+
+def _affine_chain(gm: Any, start: Any, features: int) -> list[tuple[Any, torch.Tensor, bool]]:
     """The affine ops by constants that lead, each the only user of the one before, into a Linear's input (first op
-    first); empty when there are none."""
-    chain: list[Any] = []
+    first), each with its constant and where its variable is; empty when there are none."""
+    chain: list[tuple[Any, torch.Tensor, bool]] = []
     node = start
-    while (isinstance(node, torch.fx.Node) and aten_name(node) in _AFFINE and len(node.users) == 1
-           and len(node.args) == 2 and not node.kwargs and _scale_vector(gm, node, features) is not None):
-        variable = node.args[_variable_index(gm, node)]
-        val, out = getattr(variable, "meta", {}).get("val"), node.meta.get("val")
-        if not isinstance(variable, torch.fx.Node) or constant_operand(gm, variable) is not None or \
-                not isinstance(val, torch.Tensor) or not isinstance(out, torch.Tensor) or \
-                tuple(val.shape) != tuple(out.shape) or not val.is_floating_point() or \
-                (aten_name(node) == "div.Tensor" and _variable_index(gm, node) != 0):
-            break
-        chain.insert(0, node)
-        node = variable
+    while (step := _affine_step(gm, node, features)) is not None:
+        chain.insert(0, (node, step[1], step[2]))
+        node = step[0]
     return chain
 
 
-def _compose(gm: Any, chain: list[Any], features: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _compose(chain: list[tuple[Any, torch.Tensor, bool]], features: int) -> tuple[torch.Tensor, torch.Tensor]:
     a = torch.ones(features, dtype=torch.float64)
     d = torch.zeros(features, dtype=torch.float64)
-    for node in chain:
-        c = _scale_vector(gm, node, features)
-        op, first = aten_name(node), _variable_index(gm, node) == 0
+    for node, c, first in chain:
+        op = aten_name(node)
         if op == "add.Tensor":
             d = d + c
         elif op == "sub.Tensor":
