@@ -47,3 +47,37 @@ def test_multi_input_model_with_dict_calibration(tmp_path: Path) -> None:
     c = edgemp.inspect_model(r.artifacts["tflite"])
     assert [s.name for s in c.inputs] == ["image", "meta"] and {s.dtype for s in c.inputs} == {"int8"}
     assert r.report["validation"]["outputs"][0]["cosine"] > 0.99
+
+
+def test_keras_reference_runs_traced_and_falls_back_to_eager() -> None:
+    """The float reference goes through one traced graph (any batch size) and gives the eager outputs; a layer that
+    cannot be traced (Python reading a tensor's value) runs eagerly instead of failing the conversion."""
+    import keras
+
+    from edgemp.sources.keras import KerasSource
+
+    keras.utils.set_random_seed(0)
+    img, meta = keras.Input((8, 8, 3), name="image"), keras.Input((4,), name="meta")
+    x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3)(img))
+    model = keras.Model([img, meta], keras.layers.Dense(5)(keras.layers.Concatenate()([x, meta])))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(7, 8, 8, 3)).astype(np.float32), "meta": rng.normal(size=(7, 4)).astype(np.float32)}
+    src = KerasSource(model)
+    for n in (7, 3):  # two batch sizes, one trace
+        part = {k: v[:n] for k, v in batch.items()}
+        np.testing.assert_allclose(src.predict(part)[0], np.asarray(model([part["image"], part["meta"]])), rtol=1e-5,
+                                   atol=1e-6)
+    assert src._traced.experimental_get_tracing_count() == 1  # noqa: SLF001 - the traced path, traced once
+
+    class Eager(keras.layers.Layer):
+        def call(self, v):  # type: ignore[no-untyped-def]
+            return v * float(np.asarray(v).std())  # needs a concrete value: not traceable
+
+        def compute_output_shape(self, shape):  # type: ignore[no-untyped-def]
+            return shape
+
+    inp = keras.Input((4,), name="v")
+    eager = KerasSource(keras.Model(inp, Eager()(inp)))
+    v = rng.normal(size=(5, 4)).astype(np.float32)
+    np.testing.assert_allclose(eager.predict({"v": v})[0], v * v.std(), rtol=1e-5)
+    assert eager._traced is False  # noqa: SLF001 - remembered: no second trace attempt
