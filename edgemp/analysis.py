@@ -14,7 +14,7 @@ from edgemp.config import (CoreMLOptions, DataOptions, GateOptions, Layout, Mixe
 from edgemp.errors import CalibrationError, public
 from edgemp.mixed.pipeline import analyze_layers, executor_for, sensitivity_json
 from edgemp.mixed.report import plot_png, to_html, to_markdown
-from edgemp.mixed.session import MixedSession
+from edgemp.mixed.session import MixedSession, reference_ahead
 from edgemp.pipeline import Conversion
 from edgemp.precisions import Precision
 
@@ -95,10 +95,12 @@ def analyze(
         base = f"{conv.base}_sensitivity"
         paths = {k: conv.out_dir / f"{base}.{k}" for k in ("json", "md", "png", "html")}
         check_overwrite(list(paths.values()), force)
-        source, qbase = conv.source, conv.float_model.quantization_base
         vdata, note = conv.validation
+        ahead = reference_ahead(conv.source, vdata, ex.threads_here)  # beside the float conversion
+        source, qbase = conv.source, conv.float_model.quantization_base
         stats = conv._statistics(qbase, executor=ex)
-        session = MixedSession(source, qbase, stats, vdata, conv.runtime, progress=progress, executor=ex)
+        session = MixedSession(source, qbase, stats, vdata, conv.runtime, progress=progress, executor=ex,
+                               reference=ahead)
         rows, summary = analyze_layers(session, tensor_samples, progress)
     cal = conv.calibration_set
     assert cal is not None

@@ -251,6 +251,11 @@ class Conversion:
 
             outcome = qat_mixed(self, learned.artifact, learned.recipe)
             return Quantized(outcome.artifact, outcome.recipe, outcome, self.calibration_runs)
+        ahead = None
+        if self.spec.searched and "float_model" not in self.__dict__:  # the search's float reference, meanwhile
+            from edgemp.mixed.session import reference_ahead
+
+            ahead = reference_ahead(self.source, self.validation[0], self.executor.threads_here)
         fm = self.float_model
         recipe = self.spec.recipe(self.io, fm.census)
         if recipe is None:
@@ -267,7 +272,7 @@ class Conversion:
                                     max_float_layers=m.max_float_layers, keep_float=m.keep_float,
                                     never_float=m.never_float, tensor_samples=32, title=self.base,
                                     progress=self.progress, class_names=self.data.class_names,
-                                    executor=self.executor)
+                                    executor=self.executor, reference=ahead)
             outcome.section["calibration_runs"] = self.calibration_runs
             return Quantized(outcome.artifact, outcome.recipe, outcome, self.calibration_runs)
         with self.timer.stage("quantize"):

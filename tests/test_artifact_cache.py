@@ -152,3 +152,41 @@ def test_damaged_entries_are_misses() -> None:
     assert _diskcache.arrays_to_bytes([np.array(["a"], object)]) is None  # would need pickle: not cached
     for bad in (b"\xff{", b'{"a": 1}', b'[["t", 1]]', b'[["t", {"rmse": "x"}]]', b"[1]"):
         assert _diskcache.errors_from_bytes(bad, None) is None
+
+
+def test_tensor_errors_on_threads_equal_one_thread(model_file: Path) -> None:
+    """The preserved-tensor pass runs its fixed shards side by side with more threads: same numbers, bit for bit."""
+    s = session(model_file, digits()[0][N_TRAIN:N_TRAIN + 40])
+    int8, samples = s.make(frozenset()), s.samples(40)  # three shards (16, 16, 8)
+    one = sensitivity.tensor_errors(s.float_tflite, int8, samples, s.graph, threads=1)
+    two = sensitivity.tensor_errors(s.float_tflite, int8, samples, s.graph, threads=2)
+    assert one and {t: e.to_dict() for t, e in one.items()} == {t: e.to_dict() for t, e in two.items()}
+    assert all(e.sqnr_db is not None and e.rmse is not None for e in one.values())
+
+
+def test_the_float_reference_runs_beside_the_float_conversion(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more than one thread, a TensorFlow source's float reference starts on its own thread before the float
+    conversion and the session takes its outputs: the same arrays it would have computed itself. One thread, or a
+    torch source (torch.export is not made to run beside the forward), runs it in the session as before."""
+    import threading
+
+    from edgemp.mixed.session import float_reference, reference_ahead
+    from edgemp.sources.torch import TorchSource
+
+    monkeypatch.setenv("EDGEMP_ARTIFACT_CACHE", "0")
+    where: list[str] = []
+    predict = KerasSource.predict
+    monkeypatch.setattr(KerasSource, "predict",
+                        lambda self, b: where.append(threading.current_thread().name) or predict(self, b))
+    source = load_source(model_file)
+    vdata = ValidationData({"image": digits()[0][N_TRAIN:N_TRAIN + 100]}, None, None, "test", [])
+    assert reference_ahead(source, vdata, threads=1) is None and not TorchSource.predicts_during_conversion
+    ahead = reference_ahead(source, vdata, threads=2)
+    assert ahead is not None
+    tflite = source.to_float_tflite(1)  # meanwhile
+    outputs, reused = ahead.result()
+    assert not reused and where and all(n.startswith("edgemp-reference") for n in where)
+    here, _ = float_reference(source, vdata, False)
+    np.testing.assert_array_equal(outputs[0], here[0])
+    s = MixedSession(source, tflite, lambda: {}, vdata, RuntimeOptions(latency_runs=0), reference=ahead)
+    assert s.scorer.reference[0] is outputs[0]

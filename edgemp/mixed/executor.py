@@ -83,6 +83,12 @@ class Executor:
         self.calibration_shards = 0  # how the last calibration here was split (0: none ran here)
         self.num_workers = num_workers or min(usable_cpus(), LOCAL_WORKERS)
 
+    @property
+    def threads_here(self) -> int:
+        """Threads for work that stays in this process (the preserved-tensor pass, the float reference): the
+        workers asked for; 1 keeps everything on one core."""
+        return self.num_workers
+
     def score(self, recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics, scorer: Scorer,
               progress: bool | None, label: str) -> list[Score]:
         from edgemp._progress import track
@@ -149,6 +155,12 @@ class RayExecutor(Executor):
             self._ray = self._session.__enter__()
             remote = self._ray.remote(num_cpus=1)(warm_up)
             self._warming = [remote.remote() for _ in range(self._slots())]
+
+    @property
+    def threads_here(self) -> int:
+        """The workers are idle while this process works between their tasks: its own CPUs (at most
+        LOCAL_WORKERS), or 1 when one worker was asked for."""
+        return 1 if self.num_workers == 1 else min(usable_cpus(), LOCAL_WORKERS)
 
     def _slots(self) -> int:
         return self.num_workers or max(1, int(self._ray.cluster_resources().get("CPU", 1)))

@@ -49,9 +49,10 @@ def run_mixed(source: Any, float_tflite: bytes, stats: Statistics | Callable[[],
               keep_float: Sequence[str], never_float: Sequence[str], tensor_samples: int, title: str,
               progress: bool | None, class_names: Sequence[str] | None = None,
               learned: tuple[bytes, list[dict[str, Any]] | None] | None = None,
-              executor: Any = None) -> MixedOutcome:
+              executor: Any = None, reference: Any = None) -> MixedOutcome:
     """`learned`: a QAT module's int8 artifact and recipe, taken as it is (no float layer) when it meets the
-    budget; otherwise the search runs as usual on `float_tflite` (the QAT-trained weights)."""
+    budget; otherwise the search runs as usual on `float_tflite` (the QAT-trained weights). `reference`: the float
+    reference started earlier (edgemp.mixed.session.reference_ahead), or None to run it here."""
     # Check the cheap things first: a bad name or budget must fail before the float reference runs.
     budget = Budget.resolve(gate.max_accuracy_drop, gate.min_sqnr_db, gate.min_cosine,
                             gate.metric is not None or vdata.labels is not None, metric_name(gate, vdata))
@@ -64,7 +65,7 @@ def run_mixed(source: Any, float_tflite: bytes, stats: Statistics | Callable[[],
     cap = resolve_cap(max_float_layers, len(graph.layers))
     with executor_for(executor) as ex:
         session = MixedSession(source, float_tflite, stats, vdata, opts, float_io=float_io, progress=progress,
-                               graph=graph, gate=gate, class_names=class_names, executor=ex)
+                               graph=graph, gate=gate, class_names=class_names, executor=ex, reference=reference)
         outcome = _run_mixed(session, budget, graph, keep, never, cap, learned, tensor_samples, title, progress,
                              float_io, max_float_layers)
     outcome.reference = (source, vdata, session.scorer.reference)

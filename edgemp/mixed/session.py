@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,28 @@ from edgemp.validation.tasks import infer_tasks
 REFERENCE_BATCH = 64  # samples per source.predict call for the float reference (part of its cache key)
 
 
+def float_reference(source: Any, vdata: ValidationData, progress: bool | None) -> tuple[list[np.ndarray], bool]:
+    """(the float model's outputs on the validation inputs, taken from the disk cache?)."""
+    return _diskcache.reference(
+        source, vdata.inputs, REFERENCE_BATCH,
+        lambda: batched(source.predict, vdata.inputs, REFERENCE_BATCH, progress=progress,
+                        label="Running float reference"))
+
+
+def reference_ahead(source: Any, vdata: ValidationData, threads: int) -> Future[Any] | None:
+    """The float reference, started on a thread now, for a session made later: the float conversion before it
+    keeps one core busy (the TFLite converter's export is single-threaded) and the reference uses the other.
+    Only with more than one thread, and for sources whose model can run while it is being converted (TensorFlow's:
+    a traced function runs while the converter traces its own; torch.export is not made for that)."""
+    if threads < 2 or not getattr(source, "predicts_during_conversion", False):
+        return None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="edgemp-reference")
+    try:
+        return pool.submit(float_reference, source, vdata, False)  # no progress bar beside the converter's work
+    finally:
+        pool.shutdown(wait=False)
+
+
 class MixedSession:
     """`make(region)` quantizes the float model with `region` kept in float, from statistics gathered once."""
 
@@ -35,7 +58,8 @@ class MixedSession:
                  vdata: ValidationData,
                  opts: RuntimeOptions, float_io: bool = False, progress: bool | None = None,
                  graph: LayerGraph | None = None, gate: GateOptions | None = None,
-                 class_names: Sequence[str] | None = None, executor: Executor | None = None) -> None:
+                 class_names: Sequence[str] | None = None, executor: Executor | None = None,
+                 reference: Future[Any] | None = None) -> None:
         self.source, self.float_tflite = source, float_tflite
         self.executor = executor or Executor()
         self._statistics = statistics  # or a callable: calibration runs only when a candidate is first built
@@ -45,10 +69,8 @@ class MixedSession:
         # what came from <EDGEMP_CACHE> (edgemp._diskcache) instead of running again: a second run on the same model
         # file and data (analyze, then convert -p mixed) neither runs the float model nor the preserved-tensor pass
         self.reused: dict[str, bool] = {"float_reference": False, "tensor_errors": False}
-        reference, self.reused["float_reference"] = _diskcache.reference(
-            source, vdata.inputs, REFERENCE_BATCH,
-            lambda: batched(source.predict, vdata.inputs, REFERENCE_BATCH, progress=progress,
-                            label="Running float reference"))
+        reference, self.reused["float_reference"] = (reference.result() if reference is not None
+                                                     else float_reference(source, vdata, progress))
         names = [d.name for d in Runner(float_tflite, RuntimeOptions(latency_runs=0), source.output_names()).outputs]
         gate = gate or GateOptions()
         tasks = infer_tasks(names, [r.shape for r in reference], source.output_channels_first(), gate.output_tasks)
@@ -157,7 +179,8 @@ class MixedSession:
         samples = self.samples(n)
         errors, self.reused["tensor_errors"] = _diskcache.tensor_errors(
             self.float_tflite, artifact, samples, self.graph,
-            lambda: sensitivity.tensor_errors(self.float_tflite, artifact, samples, self.graph))
+            lambda: sensitivity.tensor_errors(self.float_tflite, artifact, samples, self.graph,
+                                              threads=self.executor.threads_here))
         return errors
 
     def samples(self, n: int) -> list[dict[str, np.ndarray]]:

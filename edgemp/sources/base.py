@@ -29,6 +29,8 @@ class Source(Protocol):
     path: str | None
     data_layout: Layout  # layout of the data users give (image folders are read into it)
     artifact_layout: Layout  # layout of the artifact's 4-D inputs
+    # predict() may run on another thread while to_float_tflite() converts (edgemp.mixed.session.reference_ahead)
+    predicts_during_conversion: ClassVar[bool]
 
     def input_specs(self) -> list[TensorSpec]: ...
 

@@ -112,6 +112,7 @@ class KerasSource:
     onnx_exporter: ClassVar[str | None] = "tf2onnx"
     data_layout: ClassVar[Layout] = Layout.NHWC
     artifact_layout: ClassVar[Layout] = Layout.NHWC
+    predicts_during_conversion: ClassVar[bool] = True
     from_file = False  # loaded from `path` as it is (not a clone edgemp made of it)
 
     def __init__(self, model: Any, path: str | None = None) -> None:
@@ -312,6 +313,7 @@ class SavedModelSource:
     onnx_exporter: ClassVar[str | None] = None  # no ONNX target: load the Keras model instead
     data_layout: ClassVar[Layout] = Layout.NHWC
     artifact_layout: ClassVar[Layout] = Layout.NHWC
+    predicts_during_conversion: ClassVar[bool] = True
 
     def __init__(self, path: Path) -> None:
         tf = import_tf()

@@ -214,6 +214,7 @@ class TorchSource:
     kind: ClassVar[str] = "pytorch"
     onnx_exporter: ClassVar[str | None] = "torch.onnx.export (dynamo)"
     data_layout: ClassVar[Layout] = Layout.NCHW  # what users hand us: shaped like example_input
+    predicts_during_conversion: ClassVar[bool] = False  # torch.export is not made to run beside the module's forward
 
     def __init__(self, module: Any, example_args: tuple[Any, ...], input_layout: str | Layout | None,
                  name: str = "model") -> None:
