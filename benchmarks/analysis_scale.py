@@ -148,7 +148,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    rows = [one(k, args.workers) | {"run": stamp} for k in args.models.split(",")]
+    rows = [one(k, args.workers) | {"run": stamp, "host": cpu_description()} for k in args.models.split(",")]
     # models not run this time keep their rows from the last run (each row is one side-by-side run, dated)
     old = Path(__file__).parent / "results" / "analysis_scale.json"
     kept = [m for m in (json.loads(old.read_text())["models"] if old.exists() else [])
@@ -159,9 +159,17 @@ def main() -> None:
     write_results("analysis_scale", data, to_markdown(data))
 
 
+def _hosts(d: dict[str, Any]) -> str:
+    """One host, or each model's (rows kept from an earlier run may come from another machine of this kind)."""
+    hosts = {m.get("host", "?"): None for m in d["models"]}
+    if len(hosts) == 1:
+        return next(iter(hosts)) if "?" not in hosts else d["host"]
+    return "; ".join(f"{m['model']}: {m.get('host', 'not recorded')}" for m in d["models"])
+
+
 def to_markdown(d: dict[str, Any]) -> str:
     lines = ["# Analysis + mixed precision at scale: time against one int8 conversion", "",
-             f"Host: {d['host']}. Reproduce: `source scripts/env.sh && python benchmarks/analysis_scale.py`. "
+             f"Host: {_hosts(d)}. Reproduce: `source scripts/env.sh && python benchmarks/analysis_scale.py`. "
              "serial: candidates one after another in this process; threads: the default in-process executor (one "
              f"thread per CPU); Ray: a local Ray with {d['workers']} workers, started by each call (its start-up is in "
              "the figures) or already running (ray.init() before the calls, as a cluster is). Times in seconds; ratios are "
