@@ -347,8 +347,10 @@ def to_markdown(d: dict[str, Any]) -> str:
               "as one int8 tensor with one scale, which rounds most pixels' factors to 0, and mixed keeps that one "
               "MUL in float. QAT folds the standardisation into the first Linear (W * 1/std, b - W @ (mean/std), "
               "computed from the trainable W) so it is in per-channel int8 weights that training adjusts: 4 int8 "
-              "ops, no MUL or SUB. The last 1.2 points were not traced; the likely cause is the pixels that rarely vary "
-              "(1/std up to 10.7), whose folded weights set each output channel's weight scale. Before the fold QAT "
+              "ops, no MUL or SUB. The last points are lost to the weight ranges (benchmarks/results/"
+              "qat_weight_ranges.md): pixels that rarely vary (1/std up to 10.7) fold into columns that set each "
+              "output channel's min/max weight scale, and 75% of the first Linear's int8 weights round to 0; ranges "
+              "chosen for the layer's output error keep the float accuracy (weights only). Before the fold QAT "
               "gave 0.5397. LayerNorm's weight and bias are trainable parameters and are not folded (the ViT rows are "
               "the same as before the fold; folding them too gave 0.8650 and, with learned ranges, 0.8403).", "",
               "Trained honestly on this data, the EfficientNet and MobileNetV1 blocks and the tiny ViT lose under "
