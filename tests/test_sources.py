@@ -63,8 +63,8 @@ def test_keras_reference_runs_traced_and_falls_back_to_eager() -> None:
     rng = np.random.default_rng(0)
     batch = {"image": rng.normal(size=(7, 8, 8, 3)).astype(np.float32), "meta": rng.normal(size=(7, 4)).astype(np.float32)}
     src = KerasSource(model)
-    for n in (7, 3):  # two batch sizes, one trace
-        part = {k: v[:n] for k, v in batch.items()}
+    for n in (7, 3):  # two batch sizes (the second in float64, cast as Keras casts it), one trace
+        part = {k: v[:n] if n == 7 else v[:n].astype(np.float64) for k, v in batch.items()}
         np.testing.assert_allclose(src.predict(part)[0], np.asarray(model([part["image"], part["meta"]])), rtol=1e-5,
                                    atol=1e-6)
     assert src._traced.experimental_get_tracing_count() == 1  # noqa: SLF001 - the traced path, traced once
