@@ -260,6 +260,56 @@ def test_a_standardisation_folds_into_the_linear_it_feeds_exactly() -> None:
                            str(next(iter(n.users)).target) == "aten.linear.default" for n in baked.graph.nodes)
 
 
+def test_output_error_weight_ranges_keep_the_small_weights(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A standardisation folded into a Linear, with pixels that hardly vary: min/max ranges round most of the folded
+    weights to 0; weight_ranges="output_error" picks each channel's range for the layer's output error (a fraction of
+    max |w|), and the .tflite stores exactly the scales the module trains with. Convolutions (grouped too) get them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgemp.qat.ranges import OutputErrorWeightFakeQuantize
+
+    rng = np.random.default_rng(0)
+    flat = rng.uniform(0, 16, (300, 64)).astype(np.float32)
+    flat[:, :4] = (rng.random((300, 4)) < 0.02).astype(np.float32)  # border pixels: almost always 0
+    x = np.ascontiguousarray(flat.reshape(-1, 1, 8, 8))
+    model, x0 = _pixel_std_model(flat, "linear").eval(), torch.zeros(1, 1, 8, 8)
+    opts = {"preprocessing": {"scale": 1.0}, "progress": False}
+
+    def first_fc(qat):  # type: ignore[no-untyped-def]
+        r = edgemp.convert(qat, "int8", None, x[200:], tmp_path / qat.weight_ranges[:6], **opts,
+                           runtime=edgemp.RuntimeOptions(latency_runs=0))
+        assert set(r.report["census"]["compute_counts"]) == {"int8"}
+        itp = Interpreter(model_path=str(r.artifacts["tflite"]), experimental_preserve_all_tensors=True)
+        itp.allocate_tensors()
+        itp.invoke()
+        d = next(d for d in itp.get_tensor_details() if list(d["shape"]) == [64, 64] and d["dtype"] == np.int8)
+        return itp.get_tensor(d["index"]), d["quantization_parameters"]["scales"], r.report["qat"]
+
+    minmax = edgemp.prepare_qat(model, x0, x[:200], **opts)
+    chosen = edgemp.prepare_qat(model, x0, x[:200], weight_ranges="output_error", **opts)
+    assert chosen.weight_ranges == "output error (2 layers)" and minmax.weight_ranges == "min/max (observed)"
+    fq = [m for m in chosen.prepared.modules() if isinstance(m, OutputErrorWeightFakeQuantize)]
+    first = next(m for m in fq if m.ratio.numel() == 64)  # the Linear the standardisation folded into
+    assert len(fq) == 2 and float(first.ratio.median()) < 0.8 and bool((first.ratio <= 1).all())
+    w_mm, _, _ = first_fc(minmax)
+    w_oe, scales, report = first_fc(chosen)
+    assert report["weight_ranges"] == "output error (2 layers)"
+    np.testing.assert_allclose(scales, first.scale.numpy(), rtol=1e-5)  # what it trained with is what ships
+    assert (w_oe == 0).mean() < (w_mm == 0).mean()  # the pixels that vary keep more int8 levels
+    assert np.median(np.abs(w_oe[:, 4:])) > 1.3 * np.median(np.abs(w_mm[:, 4:]))
+    cnn = edgemp.prepare_qat(torch_digits_cnn(), x0, data[0][:64], weight_ranges="output_error", progress=False)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in torch_digits_cnn().modules())
+    lins = sum(isinstance(m, torch.nn.Linear) for m in torch_digits_cnn().modules())
+    assert cnn.weight_ranges == f"output error ({convs + lins} layers)"
+    torch.manual_seed(0)
+    dw = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, groups=8),
+                             torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 10))
+    grouped = edgemp.prepare_qat(dw, x0, data[0][:64], weight_ranges="output_error", progress=False)
+    assert grouped.weight_ranges == "output error (3 layers)"
+    assert [tuple(m.ratio.shape) for m in grouped.prepared.modules()
+            if isinstance(m, OutputErrorWeightFakeQuantize)] == [(8,), (8,), (10,)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["linear", "conv"])
 def test_qat_trains_the_constants_the_tflite_stores(data, head: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -431,6 +481,10 @@ def test_bad_inputs(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
         edgemp.finetune_qat(qat, (x[:10], y[:9]))
     with pytest.raises(errors.InputError, match="learn_ranges=True .* pass calibration="):
         edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), learn_ranges=True, progress=False)
+    with pytest.raises(errors.InputError, match="weight_ranges='output_error' .* pass calibration="):
+        edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), weight_ranges="output_error", progress=False)
+    with pytest.raises(errors.InputError, match="weight_ranges must be 'minmax' or 'output_error'"):
+        edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:32], weight_ranges="mse", progress=False)
     with pytest.raises(errors.InputError, match="prepare_qat returned"):
         edgemp.finetune_qat(torch_digits_cnn(), (x[:10], y[:10]))
     assert not any(tmp_path.iterdir())

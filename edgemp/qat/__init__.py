@@ -23,14 +23,18 @@ from edgemp.errors import ConversionError, InputError, public
 @public
 def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_calibration_samples: int = 256,
                 preprocessing: Any = None, input_layout: str | None = None, learn_ranges: bool = False,
-                seed: int = 0, progress: bool | None = None) -> Any:
+                weight_ranges: str = "minmax", seed: int = 0, progress: bool | None = None) -> Any:
     """A trainable copy of `model` with fake quantization in its forward pass (PT2E QAT, edgemp's int8 scheme:
     per-channel symmetric int8 weights, per-tensor int8 activations). `calibration` (the same kinds of data as for
     convert) initialises the quantization ranges before training; without it they start from the first training
     batches. `input_layout` is the layout of the .tflite convert() will write (NHWC by default for 4-D inputs).
     `learn_ranges`: the activation ranges are trained too (LSQ, torchao's LearnableFakeQuantize), starting from the
     calibrated ones (calibration is then required): for models whose measured ranges are the problem, e.g. a
-    concatenation of features with a raw input of a much wider range. The model itself is not changed."""
+    concatenation of features with a raw input of a much wider range. `weight_ranges="output_error"`: each weight
+    channel's int8 range is a fraction of its max |w| chosen on the calibration set for the least error at the layer's
+    output (edgemp.qat.ranges; calibration required), instead of max |w| ("minmax", PT2E's observers): for weights
+    with a few columns far larger than the rest, e.g. a per-feature standardisation folded into a Linear. The model
+    itself is not changed."""
     from edgemp._compat import prepare_torch_import
 
     prepare_torch_import()
@@ -46,6 +50,11 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
     P.integer("num_calibration_samples", num_calibration_samples, 1, 10**6)
     P.optional_flag("progress", progress)
     P.flag("learn_ranges", learn_ranges)
+    if weight_ranges not in ("minmax", "output_error"):
+        raise InputError(f"weight_ranges must be 'minmax' or 'output_error', not {weight_ranges!r}")
+    if weight_ranges == "output_error" and calibration is None:
+        raise InputError("weight_ranges='output_error' chooses the ranges on the calibration set: pass calibration= "
+                         "(the same kinds of data as for convert)")
     if learn_ranges and calibration is None:
         raise InputError("learn_ranges=True trains the activation ranges from calibrated ones: pass calibration= "
                          "(the same kinds of data as for convert)")
@@ -69,14 +78,14 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
     qat = QATModel(prepared, float_model, source.example_args, quantizer, source.layout, source.name,
                    saturating=saturate_rsqrt(prepared), rewrites=rewritten.meta["edgemp_rewrites"])
     if calibration is not None:
-        _initialise(qat, source, calibration, num_calibration_samples, preprocessing, seed, progress)
+        _initialise(qat, source, calibration, num_calibration_samples, preprocessing, seed, progress, weight_ranges)
     if learn_ranges:
         qat.start_range_learning()
     return qat
 
 
 def _initialise(qat: Any, source: Any, calibration: Any, n: int, preprocessing: Any, seed: int,
-                progress: bool | None) -> None:
+                progress: bool | None, weight_ranges: str = "minmax") -> None:
     """Observers see the calibration set once, in eval mode (batch-norm statistics untouched), with fake quantization
     on (each range as the ranges before it quantize). The outputs of saturating ops (rsqrt: saturate_rsqrt) are
     observed first, in float, as post-training calibration sees them, then kept: fake-quantized, their inputs can round
@@ -115,6 +124,12 @@ def _initialise(qat: Any, source: Any, calibration: Any, n: int, preprocessing: 
                 m.enable_observer()
             qat.fix_saturating_ranges()
     run()
+    if weight_ranges == "output_error":
+        from edgemp.qat.ranges import set_output_error_ranges
+
+        batches = [tuple(torch.from_numpy(np.ascontiguousarray(a[i : i + 32])) for a in joined)
+                   for i in range(0, len(joined[0]), 32)]
+        qat.weight_ranges = f"output error ({set_output_error_ranges(qat.prepared, batches)} layers)"
     qat.calibration = cal.summary()
     qat.train()
 
