@@ -38,7 +38,11 @@ SEARCH, HELD_OUT = slice(0, 2000), slice(2000, None)
 VERSION = "v1"
 KINDS = ("sensitive_twin", "sensitive_twin_clamped", "efficientnet", "mobilenetv1", "vit", "pixel_std_mlp")
 TUNED = "fp32 + QAT's fine-tuning"  # the float model trained as much as QAT trains it, without quantization
-QAT_ROWS = {"qat int8": False, "qat int8 (learned ranges)": True}  # row -> prepare_qat(learn_ranges=...)
+QAT_ROWS: dict[str, dict[str, Any]] = {  # row -> prepare_qat's options
+    "qat int8": {},
+    "qat int8 (learned ranges)": {"learn_ranges": True},
+    "qat int8 (output-error weight ranges)": {"weight_ranges": "output_error"},
+}
 
 
 def build(kind: str) -> Any:
@@ -252,14 +256,14 @@ def one(kind: str, data: dict[str, Any], work: Path) -> dict[str, Any]:
     r = edgemp.convert(tuned, "fp32", cal, search, work / f"{kind}-fp32-tuned", example_input=x0, **common)
     arts[TUNED] = r.artifacts["tflite"].read_bytes()
     rows[TUNED] = {}
-    for row, learn in QAT_ROWS.items():
+    for i, (row, options) in enumerate(QAT_ROWS.items()):
         t0 = time.perf_counter()
         try:
             torch.manual_seed(0)
-            qat = edgemp.prepare_qat(model, x0, cal, preprocessing={"scale": 1.0}, learn_ranges=learn, progress=False)
+            qat = edgemp.prepare_qat(model, x0, cal, preprocessing={"scale": 1.0}, progress=False, **options)
             edgemp.finetune_qat(qat, (data["x_train"][:20000], data["y_train"][:20000]), epochs=2, lr=1e-3,
                                 progress=False)
-            q = edgemp.convert(qat, "int8", None, search, work / f"{kind}-qat-{learn}", **common)
+            q = edgemp.convert(qat, "int8", None, search, work / f"{kind}-qat-{i}", **common)
             arts[row] = q.artifacts["tflite"].read_bytes()
             rows[row] = {"training_s": round(time.perf_counter() - t0, 1), "float_layers": []}
         except edgemp.errors.EdgempError as exc:

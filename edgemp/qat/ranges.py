@@ -62,7 +62,7 @@ def set_output_error_ranges(prepared: Any, batches: list[tuple[torch.Tensor, ...
     for n in on:
         modules[n].disable_observer()
     weights: dict[Any, torch.Tensor] = {}
-    moments: dict[Any, torch.Tensor] = {}
+    sums: dict[Any, tuple[Any, int]] = {}
 
     fake_quants = {fq: layer for layer, fq in layers.items()}
 
@@ -70,11 +70,12 @@ def set_output_error_ranges(prepared: Any, batches: list[tuple[torch.Tensor, ...
         def run_node(self, n: Any) -> Any:
             if n in fake_quants:  # the weight as training computes it (a fold's product too); freed after this node
                 weights[fake_quants[n]] = self.env[n.args[0]].detach().double()
-            if n in layers:
+            if n in layers:  # sums and counts over every sample (and position): a short last batch weighs its size
                 x = self.env[n.args[0]].detach().double()
-                sq = (x * x).reshape(-1, x.shape[-1]).mean(0) if x.dim() == 2 or aten_name(n) == "linear.default" \
-                    else (x * x).mean(dim=(0, 2, 3))
-                moments[n] = moments.get(n, 0) + sq / len(batches)
+                rows = x.reshape(-1, x.shape[-1]) if aten_name(n) == "linear.default" else \
+                    x.transpose(0, 1).reshape(x.shape[1], -1).T  # a convolution's input channels
+                total, count = sums.get(n, (0, 0))
+                sums[n] = (total + (rows * rows).sum(0), count + rows.shape[0])
             return super().run_node(n)
 
     try:
@@ -84,6 +85,7 @@ def set_output_error_ranges(prepared: Any, batches: list[tuple[torch.Tensor, ...
     finally:
         for n, was in on.items():
             modules[n].enable_observer(bool(was))
+    moments = {n: total / count for n, (total, count) in sums.items()}
     for node, fq_node in layers.items():
         old = modules[fq_node.target]
         ratio = best_ratios(weights[node], _input_weighting(node, weights[node], moments[node]), old.quant_max)

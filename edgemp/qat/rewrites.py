@@ -124,6 +124,7 @@ def split_composite_ops(gm: Any) -> Any:
         counts[key] = counts.get(key, 0) + 1
     counts["constant scaling folded into the Linear it feeds"] = fold_affine_into_linear(gm)
     counts["x / constant written as x * (1 / constant)"] = _divide_as_tflite(gm)
+    counts["concatenation feeding a Linear split into one Linear per part"] = split_joined_linear(gm)
     gm.meta["edgemp_rewrites"] = {k: v for k, v in counts.items() if v}
     if gm.meta["edgemp_rewrites"]:
         gm.graph.lint()
@@ -181,6 +182,49 @@ def fold_affine_into_linear(gm: Any) -> int:
                 gm.graph.erase_node(node)
         folded += 1
     return folded
+
+
+def split_joined_linear(gm: Any) -> int:
+    """Linear(cat([a, b], -1)) -> Linear(a, W[:, :na]) + Linear(b, W[:, na:]) (the bias on the first). An int8
+    concatenation has one scale for all its parts, set by the widest: an L2-normalised embedding joined with a raw
+    brightness of 0..255 keeps 3 levels per feature, and no training moves that scale. Split, each part is quantized
+    on its own scale and the int8 ADD of the partial products requantizes them. The slices are computed in the graph
+    from the trainable W (as fold_affine_into_linear's product; `bake_folds` makes them constants before export).
+    Exact in float; returns the number of Linear layers split."""
+    from torch._guards import detect_fake_mode
+
+    fake_mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes])
+    aten, split = torch.ops.aten, 0
+    for linear in list(gm.graph.nodes):
+        if aten_name(linear) != "linear.default" or linear.kwargs or len(linear.args) < 2:
+            continue
+        cat, weight = linear.args[0], linear.args[1]
+        bias = linear.args[2] if len(linear.args) > 2 else None
+        if not isinstance(cat, torch.fx.Node) or aten_name(cat) != "cat.default" or len(cat.users) != 1 or \
+                cat.kwargs or not isinstance(weight, torch.fx.Node) or \
+                (constant_operand(gm, weight) is None and not is_fold(weight)):
+            continue
+        parts, dim = cat.args[0], (cat.args[1] if len(cat.args) > 1 else 0)
+        vals = [getattr(p, "meta", {}).get("val") for p in parts]
+        if len(parts) < 2 or not all(isinstance(v, torch.Tensor) and v.is_floating_point() for v in vals) or \
+                dim not in (-1, vals[0].dim() - 1):
+            continue
+        before = set(gm.graph.nodes)
+        total, offset = None, 0
+        with gm.graph.inserting_before(linear):
+            for i, (part, val) in enumerate(zip(parts, vals, strict=True)):
+                width = int(val.shape[-1])
+                w = _call(gm.graph, aten.slice.Tensor, weight, 1, offset, offset + width)
+                w.meta[_FOLD] = True
+                y = _call(gm.graph, aten.linear.default, part, w, *((bias,) if i == 0 and bias is not None else ()))
+                total = y if total is None else _call(gm.graph, aten.add.Tensor, total, y)
+                offset += width
+        _add_meta([n for n in gm.graph.nodes if n not in before], linear, fake_mode)
+        linear.replace_all_uses_with(total)
+        gm.graph.erase_node(linear)
+        gm.graph.erase_node(cat)
+        split += 1
+    return split
 
 
 _FOLD = "edgemp_fold"  # node.meta key of the weight and bias arithmetic fold_affine_into_linear adds
