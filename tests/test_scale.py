@@ -37,7 +37,13 @@ def deep_mlp() -> object:
 
 
 @pytest.mark.slow
-def test_two_pass_ranking_and_mixed_after_analyze_builds_little(cache: Path, tmp_path: Path) -> None:
+def test_two_pass_ranking_and_mixed_after_analyze_builds_little(cache: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgemp.mixed import search
+
+    plans: list[list[frozenset[str]]] = []  # per search step: the regions scored side by side
+    ahead = search._ahead
+    monkeypatch.setattr(search, "_ahead", lambda *a: plans.append(ahead(*a)) or plans[-1])
     x, _ = digits()
     model = deep_mlp()
     val = x[N_TRAIN:]
@@ -53,13 +59,18 @@ def test_two_pass_ranking_and_mixed_after_analyze_builds_little(cache: Path, tmp
     assert len(head) == 12 and len(rest) == 12 and all(r["gain"] is not None for r in head)
     assert [r["rank"] for r in head] == list(range(1, 13))  # the measured head ranks first
     assert all(r["rmse"] is not None for r in rows)  # the tensor errors cover every layer
-    assert s["quantize_runs"] <= 1 + 2 + 24 + 12 + 12  # int8, all-float (twice), first pass, head, float gains
+    # int8 (for the preserved tensors, then scored in the head's batch), all-float (twice), first pass, head, gains
+    assert s["quantize_runs"] <= 2 + 2 + 24 + 12 + 12
     sqnr = a.summary["int8"]["sqnr_db"]
     r = edgemp.convert(model, "mixed", x[:100], val, tmp_path / "m", progress=False,
-                       gate=edgemp.GateOptions(min_sqnr_db=sqnr + 1.0), mixed=edgemp.MixedOptions(max_float_layers=6),
+                       gate=edgemp.GateOptions(min_sqnr_db=sqnr + 1.0),
+                       mixed=edgemp.MixedOptions(max_float_layers=6, num_workers=2),
                        runtime=edgemp.RuntimeOptions(latency_runs=1))
     m = r.report["mixed"]
     assert m["met"] and m["float_layers"]
+    # on 2 workers a step's first try was scored beside the step before it (a guess that it would be accepted)
+    assert len(m["steps"]) >= 3 and all(len(p) == 2 for p in plans)
+    assert any(p[1] == q[0] for p, q in zip(plans, plans[1:], strict=False)), plans
     # the ranking came from the analysis' scores (keyed by recipe): only the search's own steps were built
     assert m["scores_from_cache"] >= 24 and m["quantize_runs"] <= len(m["steps"]) + 8 + 2
 
@@ -146,24 +157,29 @@ def test_ray_gives_the_same_layers_and_bytes(tmp_path: Path, monkeypatch: pytest
     cal = xt[1000:1100] * 255.0
     model = sensitive_model_path()
     out = {}
-    for ex in ("local", "ray"):
+    # one after another (the search scores its steps one by one), on threads and on Ray (both score the next steps'
+    # likely candidates ahead, side by side): the same analysis, the same steps and scores, the same bytes
+    for ex in ("serial", "local", "ray"):
         monkeypatch.setenv("EDGEMP_CACHE", str(tmp_path / f"cache-{ex}"))  # cold: Ray calibrates in shards too
         monkeypatch.setenv("EDGEMP_SCORE_CACHE_DIR", str(tmp_path / f"scores-{ex}"))  # cold: Ray scores everything
-        opts = {"executor": ex} | ({"num_workers": 2} if ex == "ray" else {})
+        opts = {"executor": "local", "num_workers": 1} if ex == "serial" else \
+            {"executor": ex} | ({"num_workers": 2} if ex == "ray" else {})
         a = edgemp.analyze(model, cal, data, tmp_path / f"a-{ex}", progress=False,
                            preprocessing={"scale": 1.0}, **opts)
         monkeypatch.setenv("EDGEMP_SCORE_CACHE_DIR", str(tmp_path / f"scores-{ex}-m"))  # the search on Ray too
         r = edgemp.convert(model, "mixed", cal, data, tmp_path / f"m-{ex}", progress=False,
                            preprocessing={"scale": 1.0}, gate=edgemp.GateOptions(max_accuracy_drop=0.005),
                            mixed=edgemp.MixedOptions(**opts), runtime=edgemp.RuntimeOptions(latency_runs=1))
-        assert a.summary["executor"] == ex and a.summary["calibration_runs"] == 1
+        assert a.summary["executor"] == opts["executor"] and a.summary["calibration_runs"] == 1
         assert a.summary["calibration_shards"] == (2 if ex == "ray" else 1)
-        out[ex] = (a.layers, r.report["mixed"]["float_layers"], r.artifacts["tflite"].read_bytes())
-    (la, fa, ba), (lb, fb, bb) = out["local"], out["ray"]
-    assert [r["label"] for r in la] == [r["label"] for r in lb]
-    assert [r["damage"] for r in la] == [r["damage"] for r in lb]
-    assert fa == fb and set(fa) <= {"cat", "logits", "embed"} and ba == bb
-    assert np.frombuffer(ba, np.uint8).size > 0
+        steps = [(s["action"], s["score"]) for s in r.report["mixed"]["steps"]]
+        out[ex] = (a.layers, r.report["mixed"]["float_layers"], r.artifacts["tflite"].read_bytes(), steps)
+    (la, fa, ba, sa) = out["serial"]
+    assert len(sa) > 1 and set(fa) <= {"cat", "logits", "embed"} and np.frombuffer(ba, np.uint8).size > 0
+    for lb, fb, bb, sb in (out["local"], out["ray"]):
+        assert [r["label"] for r in la] == [r["label"] for r in lb]
+        assert [(r["damage"], r["gain"]) for r in la] == [(r["damage"], r["gain"]) for r in lb]
+        assert fa == fb and ba == bb and sa == sb
 
 
 @pytest.mark.slow

@@ -89,6 +89,11 @@ class Executor:
         workers asked for; 1 keeps everything on one core."""
         return self.num_workers
 
+    @property
+    def width(self) -> int:
+        """Candidates scored side by side: what a batch shorter than this leaves idle."""
+        return self.num_workers
+
     def score(self, recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics, scorer: Scorer,
               progress: bool | None, label: str) -> list[Score]:
         from edgemp._progress import track
@@ -161,6 +166,10 @@ class RayExecutor(Executor):
         """The workers are idle while this process works between their tasks: its own CPUs (at most
         LOCAL_WORKERS), or 1 when one worker was asked for."""
         return 1 if self.num_workers == 1 else min(usable_cpus(), LOCAL_WORKERS)
+
+    @property
+    def width(self) -> int:
+        return self._slots() if self._session is not None else (self.num_workers or 1)
 
     def _slots(self) -> int:
         return self.num_workers or max(1, int(self._ray.cluster_resources().get("CPU", 1)))

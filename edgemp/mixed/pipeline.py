@@ -162,12 +162,15 @@ def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | 
     """Rows of the sensitivity table for the full-INT8 model, and a summary."""
     graph = session.graph
     int8 = session.make(frozenset())
-    base = session.scorer(int8)
     budget = Budget(max_accuracy_drop=0.0, metric=session.scorer.judge.name) if session.scorer.labelled \
         else Budget(min_sqnr_db=0.0)
     sens = session.tensor_errors(int8, tensor_samples)
-    all_float, damage, rough = ranked_int8_alone(session, budget, graph.ranked, ANALYSIS_TOP, progress,
-                                                 added_noise(sens, graph))
+    # the full-INT8 score and each head layer's 'float alone' score go with the head's batch (the executor's
+    # workers see one batch, not three waits); float_alone_effects then finds them in the session
+    all_float, damage, rough = ranked_int8_alone(
+        session, budget, graph.ranked, ANALYSIS_TOP, progress, added_noise(sens, graph),
+        also=lambda head: [frozenset(), *(graph.close({lay.tensor}) for lay in head)])
+    base = session.score_regions([frozenset()])[0]
     head = [lay for lay in graph.ranked if lay.tensor in damage]
     gain = float_alone_effects(session, budget, base, head, progress=progress)
     _attach_effects(sens, damage, graph, "int8_alone")

@@ -68,6 +68,7 @@ def search(session: Any, budget: Budget, *, cap: int, keep: Sequence[str] = (), 
     """`forced`: ops that have no int8 form (float in any quantized model): float from the start, and not counted
     against `cap`, which limits what the search chooses. `session`: a MixedSession (make, scorer, score_regions)."""
     make, graph, scorer = session.make, session.graph, session.scorer
+    width = session.executor.width
     steps: list[Step] = []
     cap += sum(1 for t in forced if graph.by_tensor[t].ranked)
 
@@ -80,7 +81,7 @@ def search(session: Any, budget: Budget, *, cap: int, keep: Sequence[str] = (), 
 
     region = graph.close([*keep, *forced])
     art = make(region)
-    cur = scorer(art)
+    cur = session.score(region, art)
     first = "full int8" if not keep else f"int8 with keep_float ({len(graph.close(keep))} ops)"
     if forced:
         first += f", {len(forced)} op(s) without int8 support in float"
@@ -118,9 +119,11 @@ def search(session: Any, budget: Budget, *, cap: int, keep: Sequence[str] = (), 
                               _names(graph, region), len(region), graph.boundaries(region), cur, False, False))
             break
         accepted = False
+        if width > 1:  # what this step and the next ones will most likely score, side by side: the same choices
+            session.score_regions(_ahead(graph, budget, cap, region, tries, avail, priority, width), progress=False)
         for new in tries:
             a = make(new)
-            s = scorer(a)
+            s = session.score(new, a)
             added = ", ".join(describe(graph.by_tensor[t]) for t in sorted(new - region, key=_index(graph))
                               if graph.by_tensor[t].ranked)
             if budget.objective(s) > budget.objective(cur):
@@ -147,6 +150,23 @@ def search(session: Any, budget: Budget, *, cap: int, keep: Sequence[str] = (), 
     if not met:
         result.would_take = _what_it_would_take(make, graph, scorer, budget, region, cands, priority, cap)
     return result
+
+
+def _ahead(graph: LayerGraph, budget: Budget, cap: int, region: frozenset[str], tries: list[frozenset[str]],
+           avail: list[Layer], priority: dict[str, tuple[float, float]], width: int) -> list[frozenset[str]]:
+    """`width` regions to score at once: this step's first try and, as if each step took its first try (the usual
+    case: a layer ranked damaging helps in float), the first tries of the steps after it; then this step's other
+    tries. The search still takes them one by one and decides as it would have; a guess it does not reach only
+    cost an idle worker's time."""
+    plan, r = [tries[0]], tries[0]
+    rest = [lay for lay in avail if lay.tensor not in r]
+    while len(plan) < width and rest:
+        nxt = graph.close(r | {_choose(graph, budget, r, rest, priority).tensor})
+        if _ranked_count(graph, nxt) > cap:
+            break
+        plan.append(nxt)
+        r, rest = nxt, [lay for lay in rest if lay.tensor not in nxt]
+    return (plan + tries[1:])[:width]
 
 
 def _choose(graph: LayerGraph, budget: Budget, region: frozenset[str], avail: list[Layer],

@@ -11,7 +11,7 @@ just that layer in float (the rest in int8).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -143,11 +143,13 @@ def float_alone_effects(session: Any, budget: Budget, base: Score, candidates: S
 
 
 def int8_alone_effects(session: Any, budget: Budget, candidates: Sequence[Layer], progress: bool | None = None,
-                       subset: int | None = None) -> tuple[Score, dict[str, tuple[Score, tuple[float, float]]]]:
-    """Score with only each candidate quantized (everything else float): (all-float score, per-layer damage)."""
+                       subset: int | None = None, also: Sequence[frozenset[str]] = (),
+                       ) -> tuple[Score, dict[str, tuple[Score, tuple[float, float]]]]:
+    """Score with only each candidate quantized (everything else float): (all-float score, per-layer damage).
+    `also`: more regions scored in the same batch (the session keeps their scores for the caller)."""
     everything = frozenset(lay.tensor for lay in session.graph.layers)
-    scores = session.score_regions([everything] + [everything - {lay.tensor} for lay in candidates], subset,
-                                   "Per-layer damage", progress)
+    regions = [everything] + [everything - {lay.tensor} for lay in candidates]
+    scores = session.score_regions(regions + list(also), subset, "Per-layer damage", progress)[: len(regions)]
     ref = scores[0]
     r = budget.objective(ref)
     out = {}
@@ -179,24 +181,28 @@ def added_noise(sens: dict[str, LayerSensitivity], graph: LayerGraph) -> dict[st
 
 def ranked_int8_alone(session: Any, budget: Budget, candidates: Sequence[Layer], top: int,
                       progress: bool | None = None, noise: dict[str, float] | None = None,
+                      also: Callable[[Sequence[Layer]], Sequence[frozenset[str]]] | None = None,
                       ) -> tuple[Score, dict[str, tuple[Score, tuple[float, float]]],
                                  dict[str, tuple[Score, tuple[float, float]]]]:
     """The damage of each layer alone, at the cost of a few. With `noise` (added_noise), only the layers adding the
     most (FIRST_PASS, or a quarter) go on; those are scored on the first RANK_SUBSET samples and ranked by output
     SQNR damage there (continuous, so stable on few samples); the `top` most damaging are measured on the whole
-    validation set. Returns (all-float score, exact effects of the head, first-pass effects of the rest)."""
+    validation set. Returns (all-float score, exact effects of the head, first-pass effects of the rest).
+    `also(head)`: regions the caller scores next from the head (its 'float alone' gains), scored in the head's batch:
+    one wait for the executor's workers instead of two, and no worker idle at the end of the first."""
     n = session.subset_size(RANK_SUBSET)
+    more = also or (lambda head: ())
     if len(candidates) <= top:
-        ref, exact = int8_alone_effects(session, budget, candidates, progress)
+        ref, exact = int8_alone_effects(session, budget, candidates, progress, also=more(candidates))
         return ref, exact, {}
     first = list(candidates)
     keep = max(FIRST_PASS, 2 * top, len(candidates) // 4)
     if noise is not None and len(first) > keep:
         first = sorted(first, key=lambda lay: noise.get(lay.tensor, float("inf")), reverse=True)[:keep]
     if n is None:  # too few samples for a cheaper first pass: what goes on is measured on all of them
-        ref, exact = int8_alone_effects(session, budget, first, progress)
+        ref, exact = int8_alone_effects(session, budget, first, progress, also=more(first))
         return ref, exact, {}
     _, rough = int8_alone_effects(session, budget, first, progress, subset=n)
     order = sorted(first, key=lambda lay: (rough[lay.tensor][1][1], rough[lay.tensor][1][0]), reverse=True)
-    ref, exact = int8_alone_effects(session, budget, order[:top], progress)
+    ref, exact = int8_alone_effects(session, budget, order[:top], progress, also=more(order[:top]))
     return ref, exact, {t: e for t, e in rough.items() if t not in exact}

@@ -106,8 +106,10 @@ class MixedSession:
         found: dict[int, Score] = {}
         todo: list[int] = []
         keys = [self._recipe_key(r) for r in regions]
+        seen = 0  # scored earlier in this session (a batch that also held them): not counted again
         for i, r in enumerate(regions):
             known = self._scores.get((frozenset(r), subset))
+            seen += known is not None
             cached = scorer.cache.get(keys[i]) if known is None and scorer.cache is not None and keys[i] else None
             if known is not None or cached is not None:
                 found[i] = known or Score(**cached)  # type: ignore[arg-type]
@@ -117,7 +119,7 @@ class MixedSession:
         fresh = self.executor.score(recipes, self.float_tflite, self.statistics, scorer,
                                     self.progress if progress is None else progress, label) if todo else []
         self.quantize_runs += len(todo)
-        scorer.runs += len(regions)
+        scorer.runs += len(regions) - seen
         for i, sc in zip(todo, fresh, strict=True):
             found[i] = sc
             if scorer.cache is not None and keys[i]:
@@ -127,6 +129,27 @@ class MixedSession:
         for i, r in enumerate(regions):
             self._scores[(frozenset(r), subset)] = found[i]
         return [found[i] for i in range(len(regions))]
+
+    def score(self, region: frozenset[str], artifact: bytes) -> Score:
+        """The score of `region`, built here as `artifact` (the search's steps): from this session's batches or the
+        disk cache by recipe (what analysis and score_regions keep), else run here and kept under its recipe too."""
+        region = frozenset(region)
+        known = self._scores.get((region, None))
+        if known is not None:
+            return known
+        key = self._recipe_key(region)
+        cache = self.scorer.cache if key else None
+        cached = cache.get(key) if cache is not None else None
+        if cached is not None:
+            self.scorer.runs += 1
+            known = Score(**cached)
+        else:
+            known = self.scorer(artifact)
+            if cache is not None and not isinstance(artifact, FailedCandidate):
+                cache.put(key, known.to_dict())
+                cache.flush()
+        self._scores[(region, None)] = known
+        return known
 
     def cache_hits(self) -> int:
         """Scores taken from the disk cache (all samples and first-pass subsets)."""
