@@ -127,7 +127,8 @@ def _one(kind: str, workers: int) -> dict[str, Any]:
                     "analyze_candidates_s": a.summary["executor_seconds"],
                     "calibration_shards": a.summary["calibration_shards"], "mixed_stages_s": stages,
                     "first_pass": a.summary["first_pass"], "artifact_sha256": hashlib.sha256(art).hexdigest(),
-                    "ranking": [row["label"] for row in a.layers if row["rank"] is not None][:10]}
+                    "ranking": [row["label"] for row in a.layers if row["rank"] is not None][:10],
+                    "mixed_steps": [st["action"] for st in sec["steps"]]}
     ser, loc, ray, up = runs["serial"], runs["local"], runs["ray"], runs["ray_up"]
     return {"model": kind, "ops": len(r.report["census"]["ops"]), "validation_samples": len(val),
             "int8_s": round(t_int8, 1), "int8_first_s": round(t_first, 1), "int8_sqnr_db": round(int8_sqnr, 2), "budget": gate.min_sqnr_db,
@@ -210,7 +211,8 @@ def to_markdown(d: dict[str, Any]) -> str:
         lo = m["runs"]["local"]
         lines.append(f"- {m['model']}: analyze quantized {lo['quantize_runs_analyze']} candidates "
                      f"({lo['measured_on_all_samples']} on all samples); mixed quantized {lo['quantize_runs_mixed']} and "
-                     f"took {lo['scores_from_cache']} scores from the cache.")
+                     f"took {lo['scores_from_cache']} scores from the cache"
+                     + (f"; its search steps: {'; '.join(lo['mixed_steps'])}." if lo.get("mixed_steps") else "."))
     for m in d["models"]:
         ra = m["runs"]["ray"]
         if "mixed_stages_s" not in ra:  # rows from before these were recorded
