@@ -39,9 +39,9 @@ VERSION = "v1"
 KINDS = ("sensitive_twin", "sensitive_twin_clamped", "efficientnet", "mobilenetv1", "vit", "pixel_std_mlp")
 TUNED = "fp32 + QAT's fine-tuning"  # the float model trained as much as QAT trains it, without quantization
 QAT_ROWS: dict[str, dict[str, Any]] = {  # row -> prepare_qat's options
-    "qat int8": {},
-    "qat int8 (learned ranges)": {"learn_ranges": True},
-    "qat int8 (output-error weight ranges)": {"weight_ranges": "output_error"},
+    "qat int8": {},  # the defaults: output-error weight ranges (calibration is given), observed activation ranges
+    "qat int8 (moving-average weight ranges)": {"weight_ranges": "moving_average"},  # PT2E's own weight observers
+    "qat int8 (learned ranges)": {"learn_ranges": True, "weight_ranges": "moving_average"},
 }
 
 
@@ -313,7 +313,8 @@ def to_markdown(d: dict[str, Any]) -> str:
             comp = ", ".join(f"{k} {v}" for k, v in r["compute"].items())
             lines.append(f"| {m['model']} | {name} | {r['top1']:.4f} | {r['drop_points']:+.2f} | {fl} | {comp} | "
                          f"{r['bytes']:,} | {r['latency_ms']} | {r.get('training_s', '')} | {r.get('note', '')} |")
-    lines += ["", f"Host: {d['host']}. Latency: 15 interleaved rounds of 50 invokes, batch 1, 1 thread, XNNPACK. "
+    lines += ["", f"Host: {d['host']}. Latency: 15 interleaved rounds of 50 invokes, batch 1, 1 thread, XNNPACK"
+              + (f" ({d['latency_note']})" if d.get("latency_note") else "") + ". "
               "Drops are against `fp32` (the model as trained); each model's rows are one run: "
               + ", ".join(f"{m['model']} {m.get('date', 'before 2026-12-02')}" for m in d["models"]) + ".",
               "", "## Target", "",
@@ -345,8 +346,16 @@ def to_markdown(d: dict[str, Any]) -> str:
               "rsqrt's quantized input, dropped at export), where plain fake quantization gives rsqrt(0) = inf and a NaN "
               "loss at step 0. sensitive_twin_clamped is the same model with the denominator written "
               "max(sum(v^2), 1) (embeddings shorter than 1 are left as they are), trained the same way. On both, PTQ "
-              "loses more than 5 points because the concatenation's one int8 scale is set by the raw brightness it "
-              "joins; `learned ranges` trains the activation scales too (prepare_qat(learn_ranges=True), LSQ).", "",
+              "loses about 5 points or more because the concatenation's one int8 scale is set by the raw brightness it "
+              "joins. prepare_qat splits a concatenation that feeds a Linear into one Linear per part, added (exact "
+              "in float), so each part keeps its own scale: converted before any training, sensitive_twin's QAT module "
+              "gives 0.8495 (float 0.8501, PTQ 0.6733). Fine-tuning then needs weight ranges that follow the weights: "
+              "with PT2E's moving-average weight observers (the `moving-average weight ranges` row) the brightness's "
+              "one-weight channels drift out of their lagging ranges and the model falls to 0.63 (its trained float "
+              "weights too: 0.57 on 2,000 test images); the default ranges (output error, from the current weights) "
+              "keep it, as min/max of the current weights does (0.8696, measured once). `learned ranges` trains the "
+              "activation scales too (prepare_qat(learn_ranges=True), LSQ), here with the moving-average weight "
+              "ranges.", "",
               "pixel_std_mlp standardises each pixel inside the model; the PTQ .tflite stores 1/std (0.01 to 10.7) "
               "as one int8 tensor with one scale, which rounds most pixels' factors to 0, and mixed keeps that one "
               "MUL in float. QAT folds the standardisation into the first Linear (W * 1/std, b - W @ (mean/std), "
@@ -354,7 +363,7 @@ def to_markdown(d: dict[str, Any]) -> str:
               "ops, no MUL or SUB. The last points are lost to the weight ranges (benchmarks/results/"
               "qat_weight_ranges.md): pixels that rarely vary (1/std up to 10.7) fold into columns that set each "
               "output channel's min/max weight scale, and 75% of the first Linear's int8 weights round to 0; ranges "
-              "chosen for the layer's output error keep the float accuracy (weights only). Before the fold QAT "
+              "chosen for the layer's output error (the default) keep the float accuracy. Before the fold QAT "
               "gave 0.5397. LayerNorm's weight and bias are trainable parameters and are not folded (the ViT rows are "
               "the same as before the fold; folding them too gave 0.8650 and, with learned ranges, 0.8403).", "",
               "Trained honestly on this data, the EfficientNet and MobileNetV1 blocks and the tiny ViT lose under "

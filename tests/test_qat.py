@@ -332,7 +332,7 @@ def test_output_error_weight_ranges_keep_the_small_weights(data, tmp_path: Path)
     max |w|), and the .tflite stores exactly the scales the module trains with. Convolutions (grouped too) get them."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgemp.qat.ranges import OutputErrorWeightFakeQuantize
+    from edgemp.qat.ranges import WeightRangeFakeQuantize
 
     rng = np.random.default_rng(0)
     flat = rng.uniform(0, 16, (300, 64)).astype(np.float32)
@@ -351,10 +351,17 @@ def test_output_error_weight_ranges_keep_the_small_weights(data, tmp_path: Path)
         d = next(d for d in itp.get_tensor_details() if list(d["shape"]) == [64, 64] and d["dtype"] == np.int8)
         return itp.get_tensor(d["index"]), d["quantization_parameters"]["scales"], r.report["qat"]
 
-    minmax = edgemp.prepare_qat(model, x0, x[:200], **opts)
-    chosen = edgemp.prepare_qat(model, x0, x[:200], weight_ranges="output_error", **opts)
-    assert chosen.weight_ranges == "output error (2 layers)" and minmax.weight_ranges == "min/max (observed)"
-    fq = [m for m in chosen.prepared.modules() if isinstance(m, OutputErrorWeightFakeQuantize)]
+    minmax = edgemp.prepare_qat(model, x0, x[:200], weight_ranges="minmax", **opts)
+    chosen = edgemp.prepare_qat(model, x0, x[:200], **opts)  # the default with calibration
+    assert chosen.weight_ranges == "output error (2 layers)"
+    assert minmax.weight_ranges == "min/max of the current weights (2 layers)"
+    assert [float(m.ratio.min()) for m in minmax.prepared.modules() if isinstance(m, WeightRangeFakeQuantize)] == [1, 1]
+    observed = edgemp.prepare_qat(model, x0, x[:200], weight_ranges="moving_average", **opts)
+    assert observed.weight_ranges == "moving-average min/max (PT2E observers)"
+    assert not any(isinstance(m, WeightRangeFakeQuantize) for m in observed.prepared.modules())
+    uncalibrated = edgemp.prepare_qat(model, x0, progress=False)  # ranges from the weights, no data needed
+    assert uncalibrated.weight_ranges == "min/max of the current weights (2 layers)"
+    fq = [m for m in chosen.prepared.modules() if isinstance(m, WeightRangeFakeQuantize)]
     first = next(m for m in fq if m.ratio.numel() == 64)  # the Linear the standardisation folded into
     assert len(fq) == 2 and float(first.ratio.median()) < 0.8 and bool((first.ratio <= 1).all())
     w_mm, _, _ = first_fc(minmax)
@@ -373,7 +380,7 @@ def test_output_error_weight_ranges_keep_the_small_weights(data, tmp_path: Path)
     grouped = edgemp.prepare_qat(dw, x0, data[0][:64], weight_ranges="output_error", progress=False)
     assert grouped.weight_ranges == "output error (3 layers)"
     assert [tuple(m.ratio.shape) for m in grouped.prepared.modules()
-            if isinstance(m, OutputErrorWeightFakeQuantize)] == [(8,), (8,), (10,)]
+            if isinstance(m, WeightRangeFakeQuantize)] == [(8,), (8,), (10,)]
 
 
 @pytest.mark.slow
@@ -549,7 +556,7 @@ def test_bad_inputs(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
         edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), learn_ranges=True, progress=False)
     with pytest.raises(errors.InputError, match="weight_ranges='output_error' .* pass calibration="):
         edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), weight_ranges="output_error", progress=False)
-    with pytest.raises(errors.InputError, match="weight_ranges must be 'minmax' or 'output_error'"):
+    with pytest.raises(errors.InputError, match="weight_ranges must be one of 'output_error', 'minmax', 'moving_avera"):
         edgemp.prepare_qat(torch_digits_cnn(), torch.zeros(1, 1, 8, 8), x[:32], weight_ranges="mse", progress=False)
     with pytest.raises(errors.InputError, match="prepare_qat returned"):
         edgemp.finetune_qat(torch_digits_cnn(), (x[:10], y[:10]))

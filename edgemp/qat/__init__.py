@@ -20,21 +20,25 @@ from edgemp import _params as P
 from edgemp.errors import ConversionError, InputError, public
 
 
+WEIGHT_RANGES = ("output_error", "minmax", "moving_average")
+
+
 @public
 def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_calibration_samples: int = 256,
                 preprocessing: Any = None, input_layout: str | None = None, learn_ranges: bool = False,
-                weight_ranges: str = "minmax", seed: int = 0, progress: bool | None = None) -> Any:
+                weight_ranges: str | None = None, seed: int = 0, progress: bool | None = None) -> Any:
     """A trainable copy of `model` with fake quantization in its forward pass (PT2E QAT, edgemp's int8 scheme:
     per-channel symmetric int8 weights, per-tensor int8 activations). `calibration` (the same kinds of data as for
     convert) initialises the quantization ranges before training; without it they start from the first training
     batches. `input_layout` is the layout of the .tflite convert() will write (NHWC by default for 4-D inputs).
     `learn_ranges`: the activation ranges are trained too (LSQ, torchao's LearnableFakeQuantize), starting from the
     calibrated ones (calibration is then required): for models whose measured ranges are the problem, e.g. a
-    concatenation of features with a raw input of a much wider range. `weight_ranges="output_error"`: each weight
-    channel's int8 range is a fraction of its max |w| chosen on the calibration set for the least error at the layer's
-    output (edgemp.qat.ranges; calibration required), instead of max |w| ("minmax", PT2E's observers): for weights
-    with a few columns far larger than the rest, e.g. a per-feature standardisation folded into a Linear. The model
-    itself is not changed."""
+    concatenation of features with a raw input of a much wider range. `weight_ranges` (edgemp.qat.ranges), each
+    following the weights as they train: "output_error" (the default with calibration, which it needs) gives each
+    weight channel a fraction of its max |w| chosen on the calibration set for the least error at the layer's output
+    (it keeps the small weights of a Linear that a per-feature standardisation was folded into); "minmax" (the
+    default without calibration) max |w| of the current weights; "moving_average" PT2E's own observers, whose lagging
+    ranges let a one-weight channel drift (docs/qat.md). The model itself is not changed."""
     from edgemp._compat import prepare_torch_import
 
     prepare_torch_import()
@@ -50,8 +54,10 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
     P.integer("num_calibration_samples", num_calibration_samples, 1, 10**6)
     P.optional_flag("progress", progress)
     P.flag("learn_ranges", learn_ranges)
-    if weight_ranges not in ("minmax", "output_error"):
-        raise InputError(f"weight_ranges must be 'minmax' or 'output_error', not {weight_ranges!r}")
+    if weight_ranges is None:
+        weight_ranges = "output_error" if calibration is not None else "minmax"
+    if weight_ranges not in WEIGHT_RANGES:
+        raise InputError(f"weight_ranges must be one of {', '.join(map(repr, WEIGHT_RANGES))}, not {weight_ranges!r}")
     if weight_ranges == "output_error" and calibration is None:
         raise InputError("weight_ranges='output_error' chooses the ranges on the calibration set: pass calibration= "
                          "(the same kinds of data as for convert)")
@@ -77,6 +83,11 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
         prepared = prepare_qat_pt2e(rewritten, quantizer)
     qat = QATModel(prepared, float_model, source.example_args, quantizer, source.layout, source.name,
                    saturating=saturate_rsqrt(prepared), rewrites=rewritten.meta["edgemp_rewrites"])
+    if weight_ranges == "minmax":  # before calibration: the activation ranges see the weights as they will be
+        from edgemp.qat.ranges import set_weight_ranges
+
+        n = set_weight_ranges(prepared, [tuple(source.example_args)], output_error=False)
+        qat.weight_ranges = f"min/max of the current weights ({n} layers)"
     if calibration is not None:
         _initialise(qat, source, calibration, num_calibration_samples, preprocessing, seed, progress, weight_ranges)
     if learn_ranges:
@@ -85,7 +96,7 @@ def prepare_qat(model: Any, example_input: Any, calibration: Any = None, *, num_
 
 
 def _initialise(qat: Any, source: Any, calibration: Any, n: int, preprocessing: Any, seed: int,
-                progress: bool | None, weight_ranges: str = "minmax") -> None:
+                progress: bool | None, weight_ranges: str = "output_error") -> None:
     """Observers see the calibration set once, in eval mode (batch-norm statistics untouched), with fake quantization
     on (each range as the ranges before it quantize). The outputs of saturating ops (rsqrt: saturate_rsqrt) are
     observed first, in float, as post-training calibration sees them, then kept: fake-quantized, their inputs can round
@@ -125,11 +136,11 @@ def _initialise(qat: Any, source: Any, calibration: Any, n: int, preprocessing: 
             qat.fix_saturating_ranges()
     run()
     if weight_ranges == "output_error":
-        from edgemp.qat.ranges import set_output_error_ranges
+        from edgemp.qat.ranges import set_weight_ranges
 
         batches = [tuple(torch.from_numpy(np.ascontiguousarray(a[i : i + 32])) for a in joined)
                    for i in range(0, len(joined[0]), 32)]
-        qat.weight_ranges = f"output error ({set_output_error_ranges(qat.prepared, batches)} layers)"
+        qat.weight_ranges = f"output error ({set_weight_ranges(qat.prepared, batches)} layers)"
     qat.calibration = cal.summary()
     qat.train()
 

@@ -167,7 +167,7 @@ class QATModel(torch.nn.Module):
         self.frozen: dict[str, int | None] = {"observers": None, "batch_norm": None}
         self.saturating = saturating or []  # fake-quant modules on saturating int8 ops' outputs (saturate_rsqrt)
         self.rewrites = dict(rewrites or {})  # what split_composite_ops changed in the graph (the report lists it)
-        self.weight_ranges = "min/max (observed)"  # or chosen for the output error (edgemp.qat.ranges)
+        self.weight_ranges = "moving-average min/max (PT2E observers)"  # or edgemp.qat.ranges' (prepare_qat)
         self._bn_frozen = False
         self.train()
 

@@ -1,13 +1,17 @@
-"""Weight ranges chosen for the error at the layer's output: `prepare_qat(weight_ranges="output_error")`.
+"""Weight ranges for QAT (`prepare_qat(weight_ranges=...)`), each tracking the weights as training moves them.
 
-PT2E's QAT observers give each output channel of a weight the range max |w|. Where a few input columns are far larger
-than the rest — a standardisation folded into a Linear, whose pixels that hardly vary get 1/std ~1000x the median —
-those columns set every channel's int8 step and most other weights round to 0 (75% on pixel_std_mlp), and training
-does not shrink a column whose input is almost always 0 (benchmarks/results/qat_weight_ranges.md). Here each
-channel's range is `ratio x max |w|`, the ratio chosen once on the calibration set to minimise
-sum_j E[x_j^2] (w_j - q(w_j))^2 — the squared error the rounding adds to the layer's output, E[x_j^2] being the second
-moment of the input w_j multiplies. The ratio stays fixed while training moves the weights (the range follows
-max |w| as before), and the export takes the same scale.
+PT2E's QAT weight observers keep a moving average of each output channel's min/max: the range lags the weights, and
+a channel of one weight (a Linear split per concatenated part, edgemp.qat.rewrites.split_joined_linear: the raw
+brightness's column) drifted out of it; the PyTorch twin of the demo's sensitive model fell from 85.0 to 63.1 after
+fine-tuning, where ranges from the current weights (as TF-MOT's LastValueQuantizer takes them) gave 87.0.
+"minmax": each channel's range is max |w| of the current weights. "output_error" (the default with calibration):
+`ratio x max |w|`, the ratio chosen once on the calibration set to minimise sum_j E[x_j^2] (w_j - q(w_j))^2 — the
+squared error the rounding adds to the layer's output, E[x_j^2] being the second moment of the input w_j multiplies.
+Where a few input columns are far larger than the rest — a standardisation folded into a Linear, whose pixels that
+hardly vary get 1/std ~1000x the median — max |w| ranges set every channel's step from those columns and most other
+weights round to 0 (75% on pixel_std_mlp; benchmarks/results/qat_weight_ranges.md). The ratio stays fixed while
+training moves the weights, and the export takes the same scale. "moving_average": PT2E's own observers, left as
+they are.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ GRID = 64  # ratios tried per channel, 1/GRID .. 1
 _LAYERS = ("linear.default", "conv2d.default")
 
 
-class OutputErrorWeightFakeQuantize(FakeQuantizeBase):
+class WeightRangeFakeQuantize(FakeQuantizeBase):
     """Per-channel symmetric weight fake quantization with range `ratio x max |w|` per output channel (axis 0);
     convert_pt2e exports the scale of the last forward with observers on (`calculate_qparams`)."""
 
@@ -50,10 +54,11 @@ class OutputErrorWeightFakeQuantize(FakeQuantizeBase):
         return w
 
 
-def set_output_error_ranges(prepared: Any, batches: list[tuple[torch.Tensor, ...]]) -> int:
-    """Replace the per-channel weight fake-quant of every Linear and 2-D convolution with one whose ranges minimise the
-    output error on `batches` (the calibration set, in the module's layout); returns how many were replaced. Runs with
-    every observer off, so the activation ranges calibration set are left as they are."""
+def set_weight_ranges(prepared: Any, batches: list[tuple[torch.Tensor, ...]], output_error: bool = True) -> int:
+    """Replace the per-channel weight fake-quant of every Linear and 2-D convolution with one that follows the current
+    weights: ranges that minimise the output error on `batches` (the calibration set, in the module's layout), or
+    (output_error=False) max |w|, for which `batches` may be the example input alone. Returns how many were replaced.
+    Runs with every observer off, so the activation ranges calibration set are left as they are."""
     layers = _weight_layers(prepared)
     if not layers:
         return 0
@@ -88,8 +93,9 @@ def set_output_error_ranges(prepared: Any, batches: list[tuple[torch.Tensor, ...
     moments = {n: total / count for n, (total, count) in sums.items()}
     for node, fq_node in layers.items():
         old = modules[fq_node.target]
-        ratio = best_ratios(weights[node], _input_weighting(node, weights[node], moments[node]), old.quant_max)
-        new = OutputErrorWeightFakeQuantize(ratio, old.quant_min, old.quant_max, old.dtype)
+        ratio = best_ratios(weights[node], _input_weighting(node, weights[node], moments[node]), old.quant_max) \
+            if output_error else torch.ones(weights[node].shape[0], dtype=torch.float64)
+        new = WeightRangeFakeQuantize(ratio, old.quant_min, old.quant_max, old.dtype)
         with torch.no_grad():  # its scale from the calibrated weights now: exportable before any training step
             new(weights[node].float())
         new.enable_observer(bool(on[fq_node.target]))

@@ -65,7 +65,7 @@ class QATSource(TorchSource):
         return {"steps_trained": q.steps_trained, "observers_frozen_at_step": q.frozen["observers"],
                 "batch_norm_frozen_at_step": q.frozen["batch_norm"], "calibration": q.calibration,
                 "activation_ranges": "learned (LSQ)" if q.learns_ranges else "observed (moving average)",
-                "weight_ranges": getattr(q, "weight_ranges", "min/max (observed)"),
+                "weight_ranges": q.weight_ranges,
                 "scheme": "PT2E QAT: int8 per-channel symmetric weights, int8 per-tensor activations",
                 "graph_rewrites": dict(getattr(q, "rewrites", {}))}
 
