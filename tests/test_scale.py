@@ -133,6 +133,28 @@ def test_calibration_shards_merge_to_the_statistics_of_one_pass() -> None:
                for k in whole)  # the shards do differ: the merge is doing the work
 
 
+def test_calibration_on_threads_gives_the_statistics_of_one_pass(capfd: pytest.CaptureFixture[str]) -> None:
+    """The in-process executor calibrates one shard of consecutive samples per worker thread: the same tensors and
+    arrays as one pass, and the quantizer's own progress bar (drawn from the threads) never reaches the terminal."""
+    import tensorflow as tf
+
+    from edgemp.mixed.executor import Executor
+
+    x, _ = digits()
+    float_tflite = tf.lite.TFLiteConverter.from_keras_model(deep_mlp()).convert()
+    samples = [{"image": x[i : i + 1]} for i in range(40)]
+    capfd.readouterr()
+    one, two = Executor(1), Executor(2)
+    whole, sharded = one.calibrate(float_tflite, samples), two.calibrate(float_tflite, samples)
+    assert (one.calibration_shards, two.calibration_shards) == (1, 2)
+    assert list(sharded) == list(whole) and all(
+        np.array_equal(np.asarray(sharded[k][q]), np.asarray(whole[k][q])) for k in whole for q in whole[k])
+    assert "Running Calibration" not in capfd.readouterr().err
+    few = Executor(2)
+    few.calibrate(float_tflite, samples[:20])  # under 16 samples a shard: one pass
+    assert few.calibration_shards == 1
+
+
 def test_executor_options_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x, _ = digits()
     with pytest.raises(errors.InputError, match="executor must be 'local' or 'ray'"):
@@ -151,6 +173,7 @@ def test_executor_options_are_checked(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_ray_gives_the_same_layers_and_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ray")
     from edgemp.demo import fashion_mnist, sensitive_model_path
+    from edgemp.mixed.executor import usable_cpus
 
     xt, yt = fashion_mnist("test")
     data = (xt[:300] * 255.0, yt[:300])
@@ -171,7 +194,8 @@ def test_ray_gives_the_same_layers_and_bytes(tmp_path: Path, monkeypatch: pytest
                            preprocessing={"scale": 1.0}, gate=edgemp.GateOptions(max_accuracy_drop=0.005),
                            mixed=edgemp.MixedOptions(**opts), runtime=edgemp.RuntimeOptions(latency_runs=1))
         assert a.summary["executor"] == opts["executor"] and a.summary["calibration_runs"] == 1
-        assert a.summary["calibration_shards"] == (2 if ex == "ray" else 1)
+        # shards of the 100 calibration samples: one per Ray worker, one per thread (the usable CPUs, at most 4)
+        assert a.summary["calibration_shards"] == {"serial": 1, "ray": 2}.get(ex, min(usable_cpus(), 4))
         steps = [(s["action"], s["score"]) for s in r.report["mixed"]["steps"]]
         out[ex] = (a.layers, r.report["mixed"]["float_layers"], r.artifacts["tflite"].read_bytes(), steps)
     (la, fa, ba, sa) = out["serial"]

@@ -122,10 +122,29 @@ class Executor:
 
     def calibrate(self, float_tflite: bytes, samples: Sequence[Any], num_threads: int = 1,
                   progress: bool | None = None) -> Statistics:
-        """The calibration statistics (in this process: one pass on this thread; the quantizer's calibrator is
-        Python work per tensor that threads would not overlap)."""
-        self.calibration_shards = 1
-        return quantize.calibrate(float_tflite, samples, num_threads=num_threads, progress=progress)
+        """The calibration statistics: one shard of consecutive samples per worker thread (each its own calibrator
+        and interpreter; LiteRT's invoke and the min/max updates of large tensors release the GIL), merged — exactly
+        what one pass gives (merge_statistics). One pass when there is one worker or too few samples."""
+        from edgemp._progress import track
+        from edgemp.quantize.engine import _no_progress_bars
+
+        shards = min(self.threads_here, len(samples) // CALIBRATION_SHARD_MIN)
+        if shards < 2:
+            self.calibration_shards = 1
+            return quantize.calibrate(float_tflite, samples, num_threads=num_threads, progress=progress)
+        edges = [round(i * len(samples) / shards) for i in range(shards + 1)]
+        parts = [list(samples[a:b]) for a, b in zip(edges, edges[1:])]
+        # the calibrator's own bar would reach the terminal from a thread (stderr is swapped on the main one only)
+        with _no_progress_bars(), warnings.catch_warnings(), ThreadPoolExecutor(
+                shards, thread_name_prefix="edgemp-calibration") as pool:
+            warnings.simplefilter("ignore")
+            futures = [pool.submit(quantize.calibrate, float_tflite, part, num_threads, False) for part in parts]
+            for _ in track(as_completed(futures), f"Calibrating ({shards} shards on threads)", total=shards,
+                           enabled=progress):
+                pass
+            stats = [f.result() for f in futures]  # in order; a shard's error surfaces here
+        self.calibration_shards = shards
+        return merge_statistics(stats)
 
     def close(self) -> None:
         """Release what the executor holds (nothing in-process)."""
