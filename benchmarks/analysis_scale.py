@@ -213,6 +213,7 @@ def to_markdown(d: dict[str, Any]) -> str:
                      f"({lo['measured_on_all_samples']} on all samples); mixed quantized {lo['quantize_runs_mixed']} and "
                      f"took {lo['scores_from_cache']} scores from the cache"
                      + (f"; its search steps: {'; '.join(lo['mixed_steps'])}." if lo.get("mixed_steps") else "."))
+    lines += [f"- {m['model']}: {m['note']}" for m in d["models"] if m.get("note")]  # what the figures alone hide
     for m in d["models"]:
         ra = m["runs"]["ray"]
         if "mixed_stages_s" not in ra:  # rows from before these were recorded
