@@ -138,10 +138,10 @@ def test_full_int8_loses_more_than_the_budget_on_the_sensitive_model(sensitive, 
 
 def test_mixed_meets_the_budget_with_few_float_layers(sensitive, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgemp.quantize
+    from edgemp.mixed.executor import Executor
 
-    real, calls = edgemp.quantize.calibrate, []
-    monkeypatch.setattr(edgemp.quantize, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real, calls = Executor.calibrate, []  # one calibration, however many shards (threads) it runs in
+    monkeypatch.setattr(Executor, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
     path, data = sensitive
     r = edgemp.convert(path, "mixed", CALIBRATION, data, tmp_path, preprocessing=RAW, max_accuracy_drop=0.003,
                        max_float_layers=4, latency_runs=5, progress=False)
