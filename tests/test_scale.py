@@ -280,3 +280,41 @@ def test_candidates_on_threads_draw_no_quantizer_progress_bars(capfd: pytest.Cap
     worker.join()
     assert out and len(out[0]) > 0
     assert "Applying Transformations" not in capfd.readouterr().err
+
+
+def test_merged_float_rules_give_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidates quantize with their float rules merged per op type (engine.merged_rules: a few alternations instead
+    of one regex per op); every kind of candidate gives the bytes the unmerged recipe gives."""
+    import keras
+    import tensorflow as tf
+
+    from edgemp.mixed.graph import LayerGraph
+    from edgemp.quantize import engine
+    from edgemp.sources import load_source
+    from edgemp.targets.tflite.census import census
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1), name="image")
+    t = inp
+    for i in range(3):
+        a = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name=f"c{i}")(t)
+        b = keras.layers.DepthwiseConv2D(3, padding="same", name=f"dw{i}")(a)
+        t = keras.layers.Add(name=f"res{i}")([a, b])
+        t = keras.layers.Concatenate(name=f"join{i}")([t, keras.layers.Conv2D(4, 1, name=f"p{i}")(t)])
+    t = keras.layers.GlobalAveragePooling2D(name="pool")(t)
+    t = keras.layers.Dense(16, activation="relu", name="d1")(t)
+    net = keras.Model(inp, keras.layers.Dense(10, name="logits")(t))
+    source = load_source(net)
+    float_tflite = tf.lite.TFLiteConverter.from_keras_model(net).convert()
+    x, _ = digits()
+    stats = engine.calibrate(float_tflite, [{"image": x[i : i + 1]} for i in range(32)])
+    graph = LayerGraph(census(float_tflite), source.layers())
+    every = frozenset(lay.tensor for lay in graph.layers)
+    regions = [every - {lay.tensor} for lay in graph.ranked]  # "only this layer int8", as analysis builds them
+    regions += [graph.close({graph.ranked[1].tensor, graph.ranked[-1].tensor}), every]
+    recipes = [graph.recipe(r) for r in regions] + [graph.recipe(every - {graph.ranked[2].tensor}, float_io=True)]
+    ops = {rule["operation"] for rule in recipes[0][1:]}
+    assert len(recipes[0]) > 12 and len(engine.merged_rules(recipes[0])) == 1 + len(ops)  # a rule per op type
+    merged = [engine.apply_recipe(float_tflite, r, stats, candidate=True) for r in recipes]
+    monkeypatch.setattr(engine, "merged_rules", lambda recipe: recipe)
+    assert merged == [engine.apply_recipe(float_tflite, r, stats, candidate=True) for r in recipes]

@@ -20,14 +20,13 @@ from edgemp.mixed.scoring import Budget, FailedCandidate, Score
 from edgemp.targets.tflite.census import census
 from edgemp.mixed.graph import LayerGraph
 from edgemp.mixed.search import SearchResult, format_score, resolve_cap, search, verify_region
-from edgemp.mixed.sensitivity import (RANK_SUBSET, LayerSensitivity, added_noise, float_alone_effects,
+from edgemp.mixed.sensitivity import (HEAD, RANK_SUBSET, LayerSensitivity, added_noise, float_alone_effects,
                                       ranked_int8_alone)
 from edgemp.mixed.session import MixedSession
 from edgemp.quantize import Statistics
 from edgemp.quantize.support import why_float
 from edgemp.validation.data import ValidationData
 
-ANALYSIS_TOP = 12  # analysis measures this many layers on every sample, others on a first pass or not at all
 
 
 @dataclasses.dataclass
@@ -168,7 +167,7 @@ def analyze_layers(session: MixedSession, tensor_samples: int, progress: bool | 
     # the full-INT8 score and each head layer's 'float alone' score go with the head's batch (the executor's
     # workers see one batch, not three waits); float_alone_effects then finds them in the session
     all_float, damage, rough = ranked_int8_alone(
-        session, budget, graph.ranked, ANALYSIS_TOP, progress, added_noise(sens, graph),
+        session, budget, graph.ranked, HEAD, progress, added_noise(sens, graph),
         also=lambda head: [frozenset(), *(graph.close({lay.tensor}) for lay in head)])
     base = session.score_regions([frozenset()])[0]
     head = [lay for lay in graph.ranked if lay.tensor in damage]

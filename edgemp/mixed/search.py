@@ -18,12 +18,12 @@ from typing import Any
 from edgemp.targets.tflite.census import census
 from edgemp.mixed.graph import Layer, LayerGraph, describe
 from edgemp.mixed.scoring import Budget, Score, Scorer
-from edgemp.mixed.sensitivity import float_alone_effects, ranked_int8_alone
+from edgemp.mixed.sensitivity import HEAD, float_alone_effects, ranked_int8_alone
 
 log = logging.getLogger(__name__)
 
 RERANK_TOP = 8  # re-ranking re-scores at most this many candidates (the best by the previous ranking)
-RANK_TOP = 8  # layers whose damage alone is measured on every validation sample (at least; 2x the cap if more)
+RANK_TOP = 8  # layers whose damage alone is measured on every validation sample: at least, 2x the cap up to HEAD
 
 
 @dataclasses.dataclass
@@ -94,7 +94,7 @@ def search(session: Any, budget: Budget, *, cap: int, keep: Sequence[str] = (), 
     cands = [lay for lay in graph.ranked if lay.tensor not in blocked]
     # Rank by the damage of quantizing each layer alone: unlike "float alone", it also exposes a tensor that
     # cannot be int8 whichever of its ends is kept in float (a join of very different ranges, say).
-    _, effects, rough = ranked_int8_alone(session, budget, cands, max(RANK_TOP, min(2 * cap, 16)), progress, noise)
+    _, effects, rough = ranked_int8_alone(session, budget, cands, max(RANK_TOP, min(2 * cap, HEAD)), progress, noise)
     # layers only the first pass saw come after those measured on every sample, in the first pass's order; those it
     # skipped (little added noise) come last, by that noise
     priority = {t: (-2e6, min((noise or {}).get(t, 0.0), 1e6)) for t in (lay.tensor for lay in cands)}

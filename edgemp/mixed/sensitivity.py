@@ -11,6 +11,7 @@ just that layer in float (the rest in int8).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -159,6 +160,8 @@ def int8_alone_effects(session: Any, budget: Budget, candidates: Sequence[Layer]
     return ref, out
 
 
+HEAD = 12  # layers whose damage alone is measured on every sample (analysis; the mixed search at most as many, so
+# that after analyze it finds all of them in the score cache)
 RANK_SUBSET = 32  # samples a first ranking pass scores every layer on (when the validation set has > 2x as many)
 FIRST_PASS = 24  # layers the first pass scores at least (or a quarter of them), picked by the noise they add
 
@@ -177,6 +180,11 @@ def added_noise(sens: dict[str, LayerSensitivity], graph: LayerGraph) -> dict[st
         clipped = s.rmse_over_scale is not None and s.rmse_over_scale > 1.0
         out[lay.tensor] = float("inf") if clipped or not ins else min(ins) - s.sqnr_db
     return out
+
+
+def _lost(sqnr_db: float) -> float:
+    """-SQNR, NaN (a score that could not be computed) counting as the worst."""
+    return math.inf if math.isnan(sqnr_db) else -sqnr_db
 
 
 def ranked_int8_alone(session: Any, budget: Budget, candidates: Sequence[Layer], top: int,
@@ -203,6 +211,10 @@ def ranked_int8_alone(session: Any, budget: Budget, candidates: Sequence[Layer],
         ref, exact = int8_alone_effects(session, budget, first, progress, also=more(first))
         return ref, exact, {}
     _, rough = int8_alone_effects(session, budget, first, progress, subset=n)
-    order = sorted(first, key=lambda lay: (rough[lay.tensor][1][1], rough[lay.tensor][1][0]), reverse=True)
+    # most damaging first: the lowest output SQNR on the subset (continuous, so stable on few samples; whatever the
+    # budget, whose objective's second term is the cosine for an SQNR budget), then the budget's damage; NaN and
+    # an infeasible candidate (-inf SQNR) count as the most damaging
+    order = sorted(first, key=lambda lay: (_lost(rough[lay.tensor][0].sqnr_db), _lost(-rough[lay.tensor][1][0])),
+                   reverse=True)
     ref, exact = int8_alone_effects(session, budget, order[:top], progress, also=more(order[:top]))
     return ref, exact, {t: e for t, e in rough.items() if t not in exact}
