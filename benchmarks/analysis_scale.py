@@ -203,14 +203,16 @@ def to_markdown(d: dict[str, Any]) -> str:
         lines.append(f"| {m['model']} | {ra['analyze_s']} + {ra['mixed_s']} | {m['ray_speedup']}x | {upc} | {ups} | "
                      f"{m['threads_speedup']}x | {cand} | {ra.get('calibration_shards', '1 (before sharding)')} |")
     lines += ["", "Each executor starts from cold caches. analyze runs the full-INT8 model once with preserved tensors "
-              "and sends the layers that add the most noise to a first pass on 32 samples, then "
+              "and sends the layers that add the most noise to a first pass on a few samples, then "
               "measures the 12 most damaging on all samples with their 'float alone' gain. mixed, run next on the same "
               "file and data, reuses the float conversion, the calibration statistics and the scores (all on disk), "
               "and builds only the candidates its search steps need."]
     for m in d["models"]:
         lo = m["runs"]["local"]
+        fp = lo.get("first_pass") or {}
+        first = f", {fp['layers']} more on the first {fp['samples']} samples" if fp.get("samples") else ""
         lines.append(f"- {m['model']}: analyze quantized {lo['quantize_runs_analyze']} candidates "
-                     f"({lo['measured_on_all_samples']} on all samples); mixed quantized {lo['quantize_runs_mixed']} and "
+                     f"({lo['measured_on_all_samples']} on all samples{first}); mixed quantized {lo['quantize_runs_mixed']} and "
                      f"took {lo['scores_from_cache']} scores from the cache"
                      + (f"; its search steps: {'; '.join(lo['mixed_steps'])}." if lo.get("mixed_steps") else "."))
     lines += [f"- {m['model']}: {m['note']}" for m in d["models"] if m.get("note")]  # what the figures alone hide
