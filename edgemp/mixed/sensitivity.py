@@ -194,7 +194,7 @@ def ranked_int8_alone(session: Any, budget: Budget, candidates: Sequence[Layer],
                       ) -> tuple[Score, dict[str, tuple[Score, tuple[float, float]]],
                                  dict[str, tuple[Score, tuple[float, float]]]]:
     """The damage of each layer alone, at the cost of a few. With `noise` (added_noise), only the layers adding the
-    most (FIRST_PASS, or a quarter) go on; those are scored on the first RANK_SUBSET samples and ranked by output
+    most (FIRST_PASS, or a sixth) go on; those are scored on the first RANK_SUBSET samples and ranked by output
     SQNR damage there (continuous, so stable on few samples); the `top` most damaging are measured on the whole
     validation set. Returns (all-float score, exact effects of the head, first-pass effects of the rest).
     `also(head)`: regions the caller scores next from the head (its 'float alone' gains), scored in the head's batch:
