@@ -24,9 +24,21 @@ DATA = Path(__file__).parent / "data" / "benchmark_model"
 PRECISIONS = ["fp32", "fp16", "dynamic-int8", "int8", "int16x8"]
 
 
+class _Converted(dict):  # type: ignore[type-arg]
+    """precision -> .tflite, converted when first asked for: the fast tests need int8 and fp32 only."""
+
+    def __init__(self, conversions) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.conversions = conversions
+
+    def __missing__(self, precision: str) -> Path:
+        self[precision] = self.conversions(precision).artifacts["tflite"]
+        return self[precision]
+
+
 @pytest.fixture(scope="module")
 def artifacts(conversions) -> dict[str, Path]:  # type: ignore[no-untyped-def]
-    return {p: conversions(p).artifacts["tflite"] for p in PRECISIONS}
+    return _Converted(conversions)
 
 
 @pytest.mark.slow

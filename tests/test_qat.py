@@ -4,6 +4,7 @@ to a fully integer .tflite that keeps the scales training learned; and the bad i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -326,31 +327,22 @@ def test_the_split_join_keeps_float_accuracy_in_int8_before_any_training(data, t
     assert acc["drop"] <= 0.01, acc
 
 
-def test_output_error_weight_ranges_keep_the_small_weights(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A standardisation folded into a Linear, with pixels that hardly vary: min/max ranges round most of the folded
-    weights to 0; weight_ranges="output_error" picks each channel's range for the layer's output error (a fraction of
-    max |w|), and the .tflite stores exactly the scales the module trains with. Convolutions (grouped too) get them."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgemp.qat.ranges import WeightRangeFakeQuantize
-
+def _hardly_varying_pixels() -> tuple[np.ndarray, Any, Any]:
+    """64 pixels, 4 of them almost always 0, standardised into a Linear: its folded weights span 1/std."""
     rng = np.random.default_rng(0)
     flat = rng.uniform(0, 16, (300, 64)).astype(np.float32)
     flat[:, :4] = (rng.random((300, 4)) < 0.02).astype(np.float32)  # border pixels: almost always 0
-    x = np.ascontiguousarray(flat.reshape(-1, 1, 8, 8))
-    model, x0 = _pixel_std_model(flat, "linear").eval(), torch.zeros(1, 1, 8, 8)
+    return np.ascontiguousarray(flat.reshape(-1, 1, 8, 8)), _pixel_std_model(flat, "linear").eval(), torch.zeros(1, 1, 8, 8)
+
+
+def test_weight_ranges_by_mode(data) -> None:  # type: ignore[no-untyped-def]
+    """weight_ranges: output error by default with calibration (a fraction of max |w| per channel), the current
+    weights' min/max without it or when asked, PT2E's moving-average observers when asked; convolutions (grouped
+    too) get per-channel ranges."""
+    from edgemp.qat.ranges import WeightRangeFakeQuantize
+
+    x, model, x0 = _hardly_varying_pixels()
     opts = {"preprocessing": {"scale": 1.0}, "progress": False}
-
-    def first_fc(qat):  # type: ignore[no-untyped-def]
-        r = edgemp.convert(qat, "int8", None, x[200:], tmp_path / qat.weight_ranges[:6], **opts,
-                           runtime=edgemp.RuntimeOptions(latency_runs=0))
-        assert set(r.report["census"]["compute_counts"]) == {"int8"}
-        itp = Interpreter(model_path=str(r.artifacts["tflite"]), experimental_preserve_all_tensors=True)
-        itp.allocate_tensors()
-        itp.invoke()
-        d = next(d for d in itp.get_tensor_details() if list(d["shape"]) == [64, 64] and d["dtype"] == np.int8)
-        return itp.get_tensor(d["index"]), d["quantization_parameters"]["scales"], r.report["qat"]
-
     minmax = edgemp.prepare_qat(model, x0, x[:200], weight_ranges="minmax", **opts)
     chosen = edgemp.prepare_qat(model, x0, x[:200], **opts)  # the default with calibration
     assert chosen.weight_ranges == "output error (2 layers)"
@@ -364,6 +356,40 @@ def test_output_error_weight_ranges_keep_the_small_weights(data, tmp_path: Path)
     fq = [m for m in chosen.prepared.modules() if isinstance(m, WeightRangeFakeQuantize)]
     first = next(m for m in fq if m.ratio.numel() == 64)  # the Linear the standardisation folded into
     assert len(fq) == 2 and float(first.ratio.median()) < 0.8 and bool((first.ratio <= 1).all())
+    torch.manual_seed(0)
+    dw = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, groups=8),
+                             torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 10))
+    grouped = edgemp.prepare_qat(dw, x0, data[0][:64], weight_ranges="output_error", progress=False)
+    assert grouped.weight_ranges == "output error (3 layers)"
+    assert [tuple(m.ratio.shape) for m in grouped.prepared.modules()
+            if isinstance(m, WeightRangeFakeQuantize)] == [(8,), (8,), (10,)]
+
+
+@pytest.mark.slow
+def test_output_error_weight_ranges_keep_the_small_weights(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A standardisation folded into a Linear, with pixels that hardly vary: min/max ranges round most of the folded
+    weights to 0; weight_ranges="output_error" keeps more int8 levels for the pixels that vary, and the .tflite
+    stores exactly the scales the module trains with (a CNN gets them on every conv and Linear)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgemp.qat.ranges import WeightRangeFakeQuantize
+
+    x, model, x0 = _hardly_varying_pixels()
+    opts = {"preprocessing": {"scale": 1.0}, "progress": False}
+
+    def first_fc(qat):  # type: ignore[no-untyped-def]
+        r = edgemp.convert(qat, "int8", None, x[200:], tmp_path / qat.weight_ranges[:6], **opts,
+                           runtime=edgemp.RuntimeOptions(latency_runs=0))
+        assert set(r.report["census"]["compute_counts"]) == {"int8"}
+        itp = Interpreter(model_path=str(r.artifacts["tflite"]), experimental_preserve_all_tensors=True)
+        itp.allocate_tensors()
+        itp.invoke()
+        d = next(d for d in itp.get_tensor_details() if list(d["shape"]) == [64, 64] and d["dtype"] == np.int8)
+        return itp.get_tensor(d["index"]), d["quantization_parameters"]["scales"], r.report["qat"]
+
+    minmax = edgemp.prepare_qat(model, x0, x[:200], weight_ranges="minmax", **opts)
+    chosen = edgemp.prepare_qat(model, x0, x[:200], **opts)
+    first = next(m for m in chosen.prepared.modules() if isinstance(m, WeightRangeFakeQuantize) and m.ratio.numel() == 64)
     w_mm, _, _ = first_fc(minmax)
     w_oe, scales, report = first_fc(chosen)
     assert report["weight_ranges"] == "output error (2 layers)"
@@ -374,13 +400,6 @@ def test_output_error_weight_ranges_keep_the_small_weights(data, tmp_path: Path)
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in torch_digits_cnn().modules())
     lins = sum(isinstance(m, torch.nn.Linear) for m in torch_digits_cnn().modules())
     assert cnn.weight_ranges == f"output error ({convs + lins} layers)"
-    torch.manual_seed(0)
-    dw = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, groups=8),
-                             torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 10))
-    grouped = edgemp.prepare_qat(dw, x0, data[0][:64], weight_ranges="output_error", progress=False)
-    assert grouped.weight_ranges == "output error (3 layers)"
-    assert [tuple(m.ratio.shape) for m in grouped.prepared.modules()
-            if isinstance(m, WeightRangeFakeQuantize)] == [(8,), (8,), (10,)]
 
 
 @pytest.mark.slow
