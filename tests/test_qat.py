@@ -3,6 +3,7 @@ to a fully integer .tflite that keeps the scales training learned; and the bad i
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,14 @@ def test_mixed_keeps_the_learned_scales_when_they_meet_the_budget(trained_qat, d
 
 
 @pytest.mark.slow
-def test_mixed_searches_the_trained_weights_when_the_learned_scales_miss(trained_qat, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_mixed_searches_the_trained_weights_when_the_learned_scales_miss(trained_qat, data, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgemp.qat.model import QATModel
+
     x, y = data
+    runs: list[bool] = []
+    convert = QATModel._convert
+    monkeypatch.setattr(QATModel, "_convert", lambda self, fold: runs.append(fold) or convert(self, fold))
     gate = edgemp.GateOptions(min_sqnr_db=60.0)  # beyond int8 anywhere: the learned scales miss it
     with pytest.raises(errors.CalibrationError, match="pass calibration="):
         edgemp.convert(trained_qat, "mixed", None, x[N_TRAIN:], tmp_path / "a", progress=False, gate=gate)
@@ -109,6 +116,13 @@ def test_mixed_searches_the_trained_weights_when_the_learned_scales_miss(trained
     xt = torch.from_numpy(x[N_TRAIN:])
     with torch.no_grad():
         assert not torch.allclose(trained(xt), trained_qat.float_model(xt))
+    # PT2E converted the module once (or an earlier test did) for the learned artifact, the search's weights and the
+    # check above (each conversion takes a minute here), each caller getting its own copy; training changes the key
+    assert runs in ([], [False]) and trained_qat.converted() is not trained_qat.converted() and len(runs) <= 1
+    more = copy.deepcopy(trained_qat)
+    assert more._state_digest() == trained_qat._state_digest()
+    edgemp.finetune_qat(more, (x[:64], y[:64]), epochs=1, progress=False)
+    assert more._state_digest() != trained_qat._state_digest()
 
 
 @pytest.mark.slow

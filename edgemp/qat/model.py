@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -169,6 +170,7 @@ class QATModel(torch.nn.Module):
         self.rewrites = dict(rewrites or {})  # what split_composite_ops changed in the graph (the report lists it)
         self.weight_ranges = "moving-average min/max (PT2E observers)"  # or edgemp.qat.ranges' (prepare_qat)
         self._bn_frozen = False
+        self._converted: dict[bool, tuple[str, Any]] = {}  # fold_quantize -> (state digest, converted graph)
         self.train()
 
     def forward(self, *args: Any) -> Any:
@@ -249,7 +251,26 @@ class QATModel(torch.nn.Module):
 
     def converted(self, fold_quantize: bool = False) -> Any:
         """The int8 graph (quantize/dequantize ops with the learned scales), from a copy: this module stays trainable.
-        `fold_quantize`: weights stored as int8 constants (what coremltools takes) instead of quantize ops."""
+        `fold_quantize`: weights stored as int8 constants (what coremltools takes) instead of quantize ops.
+
+        Kept for the module's current state (every parameter and buffer: weights, observers, scales), and a copy
+        returned: PT2E's convert exports a pattern graph per conv/batch-norm variant each time (75 s for the digits
+        CNN on a 2-core host), and `mixed` asks for it twice (the learned artifact, then the trained weights)."""
+        digest = self._state_digest()
+        kept = self._converted.get(fold_quantize)
+        if kept is None or kept[0] != digest:
+            kept = self._converted[fold_quantize] = (digest, self._convert(fold_quantize))
+        return copy.deepcopy(kept[1])
+
+    def _state_digest(self) -> str:
+        h = hashlib.sha256()
+        for name, t in sorted(self.prepared.state_dict().items()):  # a deep copy lists them in another order
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def _convert(self, fold_quantize: bool) -> Any:
         from torchao.quantization.pt2e import move_exported_model_to_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
@@ -263,7 +284,6 @@ class QATModel(torch.nn.Module):
         except Exception as exc:  # noqa: BLE001 - one typed error with the cause
             raise ConversionError(f"PT2E could not convert the QAT module: {type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-
 
     def trained_float(self) -> torch.nn.Module:
         """The float model with the weights training learned: PT2E's int8 graph (batch norm folded as in the int8
