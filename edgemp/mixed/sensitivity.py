@@ -179,7 +179,8 @@ def added_noise(sens: dict[str, LayerSensitivity], graph: LayerGraph) -> dict[st
             out[lay.tensor] = float("inf")  # no tensor to compare: cannot be ruled out
             continue
         ins = [sens[p].sqnr_db for p in graph.producers.get(lay.tensor, []) if p in sens and sens[p].sqnr_db is not None]
-        out[lay.tensor] = min(ins) - s.sqnr_db if ins else float("inf")
+        lost = min(ins) - s.sqnr_db if ins else float("inf")
+        out[lay.tensor] = 0.0 if math.isnan(lost) else lost  # exact in and out (inf - inf): adds nothing
     return out
 
 
