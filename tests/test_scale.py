@@ -318,3 +318,22 @@ def test_merged_float_rules_give_the_same_bytes(monkeypatch: pytest.MonkeyPatch)
     merged = [engine.apply_recipe(float_tflite, r, stats, candidate=True) for r in recipes]
     monkeypatch.setattr(engine, "merged_rules", lambda recipe: recipe)
     assert merged == [engine.apply_recipe(float_tflite, r, stats, candidate=True) for r in recipes]
+
+
+def test_added_noise_is_what_a_layer_adds() -> None:
+    """The first pass picks layers by the SQNR they lose from their inputs to their output: noise inherited from
+    upstream (RMSE of several quantization steps deep in a network) does not count; a layer fed by the model's
+    input cannot be ruled out; a layer exact on both sides adds nothing."""
+    import math
+    from types import SimpleNamespace
+
+    from edgemp.mixed.sensitivity import LayerSensitivity, added_noise
+
+    graph = SimpleNamespace(ranked=[SimpleNamespace(tensor=t) for t in "abcde"],
+                            producers={"b": ["a"], "c": ["b"], "e": ["d"]})
+    sens = {"a": LayerSensitivity(None, sqnr_db=40.0, rmse_over_scale=0.3),  # type: ignore[arg-type]
+            "b": LayerSensitivity(None, sqnr_db=30.0, rmse_over_scale=0.4),  # type: ignore[arg-type]
+            "c": LayerSensitivity(None, sqnr_db=29.5, rmse_over_scale=2.5),  # type: ignore[arg-type]
+            "d": LayerSensitivity(None, sqnr_db=math.inf),  # type: ignore[arg-type]
+            "e": LayerSensitivity(None, sqnr_db=math.inf)}  # type: ignore[arg-type]
+    assert added_noise(sens, graph) == {"a": math.inf, "b": 10.0, "c": 0.5, "d": math.inf, "e": 0.0}  # type: ignore[arg-type]
