@@ -28,7 +28,6 @@ from edgemp.quantize.support import why_float
 from edgemp.validation.data import ValidationData
 
 
-
 @dataclasses.dataclass
 class MixedOutcome:
     artifact: bytes

@@ -52,8 +52,9 @@ def to_markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str]
               "metric); damage = all-float score minus the score with only this layer int8; gain = score with only "
               "this layer float minus full int8 (accuracy x100, dB).",
               "", "RMSE/scale ≈ 0.29 is pure rounding noise (1/√12 of a quantization step); far above it means "
-              "clipping, a badly chosen range or, deep in a network, noise inherited from upstream. Tensor metrics compare the int8 model's tensor with the float "
-              "model's tensor of the same layer (errors accumulated up to that point)."]
+              "clipping, a badly chosen range or, deep in a network, noise inherited from upstream. Tensor metrics "
+              "compare the int8 model's tensor with the float model's tensor of the same layer (errors accumulated "
+              "up to that point)."]
     return "\n".join(lines) + "\n"
 
 

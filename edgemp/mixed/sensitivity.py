@@ -184,9 +184,9 @@ def added_noise(sens: dict[str, LayerSensitivity], graph: LayerGraph) -> dict[st
     return out
 
 
-def _lost(sqnr_db: float) -> float:
-    """-SQNR, NaN (a score that could not be computed) counting as the worst."""
-    return math.inf if math.isnan(sqnr_db) else -sqnr_db
+def _worst_is_nan(v: float) -> float:
+    """A sort key where NaN (a score that could not be computed) counts as the highest."""
+    return math.inf if math.isnan(v) else v
 
 
 def ranked_int8_alone(session: Any, budget: Budget, candidates: Sequence[Layer], top: int,
@@ -216,7 +216,7 @@ def ranked_int8_alone(session: Any, budget: Budget, candidates: Sequence[Layer],
     # most damaging first: the lowest output SQNR on the subset (continuous, so stable on few samples; whatever the
     # budget, whose objective's second term is the cosine for an SQNR budget), then the budget's damage; NaN and
     # an infeasible candidate (-inf SQNR) count as the most damaging
-    order = sorted(first, key=lambda lay: (_lost(rough[lay.tensor][0].sqnr_db), _lost(-rough[lay.tensor][1][0])),
-                   reverse=True)
+    order = sorted(first, key=lambda lay: (_worst_is_nan(-rough[lay.tensor][0].sqnr_db),
+                                           _worst_is_nan(rough[lay.tensor][1][0])), reverse=True)
     ref, exact = int8_alone_effects(session, budget, order[:top], progress, also=more(order[:top]))
     return ref, exact, {t: e for t, e in rough.items() if t not in exact}
