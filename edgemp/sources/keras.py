@@ -15,6 +15,7 @@ import numpy as np
 from edgemp.config import Layout
 from edgemp.errors import ConversionError, ModelLoadError, UnsupportedModelError, UnsupportedOpsError
 from edgemp.sources.base import TensorSpec
+from edgemp.sources.keras_export import keras_converter
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ class KerasSource:
         SHAPE/PACK ops that the quantizer must feed through a float DEQUANTIZE (the artifact is then not fully int8)."""
         tf = import_tf()
         model = self.model if batch_size is None else _with_batch(self.model, batch_size)
-        return convert_with_tf(lambda: tf.lite.TFLiteConverter.from_keras_model(model), f"Keras model {self.name!r}")
+        with keras_converter(tf, model) as make:  # from_keras_model's bytes, without its export archive
+            return convert_with_tf(make, f"Keras model {self.name!r}")
 
     def artifact_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return batch
