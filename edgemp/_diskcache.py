@@ -114,10 +114,20 @@ def statistics_from_bytes(data: bytes) -> dict[str, Any] | None:
         return None
 
 
+def _float_key(source: Any, batch_size: int | None) -> str | None:
+    digest = source.fingerprint() if hasattr(source, "fingerprint") else None
+    return f"{source.kind}-{digest}-b{batch_size}.tflite" if digest else None
+
+
+def has_float_tflite(source: Any, batch_size: int | None) -> bool:
+    """Whether float_tflite() would find the conversion cached (without reading it)."""
+    key = _float_key(source, batch_size)
+    return bool(key) and enabled() and (root("float") / key).is_file()
+
+
 def float_tflite(source: Any, batch_size: int | None) -> tuple[bytes, bool]:
     """(the source's float .tflite, taken from the cache?): keyed by the model file's bytes when the source has one."""
-    digest = source.fingerprint() if hasattr(source, "fingerprint") else None
-    key = f"{source.kind}-{digest}-b{batch_size}.tflite" if digest else None
+    key = _float_key(source, batch_size)
     cached = get("float", key) if key else None
     if cached is not None:
         return cached, True

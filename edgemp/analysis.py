@@ -90,8 +90,9 @@ def analyze(
                       example_input=example_input, input_layout=input_layout, io_dtype="quantized", targets=("tflite",),
                       preprocessing=preprocessing, name=name, force=force, strict=False, progress=progress,
                       unsafe_load=unsafe_load)
-    with executor_for(mixed) as ex:  # a Ray one warms its workers up while the model converts and calibrates
+    with executor_for(mixed) as ex:
         conv.load()  # the same stages as convert(): integer-ready float model, data, one calibration
+        conv.start_early(ex)  # a Ray warms its workers up while the model converts and calibrates
         base = f"{conv.base}_sensitivity"
         paths = {k: conv.out_dir / f"{base}.{k}" for k in ("json", "md", "png", "html")}
         check_overwrite(list(paths.values()), force)

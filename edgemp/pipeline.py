@@ -144,7 +144,8 @@ class Conversion:
 
     @functools.cached_property
     def executor(self) -> Any:
-        """Where mixed-precision candidates run (MixedOptions.executor); a Ray one starts warming up when created."""
+        """Where mixed-precision candidates run (MixedOptions.executor); a local Ray starts when there is work for it
+        (start_early)."""
         from edgemp.mixed.executor import make_executor
 
         m = self.mixed_options
@@ -162,11 +163,20 @@ class Conversion:
                                       unsafe_load=self.unsafe_load)
         self._check_limits()
         if self.spec.searched:
-            self.executor  # noqa: B018 - Ray workers get ready while the model converts and calibrates
+            self.start_early(self.executor)
         if self.source.data_layout is Layout.NCHW:  # data arrives shaped like the model's own input
             self.preprocessing = dataclasses.replace(self.preprocessing or Preprocessing(), layout=Layout.NCHW)
         self.base = self.name or self.source.name
         self.stem = f"{self.base}_{self.precision.value}"
+
+    def start_early(self, executor: Any) -> None:
+        """A local Ray to be started warms its workers up while the model converts and calibrates. A float model
+        from the disk cache (a second run on the same file) leaves nothing to overlap, and a search that then finds
+        its scores cached may need no Ray at all: the executor starts it when a batch needs it."""
+        from edgemp import _diskcache
+
+        if not _diskcache.has_float_tflite(self.source, self.data.batch_size):
+            executor.start()
 
     def _check_limits(self) -> None:
         """A source limited to some precisions or targets (a QAT module: int8 .tflite) refuses the others."""

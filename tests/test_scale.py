@@ -204,6 +204,24 @@ def test_ray_gives_the_same_layers_and_bytes(tmp_path: Path, monkeypatch: pytest
         assert [r["label"] for r in la] == [r["label"] for r in lb]
         assert [(r["damage"], r["gain"]) for r in la] == [(r["damage"], r["gain"]) for r in lb]
         assert fa == fb and ba == bb and sa == sb
+    # a mixed run with the float model, the statistics and the scores cached (as analyze leaves them): its few
+    # candidates run on this process' threads, and no local Ray is started for them
+    from edgemp import _ray
+
+    monkeypatch.setenv("EDGEMP_ARTIFACT_CACHE", "1")
+    monkeypatch.setenv("EDGEMP_CACHE", str(tmp_path / "cache-again"))
+    edgemp.convert(model, "int8", cal, data, tmp_path / "int8", progress=False, preprocessing={"scale": 1.0},
+                   runtime=edgemp.RuntimeOptions(latency_runs=1))
+    monkeypatch.setenv("EDGEMP_SCORE_CACHE_DIR", str(tmp_path / "scores-ray"))
+    starts, session = [], _ray.ray_session
+    monkeypatch.setattr(_ray, "ray_session", lambda *a, **k: starts.append(a) or session(*a, **k))
+    r = edgemp.convert(model, "mixed", cal, data, tmp_path / "m-ray-again", progress=False,
+                       preprocessing={"scale": 1.0}, gate=edgemp.GateOptions(max_accuracy_drop=0.005),
+                       mixed=edgemp.MixedOptions(executor="ray", num_workers=2),
+                       runtime=edgemp.RuntimeOptions(latency_runs=1))
+    assert r.report["reused"] == {"float_tflite": True, "statistics": True}
+    assert r.report["mixed"]["scores_from_cache"] > 0 and not starts
+    assert r.artifacts["tflite"].read_bytes() == ba
 
 
 @pytest.mark.slow

@@ -146,6 +146,9 @@ class Executor:
         self.calibration_shards = shards
         return merge_statistics(stats)
 
+    def start(self) -> None:
+        """Get ready for candidates (nothing to start in-process)."""
+
     def close(self) -> None:
         """Release what the executor holds (nothing in-process)."""
 
@@ -168,6 +171,13 @@ class RayExecutor(Executor):
         self._session: Any = None
         self._refs: dict[tuple[int, int, int], tuple[Any, ...]] = {}
         self._warming: list[Any] = []
+        self.scored_here = 0  # candidates scored in this process, on its threads, before any Ray was needed
+
+    def ray_running(self) -> bool:
+        """This process already runs or is connected to a Ray (an application's ray.init())."""
+        from edgemp._ray import require_ray
+
+        return bool(require_ray().is_initialized())
 
     def start(self) -> None:
         """Start (or connect to) Ray and have every worker import the heavy libraries now, without waiting: the
@@ -188,7 +198,7 @@ class RayExecutor(Executor):
 
     @property
     def width(self) -> int:
-        return self._slots() if self._session is not None else (self.num_workers or 1)
+        return self._slots() if self._session is not None else (self.num_workers or self.threads_here)
 
     def _slots(self) -> int:
         return self.num_workers or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
@@ -199,6 +209,14 @@ class RayExecutor(Executor):
 
         if not recipes:
             return []
+        if self._session is None and len(recipes) <= self.threads_here:
+            # no local Ray started for what this process' threads run as fast: its start-up (~7 s here) is longer
+            # than a few candidates (a mixed search after analyze finds most of its scores cached)
+            here = Executor(self.threads_here)
+            scores = here.score(recipes, float_tflite, statistics, scorer, progress, label)
+            self.seconds += here.seconds
+            self.scored_here += len(recipes)
+            return scores
         t0 = time.perf_counter()
         self.start()
         key = (id(float_tflite), id(statistics), id(scorer))  # each scoring set goes to the object store once
@@ -245,11 +263,15 @@ class RayExecutor(Executor):
 
 def make_executor(executor: str | Executor | None, ray_address: str | None = None,
                   num_workers: int | None = None) -> Executor:
-    """The executor named (checked by MixedOptions: 'local' or 'ray'); a Ray one is started right away."""
+    """The executor named (checked by MixedOptions: 'local' or 'ray'). A Ray one connects right away to a cluster
+    (a wrong address fails before any work) or to the Ray this process already runs; a local Ray is started by
+    whoever knows there is work for it: the pipeline before a float conversion (start() warms the workers up
+    meanwhile), else the first batch of candidates too large for this process' threads, or a calibration."""
     if isinstance(executor, Executor):
         return executor
     if (executor or "local") == "local":
         return Executor(num_workers)
     ex = RayExecutor(ray_address, num_workers)
-    ex.start()
+    if ray_address is not None or ex.ray_running():
+        ex.start()
     return ex
