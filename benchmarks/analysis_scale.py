@@ -152,12 +152,27 @@ def main() -> None:
     rows = [one(k, args.workers) | {"run": stamp, "host": cpu_description()} for k in args.models.split(",")]
     # models not run this time keep their rows from the last run (each row is one side-by-side run, dated)
     old = Path(__file__).parent / "results" / "analysis_scale.json"
-    kept = [m for m in (json.loads(old.read_text())["models"] if old.exists() else [])
-            if m["model"] not in {r["model"] for r in rows} and "threads_speedup" in m]
+    before = [m for m in (json.loads(old.read_text())["models"] if old.exists() else []) if "threads_speedup" in m]
+    kept = [m for m in before if m["model"] not in {r["model"] for r in rows}]
+    for r in rows:  # this host's second core comes and goes: the earlier runs' ratios stay beside the new one
+        r["earlier_runs"] = [h for m in before if m["model"] == r["model"]
+                             for h in (*m.get("earlier_runs", []), headline(m))][-HISTORY:]
     order = {k: i for i, k in enumerate(("fashion", "mobilenetv2", "efficientnetb0"))}
     rows = sorted(kept + rows, key=lambda m: order.get(m["model"], 99))
     data = {"host": cpu_description(), "workers": args.workers, "models": rows}
     write_results("analysis_scale", data, to_markdown(data))
+
+
+HISTORY = 6  # earlier runs kept per model
+
+
+def headline(m: dict[str, Any]) -> dict[str, Any]:
+    """One run's ratios, as kept beside later runs."""
+    up = m["runs"].get("ray_up", {})
+    return {"run": m.get("run", "?"), "int8_s": m["int8_s"], "threads_ratio_to_int8": m["runs"]["local"]["ratio_to_int8"],
+            "serial_s": m["runs"]["serial"]["total_s"], "ray_up_s": up.get("total_s"),
+            "ray_up_speedup": m.get("ray_up_speedup"), "ray_speedup": m.get("ray_speedup"),
+            "ray_up_speedup_candidates": m.get("ray_up_speedup_candidates")}
 
 
 def _hosts(d: dict[str, Any]) -> str:
@@ -202,6 +217,16 @@ def to_markdown(d: dict[str, Any]) -> str:
                 f"{m['ray_speedup_candidates']}x" + (f", {m['ray_up_speedup_candidates']}x)" if up else ")"))
         lines.append(f"| {m['model']} | {ra['analyze_s']} + {ra['mixed_s']} | {m['ray_speedup']}x | {upc} | {ups} | "
                      f"{m['threads_speedup']}x | {cand} | {ra.get('calibration_shards', '1 (before sharding)')} |")
+    earlier = [m for m in d["models"] if m.get("earlier_runs")]
+    if earlier:
+        lines += ["", "The same ratios in earlier runs on this host (each a side-by-side run; the code of its day, the "
+                  "second core as shared then): run: threads / int8; serial s -> Ray running s, speed-up (candidate "
+                  "phase); Ray started by each call.", ""]
+        for m in earlier:
+            lines.append(f"- {m['model']}: " + "; ".join(
+                f"{h['run']}: {h['threads_ratio_to_int8']}x; {h['serial_s']} -> {h['ray_up_s']} s, "
+                f"{h['ray_up_speedup']}x ({h['ray_up_speedup_candidates']}x); {h['ray_speedup']}x"
+                for h in m["earlier_runs"]) + ".")
     lines += ["", "Each executor starts from cold caches. analyze runs the full-INT8 model once with preserved tensors "
               "and sends the layers that add the most noise to a first pass on a few samples, then "
               "measures the 12 most damaging on all samples with their 'float alone' gain. mixed, run next on the same "
