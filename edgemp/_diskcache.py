@@ -12,6 +12,7 @@ damaged entry is a miss. EDGEMP_ARTIFACT_CACHE=0 turns it off.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -42,12 +43,24 @@ def root(kind: str) -> Path:
 
 
 def file_digest(path: str | os.PathLike[str]) -> str | None:
-    """sha256 of a model file (a folder: of every file in it, by relative path), None if it cannot be read."""
+    """sha256 of a model file (a folder: of every file in it, by relative path), None if it cannot be read. Read once
+    per process while its files keep their sizes and modification times (a conversion asks twice: whether the float
+    model is cached, then for it)."""
+    p = Path(path)
+    try:
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        stamp = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    except OSError:
+        return None
+    return _digest(str(p), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, stamp: tuple[tuple[str, int, int], ...]) -> str | None:
     p = Path(path)
     h = hashlib.sha256(f"edgemp {__version__}".encode())
     try:
-        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-        for f in files:
+        for f in (Path(name) for name, _, _ in stamp):
             h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
             with f.open("rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):

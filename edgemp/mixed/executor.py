@@ -171,7 +171,6 @@ class RayExecutor(Executor):
         self._session: Any = None
         self._refs: dict[tuple[int, int, int], tuple[Any, ...]] = {}
         self._warming: list[Any] = []
-        self.scored_here = 0  # candidates scored in this process, on its threads, before any Ray was needed
 
     def ray_running(self) -> bool:
         """This process already runs or is connected to a Ray (an application's ray.init())."""
@@ -215,7 +214,6 @@ class RayExecutor(Executor):
             here = Executor(self.threads_here)
             scores = here.score(recipes, float_tflite, statistics, scorer, progress, label)
             self.seconds += here.seconds
-            self.scored_here += len(recipes)
             return scores
         t0 = time.perf_counter()
         self.start()

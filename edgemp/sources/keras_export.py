@@ -3,7 +3,7 @@
 `TFLiteConverter.from_keras_model` (TF 2.21, Keras 3) writes the model to a temporary SavedModel through
 `keras.export.ExportArchive` and converts that. The archive tracks every layer, traces a function per layer
 and the gradient of every op; on EfficientNetB0 that is 24-29 s of a 27-30 s conversion, while the MLIR
-conversion itself takes 3 s (benchmarks/results/analysis_scale.md). Here the SavedModel holds only what the
+conversion itself takes 3 s (cProfile of one conversion). Here the SavedModel holds only what the
 converter reads: the same inference function (`model.__call__` with training=False, the same input signature),
 the variables it captures, and the two signatures the archive writes ("serve" and "serving_default", so tensor
 names come out the same). The converter then reads it as it reads the archive's, and the conversion metadata
@@ -30,14 +30,15 @@ def keras_converter(tf: Any, model: Any) -> Iterator[Callable[[], Any]]:
     """A factory for the converter of `model`, valid inside the block (the SavedModel it reads lives there)."""
     folder = tempfile.mkdtemp(prefix="edgemp-keras-export-")
     try:
-        try:
-            _save(tf, model, folder)
-        except Exception as exc:  # noqa: BLE001 - the official route below is the reference; this only a speed-up
-            log.debug("direct SavedModel export failed (%s: %s); using TFLiteConverter.from_keras_model",
-                      type(exc).__name__, exc)
-            yield lambda: tf.lite.TFLiteConverter.from_keras_model(model)
-            return
-        yield functools.partial(_from_saved_model, tf, folder)
+        with _no_gradient_warning():  # saving and converting a SavedModel that keeps no gradients
+            try:
+                _save(tf, model, folder)
+            except Exception as exc:  # noqa: BLE001 - the official route below is the reference; this a speed-up
+                log.debug("direct SavedModel export failed (%s: %s); using TFLiteConverter.from_keras_model",
+                          type(exc).__name__, exc)
+                yield lambda: tf.lite.TFLiteConverter.from_keras_model(model)
+                return
+            yield functools.partial(_from_saved_model, tf, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -55,9 +56,8 @@ def _save(tf: Any, model: Any, folder: str) -> None:
     fn = serve.get_concrete_function()
     holder = tf.Module()
     holder.variables_ = [getattr(v, "value", v) for v in model.variables]  # Keras variables wrap tf.Variables
-    with _no_gradient_warning():
-        tf.saved_model.save(holder, folder, signatures={"serve": fn, "serving_default": fn},
-                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+    tf.saved_model.save(holder, folder, signatures={"serve": fn, "serving_default": fn},
+                        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
 
 
 def _from_saved_model(tf: Any, folder: str) -> Any:
@@ -67,25 +67,13 @@ def _from_saved_model(tf: Any, folder: str) -> Any:
     env = getattr(getattr(converter, "_metadata", None), "environment", None)
     if env is not None:  # it is a Keras model: the metadata says so, as from_keras_model's does
         env.modelType = metadata.ModelType.KERAS_MODEL
-    return _Quiet(converter)
-
-
-class _Quiet:
-    """The converter, its convert() without the warning that the SavedModel has no gradients (nothing asks it
-    for one: the model is converted, not trained)."""
-
-    def __init__(self, converter: Any) -> None:
-        self._converter = converter
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._converter, name)
-
-    def convert(self) -> Any:
-        with _no_gradient_warning():
-            return self._converter.convert()
+    return converter
 
 
 class _DropGradientWarning(logging.Filter):
+    """The SavedModel keeps no gradients, and loading it says so; nothing asks it for one (it is converted, not
+    trained)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         return "unsaved custom gradients" not in record.getMessage()
 
