@@ -91,6 +91,10 @@ class ScoreCache:
             self.hits += 1
         return found
 
+    def __contains__(self, digest: str) -> bool:
+        """Known, without counting a hit (nothing was taken from the cache yet)."""
+        return digest in self._known or digest in self._new
+
     def put(self, digest: str, score: dict[str, Any]) -> None:
         self._new[digest] = dict(score)  # infinite SQNR (an exact candidate) survives JSON as Infinity
 

@@ -119,9 +119,13 @@ def search(session: Any, budget: Budget, *, cap: int, keep: Sequence[str] = (), 
                               _names(graph, region), len(region), graph.boundaries(region), cur, False, False))
             break
         accepted = False
-        if width > 1:  # what this step and the next ones will most likely score, side by side: the same choices
-            session.score_regions(_ahead(graph, budget, cap, region, tries, avail, priority, width), progress=False)
-        for new in tries:
+        for k, new in enumerate(tries):
+            if width > 1 and not session.known(new):
+                # what this try and the next ones will most likely need, side by side: the same choices. A try
+                # already scored (by an earlier look-ahead, or analysis) launches nothing: a batch of guesses alone
+                # would cost a whole candidate's time when the search ends here
+                session.score_regions(_ahead(graph, budget, cap, region, tries[k:], avail, priority, width),
+                                      progress=False)
             a = make(new)
             s = session.score(new, a)
             added = ", ".join(describe(graph.by_tensor[t]) for t in sorted(new - region, key=_index(graph))
@@ -154,9 +158,9 @@ def search(session: Any, budget: Budget, *, cap: int, keep: Sequence[str] = (), 
 
 def _ahead(graph: LayerGraph, budget: Budget, cap: int, region: frozenset[str], tries: list[frozenset[str]],
            avail: list[Layer], priority: dict[str, tuple[float, float]], width: int) -> list[frozenset[str]]:
-    """`width` regions to score at once: this step's first try and, as if each step took its first try (the usual
-    case: a layer ranked damaging helps in float), the first tries of the steps after it; then this step's other
-    tries. The search still takes them one by one and decides as it would have; a guess it does not reach only
+    """`width` regions to score at once: the try about to be scored (`tries[0]`) and, as if each step took its first
+    try (the usual case: a layer ranked damaging helps in float), the first tries of the steps after it; then this
+    step's other tries. The search still takes them one by one and decides as it would have; a guess it does not reach only
     cost an idle worker's time."""
     plan, r = [tries[0]], tries[0]
     rest = [lay for lay in avail if lay.tensor not in r]

@@ -151,6 +151,15 @@ class MixedSession:
         self._scores[(region, None)] = known
         return known
 
+    def known(self, region: frozenset[str]) -> bool:
+        """`region`'s score on every sample is at hand (this session's batches, or the disk cache by recipe): asking
+        for it builds and runs nothing."""
+        region = frozenset(region)
+        if (region, None) in self._scores:
+            return True
+        key = self._recipe_key(region)
+        return bool(key) and self.scorer.cache is not None and key in self.scorer.cache
+
     def cache_hits(self) -> int:
         """Scores taken from the disk cache (all samples and first-pass subsets)."""
         return sum(s.cache.hits for s in (self.scorer, *self._subsets.values()) if s.cache is not None)
