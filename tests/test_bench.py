@@ -107,6 +107,7 @@ def test_harness_delegate_that_does_not_load_is_an_error(artifacts: dict[str, Pa
 LEGACY_PYTHON = os.environ.get("EDGEMP_LEGACY_PYTHON")
 
 
+@pytest.mark.slow  # every precision: three conversions more than the fast tests need, made for the slow ones anyway
 @pytest.mark.skipif(not LEGACY_PYTHON, reason="EDGEMP_LEGACY_PYTHON (Python 3.8 + tflite-runtime 2.13, set up by "
                                               "scripts/env.sh when python3.8 exists) is not set")
 def test_harness_runs_on_the_legacy_runtime_and_python_38(artifacts: dict[str, Path], tmp_path: Path) -> None:

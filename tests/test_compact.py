@@ -158,6 +158,7 @@ def test_names_short_unique_readable_and_buffers_aligned(artifact: bytes) -> Non
             assert b._tab.Vector(b._tab.Offset(4)) % 16 == 0, i  # noqa: SLF001 - the data vector's position
 
 
+@pytest.mark.slow  # torch_artifacts (a torchvision net, ~30 s) is built for the slow params anyway
 def test_torch_names_keep_the_module_path(torch_artifacts: dict[str, bytes]) -> None:
     for art in torch_artifacts.values():
         names = [t.name.decode() for t in schema.ModelT.InitFromPackedBuf(compact(art), 0).subgraphs[0].tensors]
@@ -171,6 +172,7 @@ def test_keras_names_drop_the_doubled_scope(keras_artifacts: dict[str, bytes]) -
     assert any("/convolution#" in n for n in names), names
 
 
+@pytest.mark.slow  # torch_artifacts (a torchvision net, ~30 s) is built for the slow params anyway
 def test_identical_int8_constants_stored_once(torch_artifacts: dict[str, bytes]) -> None:
     """The quantizer writes one buffer per tensor; torchvision's zero conv biases become equal int32 buffers."""
 
