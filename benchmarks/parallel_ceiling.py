@@ -126,8 +126,9 @@ def main() -> None:
           "on this host, whatever it does; benchmarks/results/analysis_scale.md measures what the executors reach.\n")
     if earlier:
         md += ("\nEarlier runs on this host (the second core is shared with other machines: the ceiling moves from run "
-               "to run): " + "; ".join(f"{r['date']}: {r['alone_median_s']:.1f} s alone, {r['together_median_s']:.1f} s "
-                                      f"together, {r['ceiling']}x" for r in earlier) + ".\n")
+               "to run): " + "; ".join(f"{r['date']}: {r['alone_median_s']:.1f} s alone, "
+                                      f"{r['together_median_s']:.1f} s together, {r['ceiling']}x" for r in earlier)
+               + ".\n")
     write_results("parallel_ceiling", data, md)
 
 

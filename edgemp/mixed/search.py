@@ -160,8 +160,8 @@ def _ahead(graph: LayerGraph, budget: Budget, cap: int, region: frozenset[str], 
            avail: list[Layer], priority: dict[str, tuple[float, float]], width: int) -> list[frozenset[str]]:
     """`width` regions to score at once: the try about to be scored (`tries[0]`) and, as if each step took its first
     try (the usual case: a layer ranked damaging helps in float), the first tries of the steps after it; then this
-    step's other tries. The search still takes them one by one and decides as it would have; a guess it does not reach only
-    cost an idle worker's time."""
+    step's other tries. The search still takes them one by one and decides as it would have; a guess it does not
+    reach only cost an idle worker's time."""
     plan, r = [tries[0]], tries[0]
     rest = [lay for lay in avail if lay.tensor not in r]
     while len(plan) < width and rest:
