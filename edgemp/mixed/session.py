@@ -88,6 +88,7 @@ class MixedSession:
         self._scores: dict[tuple[frozenset[str], int | None], Score] = {}
         self._subsets: dict[int, Scorer] = {}
         self._model_key: str | None = None
+        self._keys: dict[frozenset[str], str | None] = {}  # region -> its recipe key (asked per try several times)
         self.quantize_runs = 0
         self.progress = progress
 
@@ -173,14 +174,19 @@ class MixedSession:
 
     def _recipe_key(self, region: frozenset[str]) -> str | None:
         """What a candidate is made of: the float model, the statistics and the recipe (None: not keyed)."""
+        region = frozenset(region)
+        if region not in self._keys:
+            self._keys[region] = self._new_recipe_key(region)
+        return self._keys[region]
+
+    def _new_recipe_key(self, region: frozenset[str]) -> str | None:
         if self._data_key is None:
             return None
         if self._model_key is None:
             self._model_key = data_key([hashlib.sha256(self.float_tflite).hexdigest(), self.statistics]) or ""
         if not self._model_key:
             return None
-        return "recipe:" + (data_key([self._model_key, self.graph.recipe(frozenset(region), float_io=self.float_io)])
-                            or "")
+        return "recipe:" + (data_key([self._model_key, self.graph.recipe(region, float_io=self.float_io)]) or "")
 
     @property
     def statistics(self) -> Statistics:
