@@ -60,10 +60,12 @@ def prepare(work: Path) -> Path:
 
 
 def score_all(job: str, start: Any, out: Any) -> None:
-    """One process: wait for the start, build and score every candidate, report the seconds."""
-    from edgemp.mixed.executor import build_and_score
+    """One process: get ready (the job unpickled, the libraries a worker warms up imported), wait until every
+    process is, build and score every candidate, report the seconds."""
+    from edgemp.mixed.executor import build_and_score, warm_up
 
     d = pickle.loads(Path(job).read_bytes())
+    warm_up()
     start.wait()
     t0 = time.perf_counter()
     for r in d["recipes"]:
@@ -73,12 +75,11 @@ def score_all(job: str, start: Any, out: Any) -> None:
 
 def run(job: Path, processes: int) -> list[float]:
     ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
+    start, out = ctx.Barrier(processes + 1), ctx.Queue()  # passed when every process is ready, and this one
     procs = [ctx.Process(target=score_all, args=(str(job), start, out)) for _ in range(processes)]
     for p in procs:
         p.start()
-    time.sleep(20)  # every process has imported its libraries and unpickled the job before the start
-    start.set()
+    start.wait()
     times = [out.get() for _ in procs]
     for p in procs:
         p.join()
