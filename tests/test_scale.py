@@ -178,6 +178,7 @@ def test_executor_options_are_checked(tmp_path: Path, monkeypatch: pytest.Monkey
 @pytest.mark.slow
 def test_ray_gives_the_same_layers_and_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("ray")
+    from edgemp import _ray
     from edgemp.demo import fashion_mnist, sensitive_model_path
     from edgemp.mixed.executor import usable_cpus
 
@@ -186,6 +187,8 @@ def test_ray_gives_the_same_layers_and_bytes(tmp_path: Path, monkeypatch: pytest
     cal = xt[1000:1100] * 255.0
     model = sensitive_model_path()
     out = {}
+    ran, run_tasks = [], _ray.run_tasks
+    monkeypatch.setattr(_ray, "run_tasks", lambda fn, *a, **k: ran.append(fn.__name__) or run_tasks(fn, *a, **k))
     # one after another (the search scores its steps one by one), on threads and on Ray (both score the next steps'
     # likely candidates ahead, side by side): the same analysis, the same steps and scores, the same bytes
     for ex in ("serial", "local", "ray"):
@@ -204,16 +207,19 @@ def test_ray_gives_the_same_layers_and_bytes(tmp_path: Path, monkeypatch: pytest
         assert a.summary["calibration_shards"] == {"serial": 1, "ray": 2}.get(ex, min(usable_cpus(), 4))
         steps = [(s["action"], s["score"]) for s in r.report["mixed"]["steps"]]
         out[ex] = (a.layers, r.report["mixed"]["float_layers"], r.artifacts["tflite"].read_bytes(), steps)
+    # on Ray: calibration shards, the preserved-tensor pass's shards and the candidates all ran as tasks
+    assert {"calibrate_shard", "tensor_sums", "build_and_score_many"} <= set(ran)
     (la, fa, ba, sa) = out["serial"]
     assert len(sa) > 1 and set(fa) <= {"cat", "logits", "embed"} and np.frombuffer(ba, np.uint8).size > 0
     for lb, fb, bb, sb in (out["local"], out["ray"]):
         assert [r["label"] for r in la] == [r["label"] for r in lb]
         assert [(r["damage"], r["gain"]) for r in la] == [(r["damage"], r["gain"]) for r in lb]
+        # the preserved-tensor pass: its shards on threads, and as Ray tasks (two processes), summed in one order
+        assert [(r["rmse"], r["sqnr_db"], r["cosine"]) for r in la] == [(r["rmse"], r["sqnr_db"], r["cosine"])
+                                                                         for r in lb]
         assert fa == fb and ba == bb and sa == sb
     # a mixed run with the float model, the statistics and the scores cached (as analyze leaves them): its few
     # candidates run on this process' threads, and no local Ray is started for them
-    from edgemp import _ray
-
     monkeypatch.setenv("EDGEMP_ARTIFACT_CACHE", "1")
     monkeypatch.setenv("EDGEMP_CACHE", str(tmp_path / "cache-again"))
     edgemp.convert(model, "int8", cal, data, tmp_path / "int8", progress=False, preprocessing={"scale": 1.0},

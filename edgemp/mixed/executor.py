@@ -146,6 +146,13 @@ class Executor:
         self.calibration_shards = shards
         return merge_statistics(stats)
 
+    def tensor_sums(self, float_tflite: bytes, quant_tflite: bytes, shards: list[list[Any]],
+                    tensors: list[str]) -> list[Any]:
+        """The preserved-tensor pass of analysis (sensitivity.tensor_errors), one shard of samples per thread."""
+        from edgemp.mixed.sensitivity import shard_sums
+
+        return shard_sums(float_tflite, quant_tflite, shards, tensors, self.threads_here)
+
     def start(self) -> None:
         """Get ready for candidates (nothing to start in-process)."""
 
@@ -252,6 +259,26 @@ class RayExecutor(Executor):
             raise ConversionError(f"calibration failed on a Ray worker: {failed[0].error}")
         self.calibration_shards = shards
         return merge_statistics([o.value for o in outcomes])
+
+    def tensor_sums(self, float_tflite: bytes, quant_tflite: bytes, shards: list[list[Any]],
+                    tensors: list[str]) -> list[Any]:
+        """One Ray task per shard once Ray runs (the workers idle meanwhile): two processes, where this process'
+        threads contend for the GIL over the per-tensor arithmetic (EfficientNetB0, 32 samples: 7.9 s on one
+        thread, 5.3 s on two). The same sums, in shard order, as on one thread."""
+        from edgemp._ray import put, run_tasks
+        from edgemp.mixed.sensitivity import tensor_sums
+
+        if self._session is None or len(shards) < 2:
+            return super().tensor_sums(float_tflite, quant_tflite, shards, tensors)
+        t0 = time.perf_counter()
+        outcomes = run_tasks(tensor_sums, shards, args=(put(float_tflite), put(quant_tflite), tensors),
+                             num_workers=self.num_workers, retries=self.retries, timeout=self.timeout, progress=False,
+                             label="Tensor errors")
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            raise ConversionError(f"the preserved-tensor pass failed on a Ray worker: {failed[0].error}")
+        self.seconds += time.perf_counter() - t0
+        return [o.value for o in outcomes]
 
     def close(self) -> None:
         if self._session is not None:

@@ -50,20 +50,18 @@ TENSOR_SHARD = 16  # samples per pass: fixed, so the sums (and the ranking they 
 
 
 def tensor_errors(float_tflite: bytes, quant_tflite: bytes, samples: Sequence[dict[str, np.ndarray]],
-                  graph: LayerGraph, threads: int = 1) -> dict[str, LayerSensitivity]:
+                  graph: LayerGraph, threads: int = 1,
+                  run_shards: SumShards | None = None) -> dict[str, LayerSensitivity]:
     """Error of every op's output in the quantized model against the float model's tensor of the same name.
 
     The samples go in fixed shards of TENSOR_SHARD, each on its own pair of interpreters, summed in shard order:
     with `threads` > 1 the shards run side by side (invoke and the array arithmetic release the GIL; one pass on
-    EfficientNetB0 is seconds of reference kernels) and the result is bit for bit the one-thread result."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    shards = [samples[i : i + TENSOR_SHARD] for i in range(0, len(samples), TENSOR_SHARD)]
-    if threads > 1 and len(shards) > 1:
-        with ThreadPoolExecutor(min(threads, len(shards)), thread_name_prefix="edgemp-tensors") as pool:
-            parts = list(pool.map(lambda part: _tensor_sums(float_tflite, quant_tflite, part, graph), shards))
-    else:
-        parts = [_tensor_sums(float_tflite, quant_tflite, part, graph) for part in shards]
+    EfficientNetB0 is seconds of reference kernels), or wherever `run_shards` runs them (an executor's workers), and
+    the result is bit for bit the one-thread result."""
+    shards = [list(samples[i : i + TENSOR_SHARD]) for i in range(0, len(samples), TENSOR_SHARD)]
+    tensors = [lay.tensor for lay in graph.layers]
+    run = run_shards or (lambda f, q, sh, ts: shard_sums(f, q, sh, ts, threads))
+    parts = run(float_tflite, quant_tflite, shards, tensors)
     if not parts:
         return {}
     sums, scales = parts[0][0], parts[0][1]
@@ -84,9 +82,26 @@ def tensor_errors(float_tflite: bytes, quant_tflite: bytes, samples: Sequence[di
     return res
 
 
-def _tensor_sums(float_tflite: bytes, quant_tflite: bytes, samples: Sequence[dict[str, np.ndarray]],
-                 graph: LayerGraph) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Per tensor [noise, signal, dot, output power, elements] over `samples`, and each tensor's int8 scale."""
+Sums = tuple[dict[str, np.ndarray], dict[str, float]]
+# (float model, quantized model, shards of samples, tensor names) -> each shard's sums, in shard order
+SumShards = Callable[[bytes, bytes, list[list[dict[str, np.ndarray]]], list[str]], list[Sums]]
+
+
+def shard_sums(float_tflite: bytes, quant_tflite: bytes, shards: Sequence[Sequence[dict[str, np.ndarray]]],
+               tensors: Sequence[str], threads: int = 1) -> list[Sums]:
+    """Each shard's sums (tensor_sums), on up to `threads` threads of this process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if threads > 1 and len(shards) > 1:
+        with ThreadPoolExecutor(min(threads, len(shards)), thread_name_prefix="edgemp-tensors") as pool:
+            return list(pool.map(lambda part: tensor_sums(part, float_tflite, quant_tflite, tensors), shards))
+    return [tensor_sums(part, float_tflite, quant_tflite, tensors) for part in shards]
+
+
+def tensor_sums(samples: Sequence[dict[str, np.ndarray]], float_tflite: bytes, quant_tflite: bytes,
+                tensors: Sequence[str]) -> Sums:
+    """Per tensor [noise, signal, dot, output power, elements] over `samples`, and each tensor's int8 scale (the
+    samples first: one Ray task per shard, the models shared)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     def interp(model: bytes) -> tuple[Any, dict[str, dict[str, Any]], Any]:
@@ -98,7 +113,7 @@ def _tensor_sums(float_tflite: bytes, quant_tflite: bytes, samples: Sequence[dic
     fi, fdet, frun = interp(float_tflite)
     qi, qdet, qrun = interp(quant_tflite)
     qin = {k: v for k, v in qrun.get_input_details().items()}
-    acc = {lay.tensor: np.zeros(5) for lay in graph.layers if lay.tensor in fdet and lay.tensor in qdet}
+    acc = {t: np.zeros(5) for t in tensors if t in fdet and t in qdet}
     for s in samples:
         frun(**{k: np.asarray(v, np.float32) for k, v in s.items()})
         feed = {}

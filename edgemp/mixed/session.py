@@ -218,7 +218,7 @@ class MixedSession:
         errors, self.reused["tensor_errors"] = _diskcache.tensor_errors(
             self.float_tflite, artifact, samples, self.graph,
             lambda: sensitivity.tensor_errors(self.float_tflite, artifact, samples, self.graph,
-                                              threads=self.executor.threads_here))
+                                              run_shards=self.executor.tensor_sums))
         return errors
 
     def samples(self, n: int) -> list[dict[str, np.ndarray]]:
