@@ -4,8 +4,10 @@ output, task accuracy or a user metric, the fidelity gate, collapse checks, late
 from __future__ import annotations
 
 import math
+import queue
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -21,9 +23,11 @@ from edgemp.validation.runtime import Runner
 from edgemp.validation.tasks import infer_tasks
 
 Predict = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+BATCH = 64  # samples per invoke
+SHARED_LIMIT = 256 << 20  # bytes: a larger artifact is validated on one interpreter (each packs its own weights)
 
 
-def batched(predict: Predict, inputs: dict[str, np.ndarray], batch: int = 64, progress: bool | None = None,
+def batched(predict: Predict, inputs: dict[str, np.ndarray], batch: int = BATCH, progress: bool | None = None,
             label: str = "Running") -> list[np.ndarray]:
     n = len(next(iter(inputs.values())))
     chunks = [predict({k: v[i : i + batch] for k, v in inputs.items()})
@@ -38,14 +42,15 @@ def evaluate(artifact: bytes, reference: Predict | None, data: ValidationData, o
              adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
              channels_first: Sequence[bool] = (), class_names: Sequence[str] | None = None,
              output_names: Sequence[str] | None = None,
-             make_runner: Callable[[bytes, RuntimeOptions], Any] | None = None) -> tuple[dict[str, Any], list[Check]]:
+             make_runner: Callable[[bytes, RuntimeOptions], Any] | None = None,
+             interpreters: int = 1) -> tuple[dict[str, Any], list[Check]]:
     """Return the report's "validation" section and the quality checks (collapse, accuracy or metric, fidelity).
 
     `data` is in the reference's layout; `adapt` lays a batch out for the artifact (e.g. NCHW -> NHWC).
     `channels_first[i]`: output i is NCHW (its class axis is 1). `class_names`: given by the user (checked
     against the class count of the labelled output). `output_names`: the reference's output names in its order.
     `make_runner(artifact, opts)`: what runs the artifact (default: LiteRT's `Runner`; the ONNX target passes
-    onnxruntime's).
+    onnxruntime's). `interpreters`: how many run the validation batches side by side (run_batches).
     """
     gate = gate or GateOptions()
     t0 = time.perf_counter()
@@ -53,7 +58,8 @@ def evaluate(artifact: bytes, reference: Predict | None, data: ValidationData, o
     order = list(output_names) if output_names is not None else None
     make_runner = make_runner or (lambda model, o: Runner(model, o, order))
     runner = make_runner(artifact, opts)
-    out = batched(lambda b: runner.run(adapt(b)), data.inputs, progress=progress, label="Validating artifact")
+    n = interpreters if not opts.delegates and len(artifact) <= SHARED_LIMIT else 1  # a device delegate: one
+    out = run_batches(runner, lambda: make_runner(artifact, opts), data.inputs, adapt, n, progress)
     ref = reference_outputs
     if ref is None and reference is not None:
         ref = batched(reference, data.inputs, progress=progress, label="Running float reference")
@@ -118,6 +124,42 @@ def evaluate(artifact: bytes, reference: Predict | None, data: ValidationData, o
         lat["ratio_to_fp32"] = lat["median_ms"] / lat["fp32_median_ms"] if lat["fp32_median_ms"] else None
     section["latency"] = lat
     return section, checks
+
+
+def run_batches(runner: Any, another: Callable[[], Any], inputs: dict[str, np.ndarray],
+                adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], interpreters: int,
+                progress: bool | None) -> list[np.ndarray]:
+    """The artifact's outputs on every sample, in batches of BATCH. With `interpreters` > 1 the batches run side by
+    side on that many runners of one configuration (`another()` makes the extra ones): invoke releases the GIL, and a
+    batch's outputs depend neither on the interpreter that runs it nor on what ran before, so they are the outputs one
+    runner gives, bit for bit (the final validation of an EfficientNet-sized model is seconds on one core)."""
+    n = len(next(iter(inputs.values())))
+    starts = range(0, n, BATCH)
+    if interpreters < 2 or len(starts) < 2:
+        return batched(lambda b: runner.run(adapt(b)), inputs, BATCH, progress, "Validating artifact")
+    free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    free.put(runner)  # the first batch takes it: the runner the caller keeps has run the data
+
+    def one(start: int) -> list[np.ndarray]:
+        try:
+            r = free.get_nowait()
+        except queue.Empty:  # at most one runner per thread: a thread puts its own back before it takes another
+            r = another()
+        try:
+            return r.run(adapt({k: v[start : start + BATCH] for k, v in inputs.items()}))
+        finally:
+            free.put(r)
+
+    with ThreadPoolExecutor(min(interpreters, len(starts)), thread_name_prefix="edgemp-validate") as pool:
+        futures = [pool.submit(one, s) for s in starts]
+        try:
+            for _ in track(as_completed(futures), "Validating artifact", total=len(futures), enabled=progress):
+                pass
+            chunks = [f.result() for f in futures]  # in order; a batch's DataError surfaces here
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
 
 
 def range_warning(detail: Any, ref: np.ndarray, min_levels: int = 16) -> str | None:

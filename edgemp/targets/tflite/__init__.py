@@ -54,7 +54,8 @@ class TFLiteTarget:
                                         fp32_artifact=fm.tflite if q.recipe is not None else None,
                                         progress=conv.progress, data_note=note, adapt=conv.source.artifact_inputs,
                                         channels_first=conv.source.output_channels_first(),
-                                        class_names=conv.data.class_names, output_names=conv.source.output_names())
+                                        class_names=conv.data.class_names, output_names=conv.source.output_names(),
+                                        interpreters=validation_interpreters(conv))
         checks += quality
         if q.mixed is not None:
             checks.append(Check("mixed_budget", q.mixed.met, q.mixed.message))
@@ -94,3 +95,13 @@ def _layout_overhead(source: Any, c: Any) -> list[str]:
                       "Linear keeps the model's NCHW order; a global-pooling head (AdaptiveAvgPool2d(1) + Flatten) "
                       "removes it.", stacklevel=6)  # the user's call of edgemp.convert
     return found
+
+
+def validation_interpreters(conv: Conversion) -> int:
+    """Interpreters validating side by side, each with RuntimeOptions.num_threads threads: the cores a mixed search
+    may use (MixedOptions.num_workers=1 keeps the whole run on one core), else this machine's (at most
+    LOCAL_WORKERS)."""
+    from edgemp.mixed.executor import LOCAL_WORKERS, usable_cpus
+
+    cores = conv.executor.threads_here if conv.spec.searched else min(usable_cpus(), LOCAL_WORKERS)
+    return max(1, cores // conv.runtime.num_threads)
