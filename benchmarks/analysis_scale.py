@@ -16,6 +16,7 @@ The mixed budget is output SQNR 1 dB above what full INT8 reaches (these models 
 has to keep layers in float.
 
     source scripts/env.sh && python benchmarks/analysis_scale.py [--models fashion,mobilenetv2,efficientnetb0]
+        [--rounds N]   # N side-by-side rounds of serial and Ray already running; their median speed-up
 Writes benchmarks/results/analysis_scale.{json,md}.
 """
 
@@ -68,10 +69,10 @@ def timed(fn: Any) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def one(kind: str, workers: int) -> dict[str, Any]:
+def one(kind: str, workers: int, rounds: int = 1) -> dict[str, Any]:
     saved = os.environ.get("EDGEMP_CACHE")
     try:
-        return _one(kind, workers)
+        return _one(kind, workers, rounds)
     finally:  # the trained example models live in the user's cache
         os.environ.pop("EDGEMP_CACHE", None) if saved is None else os.environ.__setitem__("EDGEMP_CACHE", saved)
 
@@ -79,7 +80,7 @@ def one(kind: str, workers: int) -> dict[str, Any]:
 EXECUTORS = ("serial", "local", "ray", "ray_up")
 
 
-def _one(kind: str, workers: int) -> dict[str, Any]:
+def _one(kind: str, workers: int, rounds: int) -> dict[str, Any]:
     import edgemp
 
     net, cal, val = model(kind)
@@ -97,20 +98,19 @@ def _one(kind: str, workers: int) -> dict[str, Any]:
         t_first = t_first or t_int8
     int8_sqnr = min(o["sqnr_db"] for o in r.report["validation"]["outputs"])
     gate = edgemp.GateOptions(min_sqnr_db=round(int8_sqnr + 1.0, 1))
-    runs: dict[str, Any] = {}
-    for ex in EXECUTORS:
-        os.environ["EDGEMP_CACHE"] = str(work / f"cache-{ex}")  # cold for each executor: scores, float model, statistics
+    def run(ex: str, tag: str) -> dict[str, Any]:
+        os.environ["EDGEMP_CACHE"] = str(work / f"cache-{tag}")  # cold for each run: scores, float model, statistics
         opts = {"serial": {"num_workers": 1}, "local": {}}.get(ex, {"executor": "ray", "num_workers": workers})
         if ex == "ray_up":
             import ray
 
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        t_a, a = timed(lambda: edgemp.analyze(net, cal, val, work / f"analysis-{ex}", **kw, **opts))
+        t_a, a = timed(lambda: edgemp.analyze(net, cal, val, work / f"analysis-{tag}", **kw, **opts))
         mixed = edgemp.MixedOptions(**opts)
 
-        def run_mixed(ex: str = ex, mixed: Any = mixed) -> tuple[dict[str, Any], bytes, dict[str, float]]:
+        def run_mixed() -> tuple[dict[str, Any], bytes, dict[str, float]]:
             try:
-                m = edgemp.convert(net, "mixed", cal, val, work / f"mixed-{ex}", gate=gate, mixed=mixed,
+                m = edgemp.convert(net, "mixed", cal, val, work / f"mixed-{tag}", gate=gate, mixed=mixed,
                                    runtime=edgemp.RuntimeOptions(latency_runs=0), **kw)
                 return m.report["mixed"], m.artifacts["tflite"].read_bytes(), m.report["timings_s"]
             except edgemp.errors.MixedPrecisionError as exc:  # not met under the cap: still a result to compare
@@ -119,16 +119,27 @@ def _one(kind: str, workers: int) -> dict[str, Any]:
         t_m, (sec, art, stages) = timed(run_mixed)
         if ex == "ray_up":
             ray.shutdown()
-        runs[ex] = {"analyze_s": round(t_a, 1), "mixed_s": round(t_m, 1), "total_s": round(t_a + t_m, 1),
-                    "ratio_to_int8": round((t_a + t_m) / t_int8, 2), "float_layers": sec["float_layers"],
-                    "met": sec["met"], "score": sec["score"], "scores_from_cache": sec["scores_from_cache"],
-                    "quantize_runs_analyze": a.summary["quantize_runs"], "quantize_runs_mixed": sec["quantize_runs"],
-                    "measured_on_all_samples": a.summary["measured_on_all_samples"],
-                    "analyze_candidates_s": a.summary["executor_seconds"],
-                    "calibration_shards": a.summary["calibration_shards"], "mixed_stages_s": stages,
-                    "first_pass": a.summary["first_pass"], "artifact_sha256": hashlib.sha256(art).hexdigest(),
-                    "ranking": [row["label"] for row in a.layers if row["rank"] is not None][:10],
-                    "mixed_steps": [st["action"] for st in sec["steps"]]}
+        return {"analyze_s": round(t_a, 1), "mixed_s": round(t_m, 1), "total_s": round(t_a + t_m, 1),
+                "ratio_to_int8": round((t_a + t_m) / t_int8, 2), "float_layers": sec["float_layers"],
+                "met": sec["met"], "score": sec["score"], "scores_from_cache": sec["scores_from_cache"],
+                "quantize_runs_analyze": a.summary["quantize_runs"], "quantize_runs_mixed": sec["quantize_runs"],
+                "measured_on_all_samples": a.summary["measured_on_all_samples"],
+                "analyze_candidates_s": a.summary["executor_seconds"],
+                "calibration_shards": a.summary["calibration_shards"], "mixed_stages_s": stages,
+                "first_pass": a.summary["first_pass"], "artifact_sha256": hashlib.sha256(art).hexdigest(),
+                "ranking": [row["label"] for row in a.layers if row["rank"] is not None][:10],
+                "mixed_steps": [st["action"] for st in sec["steps"]]}
+
+    runs = {ex: run(ex, ex) for ex in EXECUTORS}
+    # more rounds of the pair the Ray target is about, in alternating order (a slow minute of the shared host then
+    # falls on each side in turn): serial against Ray already running, each from cold caches
+    pairs = [(runs["serial"], runs["ray_up"])]
+    for k in range(1, rounds):
+        order = ("ray_up", "serial") if k % 2 else ("serial", "ray_up")
+        done = {ex: run(ex, f"{ex}-{k}") for ex in order}
+        pairs.append((done["serial"], done["ray_up"]))
+    same = all(r["float_layers"] == runs["serial"]["float_layers"] and r["artifact_sha256"] ==
+               runs["serial"]["artifact_sha256"] for p in pairs for r in p)
     ser, loc, ray, up = runs["serial"], runs["local"], runs["ray"], runs["ray_up"]
     return {"model": kind, "ops": len(r.report["census"]["ops"]), "validation_samples": len(val),
             "int8_s": round(t_int8, 1), "int8_first_s": round(t_first, 1), "int8_sqnr_db": round(int8_sqnr, 2), "budget": gate.min_sqnr_db,
@@ -138,18 +149,28 @@ def _one(kind: str, workers: int) -> dict[str, Any]:
             "threads_speedup": round(ser["total_s"] / loc["total_s"], 2),
             "ray_speedup_candidates": round(ser["analyze_candidates_s"] / ray["analyze_candidates_s"], 2),
             "threads_speedup_candidates": round(ser["analyze_candidates_s"] / loc["analyze_candidates_s"], 2),
-            "same_result": all(r["float_layers"] == ser["float_layers"] and r["artifact_sha256"] == ser["artifact_sha256"]
-                               and r["ranking"] == ser["ranking"] for r in (loc, ray, up))}
+            "same_result": same and all(r["float_layers"] == ser["float_layers"] and r["artifact_sha256"] ==
+                                        ser["artifact_sha256"] and r["ranking"] == ser["ranking"]
+                                        for r in (loc, ray, up)),
+            "rounds": [{"serial_s": a["total_s"], "ray_up_s": b["total_s"],
+                        "speedup": round(a["total_s"] / b["total_s"], 2), "candidates_speedup": round(a["analyze_candidates_s"] / b["analyze_candidates_s"], 2)}
+                       for a, b in pairs],
+            "ray_up_speedup_median": round(float(np.median([a["total_s"] / b["total_s"] for a, b in pairs])), 2)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="fashion,mobilenetv2,efficientnetb0")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="side-by-side rounds of serial and Ray already running (the first with every executor); the "
+                         "speed-up reported is their median")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
     warnings.simplefilter("ignore")
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    rows = [one(k, args.workers) | {"run": stamp, "host": cpu_description()} for k in args.models.split(",")]
+    rows = [one(k, args.workers, args.rounds) | {"run": stamp, "host": cpu_description()} for k in args.models.split(",")]
     # models not run this time keep their rows from the last run (each row is one side-by-side run, dated)
     old = Path(__file__).parent / "results" / "analysis_scale.json"
     before = [m for m in (json.loads(old.read_text())["models"] if old.exists() else []) if "threads_speedup" in m]
@@ -172,7 +193,8 @@ def headline(m: dict[str, Any]) -> dict[str, Any]:
     return {"run": m.get("run", "?"), "int8_s": m["int8_s"], "threads_ratio_to_int8": m["runs"]["local"]["ratio_to_int8"],
             "serial_s": m["runs"]["serial"]["total_s"], "ray_up_s": up.get("total_s"),
             "ray_up_speedup": m.get("ray_up_speedup"), "ray_speedup": m.get("ray_speedup"),
-            "ray_up_speedup_candidates": m.get("ray_up_speedup_candidates")}
+            "ray_up_speedup_candidates": m.get("ray_up_speedup_candidates"),
+            "ray_up_speedup_median": m.get("ray_up_speedup_median"), "rounds": len(m.get("rounds", [])) or 1}
 
 
 def _hosts(d: dict[str, Any]) -> str:
@@ -217,6 +239,15 @@ def to_markdown(d: dict[str, Any]) -> str:
                 f"{m['ray_speedup_candidates']}x" + (f", {m['ray_up_speedup_candidates']}x)" if up else ")"))
         lines.append(f"| {m['model']} | {ra['analyze_s']} + {ra['mixed_s']} | {m['ray_speedup']}x | {upc} | {ups} | "
                      f"{m['threads_speedup']}x | {cand} | {ra.get('calibration_shards', '1 (before sharding)')} |")
+    multi = [m for m in d["models"] if len(m.get("rounds", [])) > 1]
+    if multi:
+        lines += ["", "Rounds of serial against Ray already running, each pair side by side from cold caches (the first "
+                  "is the row above; later rounds alternate which goes first): serial -> Ray running s, speed-up "
+                  "(candidate phase of analyze).", ""]
+        for m in multi:
+            lines.append(f"- {m['model']}: " + "; ".join(
+                f"{r['serial_s']} -> {r['ray_up_s']} s, {r['speedup']}x ({r['candidates_speedup']}x)"
+                for r in m["rounds"]) + f"; **median {m['ray_up_speedup_median']}x** over {len(m['rounds'])} rounds.")
     earlier = [m for m in d["models"] if m.get("earlier_runs")]
     if earlier:
         lines += ["", "The same ratios in earlier runs on this host (each a side-by-side run; the code of its day, the "
@@ -226,6 +257,7 @@ def to_markdown(d: dict[str, Any]) -> str:
             lines.append(f"- {m['model']}: " + "; ".join(
                 f"{h['run']}: {h['threads_ratio_to_int8']}x; {h['serial_s']} -> {h['ray_up_s']} s, "
                 f"{h['ray_up_speedup']}x ({h['ray_up_speedup_candidates']}x); {h['ray_speedup']}x"
+                + (f"; median of {h['rounds']} rounds {h['ray_up_speedup_median']}x" if h.get("rounds", 1) > 1 else "")
                 for h in m["earlier_runs"]) + ".")
     lines += ["", "Each executor starts from cold caches. analyze runs the full-INT8 model once with preserved tensors "
               "and sends the layers that add the most noise to a first pass on a few samples, then "
