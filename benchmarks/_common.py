@@ -65,6 +65,29 @@ def cpu_description() -> str:
     return f"{name}, {len(info.split('processor')) - 1} logical cores, flags {' '.join(wanted)}"
 
 
+class CpuSteal:
+    """The share of this VM's CPU time the hypervisor gave to others (/proc/stat's steal) while the block ran: on a
+    shared host, the figure that says a slow run was the machine's doing. None where /proc/stat has no steal."""
+
+    def __enter__(self) -> CpuSteal:
+        self._start, self.share = _cpu_times(), None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = _cpu_times()
+        if self._start and end:
+            total = sum(end) - sum(self._start)
+            self.share = round((end[7] - self._start[7]) / total, 3) if total > 0 else None
+
+
+def _cpu_times() -> list[int] | None:
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    return [int(f) for f in fields[:8]] if len(fields) >= 8 else None
+
+
 def cpu_flags() -> list[str]:
     """The SIMD flags that decide XNNPACK's int8 and fp32 speed on this host (read from /proc/cpuinfo)."""
     try:

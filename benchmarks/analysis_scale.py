@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import write_results, MEAN, STD, cpu_description, photo_crops, work_dir  # noqa: E402
+from benchmarks._common import (write_results, MEAN, STD, CpuSteal, cpu_description, photo_crops,  # noqa: E402
+                               work_dir)
 
 
 
@@ -98,6 +99,7 @@ def _one(kind: str, workers: int, rounds: int) -> dict[str, Any]:
         t_first = t_first or t_int8
     int8_sqnr = min(o["sqnr_db"] for o in r.report["validation"]["outputs"])
     gate = edgemp.GateOptions(min_sqnr_db=round(int8_sqnr + 1.0, 1))
+
     def run(ex: str, tag: str) -> dict[str, Any]:
         os.environ["EDGEMP_CACHE"] = str(work / f"cache-{tag}")  # cold for each run: scores, float model, statistics
         opts = {"serial": {"num_workers": 1}, "local": {}}.get(ex, {"executor": "ray", "num_workers": workers})
@@ -105,18 +107,19 @@ def _one(kind: str, workers: int, rounds: int) -> dict[str, Any]:
             import ray
 
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        t_a, a = timed(lambda: edgemp.analyze(net, cal, val, work / f"analysis-{tag}", **kw, **opts))
-        mixed = edgemp.MixedOptions(**opts)
 
-        def run_mixed() -> tuple[dict[str, Any], bytes, dict[str, float]]:
+        def run_mixed(opts: dict[str, Any]) -> tuple[dict[str, Any], bytes, dict[str, float]]:
             try:
-                m = edgemp.convert(net, "mixed", cal, val, work / f"mixed-{tag}", gate=gate, mixed=mixed,
+                m = edgemp.convert(net, "mixed", cal, val, work / f"mixed-{tag}", gate=gate,
+                                   mixed=edgemp.MixedOptions(**opts),
                                    runtime=edgemp.RuntimeOptions(latency_runs=0), **kw)
                 return m.report["mixed"], m.artifacts["tflite"].read_bytes(), m.report["timings_s"]
             except edgemp.errors.MixedPrecisionError as exc:  # not met under the cap: still a result to compare
                 return exc.report["mixed"], Path(exc.result.artifacts["tflite"]).read_bytes(), exc.report["timings_s"]
 
-        t_m, (sec, art, stages) = timed(run_mixed)
+        with CpuSteal() as steal:
+            t_a, a = timed(lambda: edgemp.analyze(net, cal, val, work / f"analysis-{tag}", **kw, **opts))
+            t_m, (sec, art, stages) = timed(lambda: run_mixed(opts))
         if ex == "ray_up":
             ray.shutdown()
         return {"analyze_s": round(t_a, 1), "mixed_s": round(t_m, 1), "total_s": round(t_a + t_m, 1),
@@ -128,7 +131,7 @@ def _one(kind: str, workers: int, rounds: int) -> dict[str, Any]:
                 "calibration_shards": a.summary["calibration_shards"], "mixed_stages_s": stages,
                 "first_pass": a.summary["first_pass"], "artifact_sha256": hashlib.sha256(art).hexdigest(),
                 "ranking": [row["label"] for row in a.layers if row["rank"] is not None][:10],
-                "mixed_steps": [st["action"] for st in sec["steps"]]}
+                "mixed_steps": [st["action"] for st in sec["steps"]], "cpu_steal": steal.share}
 
     runs = {ex: run(ex, ex) for ex in EXECUTORS}
     # more rounds of the pair the Ray target is about, in alternating order (a slow minute of the shared host then
@@ -153,6 +156,7 @@ def _one(kind: str, workers: int, rounds: int) -> dict[str, Any]:
                                         ser["artifact_sha256"] and r["ranking"] == ser["ranking"]
                                         for r in (loc, ray, up)),
             "rounds": [{"serial_s": a["total_s"], "ray_up_s": b["total_s"],
+                        "cpu_steal": [a.get("cpu_steal"), b.get("cpu_steal")],
                         "speedup": round(a["total_s"] / b["total_s"], 2), "candidates_speedup": round(a["analyze_candidates_s"] / b["analyze_candidates_s"], 2)}
                        for a, b in pairs],
             "ray_up_speedup_median": round(float(np.median([a["total_s"] / b["total_s"] for a, b in pairs])), 2)}
@@ -195,6 +199,10 @@ def headline(m: dict[str, Any]) -> dict[str, Any]:
             "ray_up_speedup": m.get("ray_up_speedup"), "ray_speedup": m.get("ray_speedup"),
             "ray_up_speedup_candidates": m.get("ray_up_speedup_candidates"),
             "ray_up_speedup_median": m.get("ray_up_speedup_median"), "rounds": len(m.get("rounds", [])) or 1}
+
+
+def _pct(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.1f}%"
 
 
 def _hosts(d: dict[str, Any]) -> str:
@@ -243,10 +251,12 @@ def to_markdown(d: dict[str, Any]) -> str:
     if multi:
         lines += ["", "Rounds of serial against Ray already running, each pair side by side from cold caches (the first "
                   "is the row above; later rounds alternate which goes first): serial -> Ray running s, speed-up "
-                  "(candidate phase of analyze).", ""]
+                  "(candidate phase of analyze), and the share of CPU time the hypervisor gave to other VMs during each run "
+                  "(steal, /proc/stat: serial / Ray).", ""]
         for m in multi:
             lines.append(f"- {m['model']}: " + "; ".join(
                 f"{r['serial_s']} -> {r['ray_up_s']} s, {r['speedup']}x ({r['candidates_speedup']}x)"
+                + (f", CPU steal {_pct(r['cpu_steal'][0])} / {_pct(r['cpu_steal'][1])}" if r.get("cpu_steal") else "")
                 for r in m["rounds"]) + f"; **median {m['ray_up_speedup_median']}x** over {len(m['rounds'])} rounds.")
     earlier = [m for m in d["models"] if m.get("earlier_runs")]
     if earlier:
