@@ -6,12 +6,15 @@ error, 1 an unexpected error (a bug: `--debug` shows its traceback), 130 interru
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import signal
 import sys
 import traceback
-
-
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import click
@@ -36,7 +39,7 @@ class EdgempGroup(click.Group):
         if ctx.params.get("verbose") or _log_level() == logging.DEBUG:
             _quiet.show_framework_output()
         try:
-            with _quiet.filtered_fd2():
+            with _interrupt_outside_gc_callbacks(), _quiet.filtered_fd2():
                 return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -58,6 +61,39 @@ class EdgempGroup(click.Group):
             hint = "" if debug else "; re-run with --debug to see the traceback"
             click.secho(f"error: unexpected {what}{' [...]' if len(lines) > 1 else ''}{hint}", fg="red", err=True)
             sys.exit(EXIT_UNEXPECTED)
+
+
+@contextlib.contextmanager
+def _interrupt_outside_gc_callbacks() -> Iterator[None]:
+    """Ctrl-C that lands while a garbage-collector callback runs (JAX registers one; the latency loop allocates
+    enough to run it often) raises KeyboardInterrupt inside the callback, where Python prints "Exception ignored"
+    and goes on: the command kept running. The interrupt is then raised 50 ms later, outside the callback."""
+    if sys.platform == "win32" or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # not the main thread's default handling (an embedding app, a test runner): leave it alone
+        return
+
+    def in_callback(frame: FrameType | None) -> bool:
+        codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+        while frame is not None:
+            if frame.f_code in codes:
+                return True
+            frame = frame.f_back
+        return False
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if in_callback(frame):
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
+        raise KeyboardInterrupt
+
+    saved_alarm = signal.signal(signal.SIGALRM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGALRM, saved_alarm)
 
 
 def _log_level(verbose: int = 0) -> int:
