@@ -66,16 +66,18 @@ class EdgempGroup(click.Group):
 @contextlib.contextmanager
 def _interrupt_outside_gc_callbacks() -> Iterator[None]:
     """Ctrl-C that lands while a garbage-collector callback runs (JAX registers one; the latency loop allocates
-    enough to run it often) raises KeyboardInterrupt inside the callback, where Python prints "Exception ignored"
-    and goes on: the command kept running. The interrupt is then raised 50 ms later, outside the callback."""
+    enough to run it often) or a finalizer (__del__, weakref.finalize) raises KeyboardInterrupt inside it, where
+    Python prints "Exception ignored" and goes on: the command kept running. The interrupt is then raised 50 ms
+    later, outside."""
     if sys.platform == "win32" or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield  # not the main thread's default handling (an embedding app, a test runner): leave it alone
         return
 
     def in_callback(frame: FrameType | None) -> bool:
         codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
-        while frame is not None:
-            if frame.f_code in codes:
+        while frame is not None:  # a gc callback, or a finalizer: both swallow what they raise
+            if frame.f_code in codes or frame.f_code.co_name == "__del__" or (
+                    frame.f_code.co_name == "__call__" and frame.f_code.co_filename.endswith("weakref.py")):
                 return True
             frame = frame.f_back
         return False
