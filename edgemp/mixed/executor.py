@@ -211,7 +211,7 @@ class RayExecutor(Executor):
 
     def score(self, recipes: Sequence[Any], float_tflite: bytes, statistics: Statistics, scorer: Scorer,
               progress: bool | None, label: str) -> list[Score]:
-        from edgemp._ray import put, run_tasks
+        from edgemp._ray import put
 
         if not recipes:
             return []
@@ -229,21 +229,18 @@ class RayExecutor(Executor):
             self._refs[key] = (put(float_tflite), put(statistics), put(scorer.portable()))
         size = max(1, min(8, len(recipes) // (3 * self._slots())))  # a few per task, several tasks per worker
         chunks = [list(recipes[i : i + size]) for i in range(0, len(recipes), size)]
-        outcomes = run_tasks(build_and_score_many, chunks, args=self._refs[key], num_workers=self.num_workers,
-                             retries=self.retries, timeout=self.timeout, progress=progress, label=label)
-        failed = [o for o in outcomes if not o.ok]
-        if failed:
-            raise ConversionError(f"{len(failed)} of {len(outcomes)} candidate task(s) failed on Ray, e.g. "
-                                  f"{failed[0].error}. Run with executor='local' to see it in this process.")
+        values = self._tasks(build_and_score_many, chunks, self._refs[key], progress, label,
+                             "candidate task(s) failed on Ray, e.g. {error}. Run with executor='local' to see it "
+                             "in this process.")
         self.seconds += time.perf_counter() - t0
-        return [Score(**v) for o in outcomes for v in o.value]
+        return [Score(**v) for chunk in values for v in chunk]
 
     def calibrate(self, float_tflite: bytes, samples: Sequence[Any], num_threads: int = 1,
                   progress: bool | None = None) -> Statistics:
         """One shard of consecutive samples per worker, merged: the statistics a single pass gives, bit for bit
         (min/max), in a fraction of the time. Calibration is as long as a plain conversion's float conversion, and
         outside the candidates it is what runs longest (benchmarks/results/analysis_profile_efficientnetb0.md)."""
-        from edgemp._ray import put, run_tasks
+        from edgemp._ray import put
 
         self.start()
         shards = min(self._slots(), len(samples) // CALIBRATION_SHARD_MIN)
@@ -251,33 +248,35 @@ class RayExecutor(Executor):
             return super().calibrate(float_tflite, samples, num_threads, progress)
         edges = [round(i * len(samples) / shards) for i in range(shards + 1)]
         parts = [list(samples[a:b]) for a, b in zip(edges, edges[1:])]
-        outcomes = run_tasks(calibrate_shard, parts, args=(put(float_tflite), num_threads),
-                             num_workers=self.num_workers, retries=self.retries, timeout=self.timeout,
-                             progress=progress, label=f"Calibrating ({shards} shards on Ray)")
-        failed = [o for o in outcomes if not o.ok]
-        if failed:
-            raise ConversionError(f"calibration failed on a Ray worker: {failed[0].error}")
+        stats = self._tasks(calibrate_shard, parts, (put(float_tflite), num_threads), progress,
+                            f"Calibrating ({shards} shards on Ray)", "calibration shard(s) failed on Ray: {error}")
         self.calibration_shards = shards
-        return merge_statistics([o.value for o in outcomes])
+        return merge_statistics(stats)
 
     def tensor_sums(self, float_tflite: bytes, quant_tflite: bytes, shards: list[list[Any]],
                     tensors: list[str]) -> list[Any]:
         """One Ray task per shard once Ray runs (the workers idle meanwhile): two processes, where this process'
         threads contend for the GIL over the per-tensor arithmetic (EfficientNetB0, 32 samples: 7.9 s on one
         thread, 5.3 s on two). The same sums, in shard order, as on one thread."""
-        from edgemp._ray import put, run_tasks
+        from edgemp._ray import put
         from edgemp.mixed.sensitivity import tensor_sums
 
         if self._session is None or len(shards) < 2:
             return super().tensor_sums(float_tflite, quant_tflite, shards, tensors)
-        t0 = time.perf_counter()
-        outcomes = run_tasks(tensor_sums, shards, args=(put(float_tflite), put(quant_tflite), tensors),
-                             num_workers=self.num_workers, retries=self.retries, timeout=self.timeout, progress=False,
-                             label="Tensor errors")
+        return self._tasks(tensor_sums, shards, (put(float_tflite), put(quant_tflite), tensors), False,
+                           "Tensor errors", "preserved-tensor shard(s) failed on Ray: {error}")
+
+    def _tasks(self, fn: Any, items: list[Any], args: tuple[Any, ...], progress: bool | None, label: str,
+               failure: str) -> list[Any]:
+        """`fn(item, *args)` per item as Ray tasks, their values in order; any failure stops the run with its reason
+        (`failure`, with {error}: the first one's)."""
+        from edgemp._ray import run_tasks
+
+        outcomes = run_tasks(fn, items, args=args, num_workers=self.num_workers, retries=self.retries,
+                             timeout=self.timeout, progress=progress, label=label)
         failed = [o for o in outcomes if not o.ok]
         if failed:
-            raise ConversionError(f"the preserved-tensor pass failed on a Ray worker: {failed[0].error}")
-        self.seconds += time.perf_counter() - t0
+            raise ConversionError(f"{len(failed)} of {len(outcomes)} " + failure.format(error=failed[0].error))
         return [o.value for o in outcomes]
 
     def close(self) -> None:
